@@ -1,0 +1,104 @@
+"""The buildspec of the pipeline's imagedefinitions step (CodeBuild, Lambda compute).
+
+The build turns the ECR source action's ``imageDetail.json`` into one ``imagedefinitions-<region>.json`` per target
+region, each pinned by digest to that region's ECR replica (see ``handlers/image_definitions.py``).
+
+Why the handler's source is embedded in the buildspec instead of fetched or checked out:
+
+* the code the tests exercise is byte for byte the code that runs: there is no second copy, no S3 object or image to
+  drift, and a change to the handler changes the buildspec, so ``pulumi preview`` shows it;
+* the build's only input is the ECR source artifact, so no source checkout is needed, and Lambda compute builds
+  start in seconds with just ``python3`` and ``boto3`` from the curated image.
+
+The shell writes the source with a *quoted* heredoc, so neither ``$`` nor backticks in it are expanded.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import yaml
+
+HANDLER_PATH = Path(__file__).resolve().parents[1] / "handlers" / "image_definitions.py"
+HEREDOC_DELIMITER = "CROSSDEPLOY_IMAGE_DEFINITIONS_PY"
+# Lambda compute builds are stopped after 15 minutes; keep the replication wait well inside that.
+MAX_TIMEOUT_SECONDS = 840
+
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+_CONTAINER = re.compile(r"[A-Za-z0-9_-]{1,255}")  # ECS's container name rule, also keeps the env value plain
+
+
+@functools.lru_cache(maxsize=1)
+def handler_source() -> str:
+    """The handler file's exact text (bytes decoded, no newline translation), checked to be heredoc-safe."""
+    source = HANDLER_PATH.read_bytes().decode("utf-8")
+    if not source.endswith("\n"):
+        raise RuntimeError(f"{HANDLER_PATH} must end with a newline, or the heredoc would alter it")
+    if HEREDOC_DELIMITER in source.splitlines():
+        raise RuntimeError(f"{HANDLER_PATH} contains the heredoc delimiter line {HEREDOC_DELIMITER!r}")
+    return source
+
+
+def artifact_file(region: str) -> str:
+    """Name of the file the deploy action for `region` reads (its ``FileName``)."""
+    return f"imagedefinitions-{region}.json"
+
+
+def _validate(container_name: str, target_regions: list[str], home_region: str, timeout_seconds: int) -> None:
+    if not isinstance(container_name, str) or not _CONTAINER.fullmatch(container_name):
+        raise ValueError(f"container_name must be 1-255 letters, digits, '-' or '_', got {container_name!r}")
+    if isinstance(target_regions, str) or not target_regions:
+        raise ValueError(f"target_regions must be a non-empty list of region names, got {target_regions!r}")
+    for region in [*target_regions, home_region]:
+        if not isinstance(region, str) or not _REGION.fullmatch(region):
+            raise ValueError(f"not an AWS region name: {region!r}")
+    duplicates = sorted({r for r in target_regions if target_regions.count(r) > 1})
+    if duplicates:
+        raise ValueError(f"target_regions must be unique, repeated: {', '.join(duplicates)}")
+    if type(timeout_seconds) is not int or not 0 <= timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"timeout_seconds must be an int in 0..{MAX_TIMEOUT_SECONDS}, got {timeout_seconds!r}")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks (readable source in the console); booleans as CodeBuild's yes/no."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None),
+)
+_Dumper.add_representer(
+    bool, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:bool", "yes" if value else "no")
+)
+
+
+def render_buildspec(
+    *, container_name: str, target_regions: list[str], home_region: str, timeout_seconds: int = 600
+) -> str:
+    """Buildspec (version 0.2) YAML writing ``imagedefinitions-<region>.json`` for each of `target_regions`.
+
+    Inputs reach the handler as ``env.variables`` (CONTAINER_NAME, TARGET_REGIONS, HOME_REGION,
+    REPLICATION_TIMEOUT_SECONDS), so a pipeline action's environment variables can override them without a new
+    buildspec. `timeout_seconds` bounds the wait for ECR replication to all non-home regions together.
+    """
+    _validate(container_name, target_regions, home_region, timeout_seconds)
+    d = HEREDOC_DELIMITER
+    # One command item: the heredoc, the write and the run must share a shell, and its status is python's.
+    command = f'script="$(mktemp)"\ncat > "$script" <<\'{d}\'\n{handler_source()}{d}\npython3 "$script"\n'
+    spec = {
+        "version": 0.2,
+        "env": {
+            "variables": {
+                "CONTAINER_NAME": container_name,
+                "TARGET_REGIONS": ",".join(target_regions),
+                "HOME_REGION": home_region,
+                "REPLICATION_TIMEOUT_SECONDS": str(timeout_seconds),
+            }
+        },
+        "phases": {"build": {"commands": [command]}},
+        # The deploy actions name these files; discard-paths keeps them at the artifact root.
+        "artifacts": {"files": [artifact_file(r) for r in target_regions], "discard-paths": True},
+    }
+    return yaml.dump(spec, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)

@@ -1,0 +1,125 @@
+"""The workload side of the cross-account trust: one deploy role per workload account.
+
+CodePipeline's ECS action runs *as* this role (its ``role_arn``), in the workload account, in the action's region.
+The role can do exactly what that action does and nothing more:
+
+* describe and update the configured ECS services (by ARN, per region);
+* register and describe task definitions (ECS supports no resource-level permissions for these two);
+* pass only the services' task and execution roles, and only to ``ecs-tasks.amazonaws.com``;
+* read artifacts from the tools account's buckets and decrypt them with the artifact keys: the other two halves
+  of that grant are the bucket and key policies in :mod:`components.artifacts`.
+
+Trust: only roles under the stack's pipeline role path in the tools account (``aws:PrincipalArn`` with
+``ArnLike``). One pipeline role per service keeps each pipeline's own rights minimal, and the path keeps the trust
+policy one line long however many services there are (trust policies are capped at 2,048 characters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from components import policies as p
+
+ECS_TASKS = "ecs-tasks.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    """An ECS service the role may deploy to."""
+
+    region: str
+    cluster_arn: str
+    service_arn: str
+
+
+@dataclass(frozen=True)
+class DeployRoleArgs:
+    provider: aws.Provider
+    """A provider for the workload account (any of its regions: IAM is global)."""
+    partition: str
+    account_id: str
+    role_name: str
+    path: str
+    """IAM path of the role, e.g. ``/crossdeploy/prod/deploy/``."""
+    tools_account_id: str
+    trusted_principal_pattern: str
+    """``aws:PrincipalArn`` pattern of the roles allowed to assume this one (the stack's pipeline roles)."""
+    targets: tuple[DeployTarget, ...]
+    passable_role_arns: tuple[str, ...]
+    """Task and execution roles of the targets; nothing else can be passed."""
+    artifact_bucket_arns: tuple[pulumi.Input[str], ...] = field(default_factory=tuple)
+    artifact_key_arns: tuple[pulumi.Input[str], ...] = field(default_factory=tuple)
+    max_session_seconds: int = 3600
+    """Session length. Default one hour: CodePipeline re-assumes the role per action."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.targets:
+            problems.append("targets: at least one ECS service is required")
+        if not self.path.startswith("/") or not self.path.endswith("/"):
+            problems.append(f"path: must start and end with '/', got {self.path!r}")
+        if not self.trusted_principal_pattern.startswith(f"arn:{self.partition}:iam::{self.tools_account_id}:"):
+            problems.append("trusted_principal_pattern: must name roles of the tools account")
+        if problems:
+            raise ValueError("DeployRoleArgs: " + "; ".join(problems))
+
+
+def _unique_clusters(targets: tuple[DeployTarget, ...]) -> list[DeployTarget]:
+    return list({t.cluster_arn: t for t in sorted(targets, key=lambda t: t.cluster_arn)}.values())
+
+
+def deploy_trust_policy(args: DeployRoleArgs) -> dict:
+    return p.assume_role_trust(
+        {"AWS": p.account_root(args.partition, args.tools_account_id)},
+        p.principal_arn_condition([args.trusted_principal_pattern], operator="ArnLike"),
+        sid="ToolsPipelineRoles",
+    )
+
+
+def deploy_role_policy(args: DeployRoleArgs) -> dict:
+    service_arns = sorted({t.service_arn for t in args.targets})
+    cluster_arns = sorted({t.cluster_arn for t in args.targets})
+    statements = [
+        p.statement("DeployConfiguredServices", ["ecs:DescribeServices", "ecs:UpdateService"], service_arns),
+        p.unscoped("TaskDefinitions", ["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"],
+                   why="ECS supports no resource-level permissions for these actions"),
+        # Tags on a new revision are only accepted together with registering it.
+        p.statement("TagNewRevisions", ["ecs:TagResource"],
+                    [p.arn(args.partition, "ecs", "*", args.account_id, "task-definition/*")],
+                    conditions={"StringEquals": {"ecs:CreateAction": "RegisterTaskDefinition"}}),
+        p.statement("FollowRolloutTasks", ["ecs:DescribeTasks"], [
+            p.arn(args.partition, "ecs", t.region, args.account_id,
+                  "task/" + t.cluster_arn.rsplit("/", 1)[-1] + "/*") for t in _unique_clusters(args.targets)]),
+        p.unscoped("ListRolloutTasks", ["ecs:ListTasks"], why="ListTasks takes no resource ARN; ecs:cluster narrows",
+                   conditions={"ArnEquals": {"ecs:cluster": cluster_arns}}),
+        p.pass_role("PassServiceRoles", sorted(args.passable_role_arns), ECS_TASKS),
+    ]
+    if args.artifact_bucket_arns:
+        statements.append(p.statement("ReadArtifacts", ["s3:GetObject", "s3:GetObjectVersion"],
+                                      [pulumi.Output.concat(b, "/*") for b in args.artifact_bucket_arns]))
+    if args.artifact_key_arns:
+        statements.append(p.statement("DecryptArtifacts", p.KMS_DECRYPT_ACTIONS, list(args.artifact_key_arns)))
+    return p.document(statements)
+
+
+class DeployRole(pulumi.ComponentResource):
+    """The role a tools-account pipeline assumes to deploy into one workload account."""
+
+    def __init__(self, name: str, args: DeployRoleArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("crossdeploy:deploy_role:DeployRole", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        role = aws.iam.Role(
+            f"{name}-role",
+            name=args.role_name,
+            path=args.path,
+            description="crossdeploy: assumed by the tools account's pipelines to deploy ECS services",
+            assume_role_policy=p.to_json(deploy_trust_policy(args)),
+            max_session_duration=args.max_session_seconds,
+            opts=child,
+        )
+        aws.iam.RolePolicy(f"{name}-policy", role=role.name, policy=p.to_json(deploy_role_policy(args)), opts=child)
+        self.role_arn = role.arn
+        self.register_outputs({"roleArn": role.arn})
