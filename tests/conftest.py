@@ -1,0 +1,88 @@
+"""Shared fixtures: the real program run under the offline mocks, and lookups into what it registered."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offline.mocks import ProgramRun, Recorded, run_program, stack_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOOLS = "111111111111"
+QA = "444455556666"
+PROD = "777788889999"
+
+BASE_CONFIG: dict[str, Any] = {
+    "aws:region": "us-east-2",
+    "crossdeploy:tools": {"accountId": TOOLS, "region": "us-east-2"},
+    "crossdeploy:environments": [
+        {"name": "qa", "accountId": QA, "regions": ["us-east-2"]},
+        {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "eu-west-1"], "requireApproval": True},
+    ],
+    "crossdeploy:services": [
+        {"name": "orders"},
+        {"name": "team/payments", "containerName": "app", "serviceName": "payments", "cluster": "core",
+         "triggerTag": "release"},
+    ],
+    "crossdeploy:notifications": {"emails": ["ops@example.com"]},
+}
+
+
+def config(**overrides: Any) -> dict[str, Any]:
+    """A fresh copy of the base config with top-level keys (``crossdeploy:...``) replaced."""
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg.update(copy.deepcopy(overrides))
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def base_run() -> ProgramRun:
+    return run_program(config(), stack="test")
+
+
+@pytest.fixture(scope="session")
+def prod_run() -> ProgramRun:
+    return run_program(stack_config(ROOT / "Pulumi.prod.yaml"), stack="prod")
+
+
+def by_output(run: ProgramRun, key: str, value: Any, type_: str | None = None) -> Recorded:
+    found = [r for r in run.custom() if r.outputs.get(key) == value and (type_ is None or r.type == type_)]
+    assert len(found) == 1, f"{len(found)} resources with {key}={value!r}"
+    return found[0]
+
+
+def role_policy(run: ProgramRun, role: Recorded) -> str:
+    """The inline policy of a role (crossdeploy gives each role exactly one)."""
+    policies = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy")
+                if r.inputs["role"] == role.outputs["name"] and r.account == role.account]
+    assert len(policies) == 1, f"{role.outputs['name']} has {len(policies)} inline policies"
+    return policies[0].inputs["policy"]
+
+
+def key_policy_for(run: ProgramRun, key_arn: str) -> str:
+    return by_output(run, "arn", key_arn).inputs["policy"]
+
+
+def bucket_policy_for(run: ProgramRun, bucket: str) -> str:
+    found = [r for r in run.of_type("aws:s3/bucketPolicy:BucketPolicy") if r.inputs["bucket"] == bucket]
+    assert len(found) == 1
+    return found[0].inputs["policy"]
+
+
+def pipelines(run: ProgramRun) -> list[Recorded]:
+    return run.of_type("aws:codepipeline/pipeline:Pipeline")
+
+
+def deploy_actions(pipeline: Recorded) -> list[tuple[str, dict]]:
+    """(stage name, action) for every ECS deploy action of a pipeline."""
+    return [(stage["name"], action) for stage in pipeline.inputs["stages"] for action in stage["actions"]
+            if action["category"] == "Deploy"]
+
+
+def as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,166 @@
+"""Stack config validation: every broken case is named by its key path and bad value, all at once, before any
+resource is registered, as a Pulumi RunError (printed without a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+from conftest import BASE_CONFIG, PROD, QA, ROOT, TOOLS, config
+
+from components.config import ConfigError, parse
+from offline.mocks import AwsMocks, run_program
+
+
+def problems_of(cfg: dict) -> list[str]:
+    raw = {k.split(":", 1)[1]: v for k, v in cfg.items() if k.startswith("crossdeploy:")}
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, project="crossdeploy", stack="t", aws_region=cfg.get("aws:region"))
+    return exc.value.problems
+
+
+def env(**kw: object) -> dict:
+    return {"name": "qa", "accountId": QA, "regions": ["us-east-2"], **kw}
+
+
+BROKEN = {
+    "unquoted account id": (
+        {"crossdeploy:tools": {"accountId": 111111111111}}, "tools.accountId", "quote it"),
+    "short account id": (
+        {"crossdeploy:environments": [env(accountId="12345")]}, "environments[0].accountId", "'12345'"),
+    "typo in environment key": (
+        {"crossdeploy:environments": [env(requireApprovel=True)]}, "environments[0].requireApprovel", "unknown key"),
+    "typo in top-level key": (
+        {"crossdeploy:service": [{"name": "x"}]}, "crossdeploy:service", "unknown key"),
+    "bad region": (
+        {"crossdeploy:environments": [env(regions=["us-east-2", "us-mars-1"])]}, "environments[0].regions",
+        "'us-mars-1'"),
+    "duplicate region": (
+        {"crossdeploy:environments": [env(regions=["us-east-2", "us-east-2"])]}, "environments[0].regions",
+        "unique"),
+    "no regions": ({"crossdeploy:environments": [env(regions=[])]}, "environments[0].regions", "must not be empty"),
+    "upper-case environment name": (
+        {"crossdeploy:environments": [env(name="QA")]}, "environments[0].name", "'QA'"),
+    "duplicate environment": (
+        {"crossdeploy:environments": [env(), env(accountId=PROD)]}, "environments[1].name", "duplicate"),
+    "environment in tools account": (
+        {"crossdeploy:environments": [env(accountId=TOOLS)]}, "environments[0].accountId", "tools account"),
+    "unknown strategy": (
+        {"crossdeploy:environments": [env(strategy="canary")]}, "environments[0].strategy", "'canary'"),
+    "blue-green not yet": (
+        {"crossdeploy:environments": [env(strategy="blue-green")]}, "environments[0].strategy", "not available yet"),
+    "approval as string": (
+        {"crossdeploy:environments": [env(requireApproval="yes")]}, "environments[0].requireApproval", "'yes'"),
+    "bad provision role": (
+        {"crossdeploy:environments": [env(provisionRoleName="has space")]}, "environments[0].provisionRoleName",
+        "IAM role name"),
+    "two roles for one account": (
+        {"crossdeploy:environments": [env(), env(name="qa2", provisionRoleName="Other")]},
+        "environments[1].provisionRoleName", "same account"),
+    "cross-partition region": (
+        {"crossdeploy:environments": [env(regions=["cn-north-1"])]}, "environments[0].regions[0]", "partition"),
+    "no environments": ({"crossdeploy:environments": []}, "environments", "must not be empty"),
+    "environments not a list": ({"crossdeploy:environments": "qa"}, "environments", "expected a list"),
+    "no services": ({"crossdeploy:services": []}, "services", "must not be empty"),
+    "bad repository name": ({"crossdeploy:services": [{"name": "Orders!"}]}, "services[0].name", "'Orders!'"),
+    "one-letter repository": ({"crossdeploy:services": [{"name": "o"}]}, "services[0].name", "at least 2"),
+    "duplicate service": (
+        {"crossdeploy:services": [{"name": "orders"}, {"name": "orders"}]}, "services[1].name", "duplicate"),
+    "two services, one ECS service": (
+        {"crossdeploy:services": [{"name": "orders"}, {"name": "orders2", "serviceName": "orders"}]},
+        "services[1].serviceName", "already deployed"),
+    "bad trigger tag": ({"crossdeploy:services": [{"name": "orders", "triggerTag": "-x"}]},
+                        "services[0].triggerTag", "'-x'"),
+    "bad container name": ({"crossdeploy:services": [{"name": "orders", "containerName": "a b"}]},
+                           "services[0].containerName", "'a b'"),
+    "unknown service key": ({"crossdeploy:services": [{"name": "orders", "image": "x"}]},
+                            "services[0].image", "unknown key"),
+    "bad email": ({"crossdeploy:notifications": {"emails": ["not-an-address"]}}, "notifications.emails",
+                  "'not-an-address'"),
+    "missing tools account": ({"crossdeploy:tools": {"region": "us-east-2"}}, "tools.accountId", "required"),
+    "no region anywhere": ({"aws:region": None, "crossdeploy:tools": {"accountId": TOOLS}}, "tools.region",
+                           "not set"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_each_broken_case_names_its_path_and_value(case: str) -> None:
+    overrides, path, fragment = BROKEN[case]
+    problems = problems_of(config(**overrides))
+    matching = [p for p in problems if p.startswith(f"{path}:")]
+    assert matching, f"no problem reported for {path}: {problems}"
+    assert any(fragment in p for p in matching), matching
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    cfg = config(**{
+        "crossdeploy:tools": {"accountId": "1"},
+        "crossdeploy:environments": [env(name="Bad"), env(name="ok", regions=["nowhere-1"], colour="red")],
+        "crossdeploy:services": [{"name": "A"}, {"name": "ok", "triggerTag": ""}],
+    })
+    paths = {p.split(":")[0] for p in problems_of(cfg)}
+    assert {"tools.accountId", "environments[0].name", "environments[1].regions", "environments[1].colour",
+            "services[0].name", "services[1].triggerTag"} <= paths
+
+
+def test_defaults_are_applied() -> None:
+    cfg = parse({"tools": {"accountId": TOOLS}, "environments": [env()], "services": [{"name": "orders"}]},
+                project="crossdeploy", stack="s", aws_region="us-west-2")
+    assert cfg.tools_region == "us-west-2"
+    service, environment = cfg.services[0], cfg.environments[0]
+    assert (service.container, service.service, service.cluster, service.trigger_tag) == (
+        "orders", "orders", "crossdeploy", "latest")
+    assert (environment.strategy, environment.require_approval, environment.provision_role_name) == (
+        "rolling", False, "OrganizationAccountAccessRole")
+    assert cfg.emails == ()
+
+
+def test_bad_config_registers_nothing_and_is_a_run_error() -> None:
+    mocks_seen: list[AwsMocks] = []
+    original = AwsMocks.__init__
+
+    def spy(self: AwsMocks) -> None:
+        original(self)
+        mocks_seen.append(self)
+
+    AwsMocks.__init__ = spy  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ConfigError) as exc:
+            run_program(config(**{"crossdeploy:services": [{"name": "orders", "triggerTagg": "x"}]}))
+    finally:
+        AwsMocks.__init__ = original  # type: ignore[method-assign]
+    assert isinstance(exc.value, pulumi.RunError)  # Pulumi prints RunError's message without a stack trace
+    assert "services[0].triggerTagg" in str(exc.value)
+    assert mocks_seen and mocks_seen[0].run.resources == []
+
+
+def test_base_config_is_valid() -> None:
+    assert problems_of_ok(BASE_CONFIG)
+
+
+def problems_of_ok(cfg: dict) -> bool:
+    raw = {k.split(":", 1)[1]: v for k, v in cfg.items() if k.startswith("crossdeploy:")}
+    parse(raw, project="crossdeploy", stack="t", aws_region=cfg["aws:region"])
+    return True
+
+
+@pytest.mark.parametrize("stack_file", ["Pulumi.dev.yaml", "Pulumi.prod.yaml"])
+def test_stack_files_are_valid_and_disable_the_default_provider(stack_file: str) -> None:
+    data = yaml.safe_load((ROOT / stack_file).read_text())["config"]
+    assert data["pulumi:disable-default-providers"] == ["aws"]
+    assert problems_of_ok(data)
+
+
+def test_stack_files_have_the_documented_shape() -> None:
+    dev = yaml.safe_load(Path(ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    prod = yaml.safe_load(Path(ROOT / "Pulumi.prod.yaml").read_text())["config"]
+    assert len(dev["crossdeploy:environments"]) == 1 and len(dev["crossdeploy:services"]) == 1
+    assert len(dev["crossdeploy:environments"][0]["regions"]) == 1
+    names = [e["name"] for e in prod["crossdeploy:environments"]]
+    assert names == ["test", "prod"]
+    assert prod["crossdeploy:environments"][1]["requireApproval"] is True
+    assert len(prod["crossdeploy:environments"][1]["regions"]) == 2
+    assert len(prod["crossdeploy:services"]) == 3
+    assert yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["name"] == "crossdeploy"

@@ -1,0 +1,176 @@
+"""Least privilege across every IAM document the program sends to AWS, and the agreement of the four policies a
+cross-account deploy action depends on (trust, deploy role, bucket, key): a disagreement is exactly an S3 or KMS
+403 in a workload account."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import bucket_policy_for, by_output, config, deploy_actions, key_policy_for, pipelines, role_policy
+from iam import allows, as_list, statements
+
+import components.naming
+from offline.mocks import ProgramRun, run_program
+
+# Actions for which the Service Authorization Reference lists no resource type: the only ones allowed on "*".
+UNSCOPABLE = {"ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "ecs:ListTasks"}
+POLICY_FIELDS = {"policy", "assumeRolePolicy"}
+
+
+def documents(run: ProgramRun) -> list[tuple[str, dict]]:
+    docs = []
+    for r in run.custom():
+        for field in POLICY_FIELDS & set(r.inputs):
+            value = r.inputs[field]
+            doc = json.loads(value) if isinstance(value, str) else value
+            if isinstance(doc, dict) and "Statement" in doc:
+                docs.append((f"{r.type} {r.name}.{field}", doc))
+    return docs
+
+
+@pytest.fixture(scope="module", params=["base", "prod"])
+def run(request, base_run, prod_run) -> ProgramRun:
+    return base_run if request.param == "base" else prod_run
+
+
+def test_every_iam_document_is_found(run) -> None:
+    kinds = {name.split()[0] for name, _ in documents(run)}
+    assert {"aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy", "aws:kms/key:Key", "aws:s3/bucketPolicy:BucketPolicy",
+            "aws:ecr/repositoryPolicy:RepositoryPolicy", "aws:sns/topicPolicy:TopicPolicy"} <= kinds
+
+
+def test_no_wildcard_actions_are_allowed(run) -> None:
+    for name, doc in documents(run):
+        for stmt in as_list(doc["Statement"]):
+            if stmt["Effect"] != "Allow":
+                continue
+            for action in as_list(stmt["Action"]):
+                assert action != "*" and not action.endswith(":*"), f"{name}: {action}"
+
+
+def test_resource_star_only_for_actions_aws_cannot_scope(run) -> None:
+    for name, doc in documents(run):
+        if not name.startswith("aws:iam/rolePolicy"):
+            continue  # resource policies: "*" there means "this key/topic", not every resource
+        for stmt in as_list(doc["Statement"]):
+            if stmt["Effect"] == "Allow" and "*" in as_list(stmt["Resource"]):
+                assert set(as_list(stmt["Action"])) <= UNSCOPABLE, f"{name}: {stmt}"
+
+
+def test_pass_role_always_names_the_service_it_passes_to(run) -> None:
+    found = 0
+    for name, doc in documents(run):
+        for stmt in as_list(doc["Statement"]):
+            if stmt["Effect"] == "Allow" and any(a.lower() == "iam:passrole" for a in as_list(stmt["Action"])):
+                found += 1
+                assert stmt["Condition"]["StringEquals"]["iam:PassedToService"], name
+                assert "*" not in json.dumps(stmt["Resource"]), f"{name}: PassRole on a wildcard"
+    assert found, "the deploy roles pass task and execution roles"
+
+
+def test_resource_policies_never_allow_everyone(run) -> None:
+    for name, doc in documents(run):
+        for stmt in as_list(doc["Statement"]):
+            if stmt["Effect"] == "Allow" and "Principal" in stmt:
+                assert stmt["Principal"] not in ("*", {"AWS": "*"}), name
+
+
+def test_service_roles_trust_only_their_service_in_this_account(run) -> None:
+    tools = {r.account for r in pipelines(run)}.pop()
+    for role in run.of_type("aws:iam/role:Role"):
+        for stmt in statements(role.inputs["assumeRolePolicy"]):
+            principal = stmt["Principal"]
+            if "Service" in principal:
+                assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": tools}}, role.name
+            else:
+                assert principal == {"AWS": f"arn:aws:iam::{tools}:root"} and "ArnLike" in stmt["Condition"]
+
+
+def check_agreement(run: ProgramRun) -> list[str]:
+    """Every way a deploy action could be refused, as messages; empty when all four policies agree."""
+    problems: list[str] = []
+    for pipeline in pipelines(run):
+        pipeline_role = by_output(run, "arn", pipeline.inputs["roleArn"])
+        pipeline_policy = role_policy(run, pipeline_role)
+        stores = {s["region"]: s for s in pipeline.inputs["artifactStores"]}
+        for stage, action in deploy_actions(pipeline):
+            where = f"{pipeline.outputs['name']}/{stage}/{action['name']}"
+            region, deploy_arn = action["region"], action["roleArn"]
+            deploy_roles = [r for r in run.of_type("aws:iam/role:Role") if r.outputs["arn"] == deploy_arn]
+            if len(deploy_roles) != 1:
+                problems.append(f"{where}: role_arn {deploy_arn} is not a role the program creates")
+                continue
+            deploy_role = deploy_roles[0]
+            if not allows(pipeline_policy, "sts:AssumeRole", deploy_arn):
+                problems.append(f"{where}: pipeline role may not assume {deploy_arn}")
+            if not allows(deploy_role.inputs["assumeRolePolicy"], "sts:AssumeRole",
+                          principal_arn=pipeline_role.outputs["arn"]):
+                problems.append(f"{where}: {deploy_arn} does not trust {pipeline_role.outputs['arn']}")
+            store = stores[region]
+            bucket, key_arn = store["location"], store["encryptionKey"]["id"]
+            obj = f"arn:aws:s3:::{bucket}/{pipeline.outputs['name']}/ImageDefinitions/abc.zip"
+            deploy_policy = role_policy(run, deploy_role)
+            for label, doc, action_name, resource, principal in (
+                ("deploy role policy", deploy_policy, "s3:GetObject", obj, None),
+                ("bucket policy", bucket_policy_for(run, bucket), "s3:GetObject", obj, deploy_arn),
+                ("deploy role policy", deploy_policy, "kms:Decrypt", key_arn, None),
+                ("key policy", key_policy_for(run, key_arn), "kms:Decrypt", None, deploy_arn),
+                ("pipeline role policy", pipeline_policy, "s3:PutObject", obj, None),
+                ("pipeline role policy", pipeline_policy, "kms:GenerateDataKey", key_arn, None),
+            ):
+                if not allows(doc, action_name, resource, principal_arn=principal):
+                    problems.append(f"{where}: {label} denies {action_name} on {resource or key_arn}")
+            cluster, service = action["configuration"]["ClusterName"], action["configuration"]["ServiceName"]
+            service_arn = f"arn:aws:ecs:{region}:{deploy_role.account}:service/{cluster}/{service}"
+            for ecs_action in ("ecs:DescribeServices", "ecs:UpdateService", "ecs:RegisterTaskDefinition"):
+                if not allows(deploy_policy, ecs_action, service_arn):
+                    problems.append(f"{where}: deploy role may not {ecs_action} {service_arn}")
+    return problems
+
+
+def test_trust_bucket_key_and_role_policies_agree_for_every_deploy_action(run) -> None:
+    assert pipelines(run)
+    assert check_agreement(run) == []
+
+
+def test_the_agreement_check_catches_a_key_policy_naming_the_wrong_role(monkeypatch) -> None:
+    # Shift the ARN the resource policies name away from the role actually created: the classic 403.
+    real = components.naming.deploy_role_arn
+    monkeypatch.setattr(components.naming, "deploy_role_arn",
+                        lambda cfg, account: real(cfg, account).replace("/deploy/", "/other/"))
+    problems = check_agreement(run_program(config(), stack="broken"))
+    assert any("bucket policy denies s3:GetObject" in p for p in problems)
+    assert any("key policy denies kms:Decrypt" in p for p in problems)
+
+
+def test_deploy_role_cannot_touch_other_services_or_pass_other_roles(base_run) -> None:
+    for role in base_run.of_type("aws:iam/role:Role"):
+        if "/deploy/" not in role.outputs["arn"]:
+            continue
+        policy = role_policy(base_run, role)
+        account = role.account
+        assert not allows(policy, "ecs:UpdateService", f"arn:aws:ecs:us-east-2:{account}:service/other/orders")
+        assert not allows(policy, "ecs:DeleteService", f"arn:aws:ecs:us-east-2:{account}:service/crossdeploy/orders")
+        assert not allows(policy, "iam:PassRole", f"arn:aws:iam::{account}:role/Admin",
+                          context={"iam:PassedToService": "ecs-tasks.amazonaws.com"})
+        task_role = f"arn:aws:iam::{account}:role/crossdeploy/test/workload/test-orders-task"
+        assert allows(policy, "iam:PassRole", task_role, context={"iam:PassedToService": "ecs-tasks.amazonaws.com"})
+        assert not allows(policy, "iam:PassRole", task_role, context={"iam:PassedToService": "lambda.amazonaws.com"})
+        assert not allows(policy, "s3:PutObject", "arn:aws:s3:::any/x")
+
+
+def test_build_role_writes_only_its_own_logs_and_reads_only_its_repositories(base_run) -> None:
+    project = by_output(base_run, "name", "crossdeploy-test-orders-imagedefs")
+    build_role = by_output(base_run, "arn", project.inputs["serviceRole"])
+    policy = role_policy(base_run, build_role)
+    log_group = by_output(base_run, "name", "/aws/codebuild/crossdeploy-test-orders-imagedefs")
+    assert allows(policy, "logs:PutLogEvents", log_group.outputs["arn"] + ":log-stream:x")
+    assert not allows(policy, "logs:PutLogEvents", "arn:aws:logs:us-east-2:111111111111:log-group:other:log-stream:x")
+    for region in ("us-east-2", "eu-west-1"):
+        assert allows(policy, "ecr:DescribeImages", f"arn:aws:ecr:{region}:111111111111:repository/orders")
+    assert not allows(policy, "ecr:DescribeImages", "arn:aws:ecr:us-east-2:111111111111:repository/team/payments")
+    assert not allows(policy, "sts:AssumeRole", "arn:aws:iam::444455556666:role/crossdeploy/test/deploy/x")
+    # The build role must not be able to assume deploy roles: it lives outside the trusted pipeline path.
+    deploy = next(r for r in base_run.of_type("aws:iam/role:Role") if "/deploy/" in r.outputs["arn"])
+    assert not allows(deploy.inputs["assumeRolePolicy"], "sts:AssumeRole", principal_arn=build_role.outputs["arn"])
