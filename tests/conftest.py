@@ -12,6 +12,11 @@ import pytest
 from offline.mocks import ProgramRun, Recorded, run_program, stack_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# AWS's documented payloads live in ../shared/samples beside the checkout; tests/samples is a verbatim copy for
+# checkouts without it (GitHub Actions). test_samples_copy_is_verbatim keeps the two identical.
+SHARED_SAMPLES = ROOT.parent / "shared" / "samples"
+VENDORED_SAMPLES = ROOT / "tests" / "samples"
+SAMPLES = SHARED_SAMPLES if SHARED_SAMPLES.is_dir() else VENDORED_SAMPLES
 
 TOOLS = "111111111111"
 QA = "444455556666"

@@ -18,13 +18,13 @@ import boto3
 import pytest
 import yaml
 from botocore.stub import Stubber
+from conftest import SAMPLES
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from components.buildspec import HANDLER_PATH, render_buildspec
 from handlers import image_definitions as idf
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 ACCOUNT = "123456789012"  # moto's default account, so describe_images' registryId matches what moto stores
 HOME = "us-west-2"  # the sample's own region
 REGIONS = [HOME, "eu-west-1", "ap-southeast-2"]
@@ -56,7 +56,7 @@ DIGEST_RE = re.compile(r"@sha256:[0-9a-f]{64}$")
 def raw_sample() -> dict:
     path = SAMPLES / "imageDetail.json"
     if not path.is_file():
-        pytest.fail(f"shared samples not found at {SAMPLES} (the shared folder must sit beside the repo checkout)")
+        pytest.fail(f"samples not found at {SAMPLES}")
     return json.loads(path.read_text())
 
 
