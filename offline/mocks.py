@@ -83,20 +83,34 @@ def _physical_name(name: str, inputs: Mapping[str, Any], key: str = "name") -> s
     return inputs.get(key) or f"{name}-{_short_hash(name)}"
 
 
-def _outputs(
-    type_: str, name: str, inputs: dict[str, Any], account: str, region: str, partition: str
-) -> tuple[str, dict]:
+def _iam_outputs(type_: str, name: str, inputs: dict[str, Any], account: str, arn_prefix: str) -> tuple[str, dict]:
+    """IAM is global: no region, and ARNs with an empty region field."""
     out = dict(inputs)
-    out.setdefault("region", region)
-    region = out["region"]
-    arn_prefix = f"arn:{partition}"
     if type_ == "aws:iam/role:Role":
         role_name = _physical_name(name, inputs)
         path = inputs.get("path", "/")
         out.update(name=role_name, arn=f"{arn_prefix}:iam::{account}:role{path}{role_name}",
                    uniqueId=f"AROA{_short_hash(account, role_name, length=17).upper()}")
-        out.pop("region")
         return role_name, out
+    if type_ == "aws:iam/rolePolicy:RolePolicy":
+        policy_name = _physical_name(name, inputs)
+        out["name"] = policy_name
+        return f"{inputs.get('role')}:{policy_name}", out  # IAM identifies inline policies as role:policy
+    physical = _physical_name(name, inputs)
+    kind = type_.split("/")[1].split(":")[0]
+    out.update(name=physical, arn=f"{arn_prefix}:iam::{account}:{kind.lower()}/{physical}")
+    return physical, out
+
+
+def _outputs(
+    type_: str, name: str, inputs: dict[str, Any], account: str, region: str, partition: str
+) -> tuple[str, dict]:
+    out = dict(inputs)
+    arn_prefix = f"arn:{partition}"
+    if type_.startswith("aws:iam/"):
+        return _iam_outputs(type_, name, inputs, account, arn_prefix)
+    out.setdefault("region", region)
+    region = out["region"]
     if type_ == "aws:kms/key:Key":
         key_id = ("mrk-" if inputs.get("multiRegion") else "") + _short_hash(account, region, name, length=32)
         out.update(keyId=key_id, arn=f"{arn_prefix}:kms:{region}:{account}:key/{key_id}")
@@ -170,7 +184,8 @@ class AwsMocks(pulumi.runtime.Mocks):
         resource_id, outputs = _outputs(args.typ, args.name, inputs, account or "000000000000",
                                         region or "us-east-1", _partition(region))
         self.run.resources.append(Recorded(args.typ, args.name, inputs, outputs, True, parent, provider_id,
-                                           account, outputs.get("region", region)))
+                                           account, None if args.typ.startswith("aws:iam/") else
+                                           outputs.get("region", region)))
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
@@ -228,4 +243,7 @@ def stack_config(stack_file: Path) -> dict[str, Any]:
     import yaml
 
     data = yaml.safe_load(stack_file.read_text()) or {}
-    return dict(data.get("config") or {})
+    config = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{stack_file}: not a Pulumi stack file (expected a mapping with a 'config:' mapping)")
+    return dict(config)

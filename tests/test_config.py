@@ -77,6 +77,9 @@ BROKEN = {
                            "services[0].containerName", "'a b'"),
     "unknown service key": ({"crossdeploy:services": [{"name": "orders", "image": "x"}]},
                             "services[0].image", "unknown key"),
+    "namespaced repository without ECS names": (
+        {"crossdeploy:services": [{"name": "team/api", "containerName": "api"}]}, "services[0].serviceName",
+        "contains '/'"),
     "bad email": ({"crossdeploy:notifications": {"emails": ["not-an-address"]}}, "notifications.emails",
                   "'not-an-address'"),
     "missing tools account": ({"crossdeploy:tools": {"region": "us-east-2"}}, "tools.accountId", "required"),
