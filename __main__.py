@@ -85,7 +85,8 @@ for service in cfg.services:
         ),
         artifact_stores=artifacts.stores,
         pipeline_name=iam_name(prefix, safe, max_len=100),
-        build_project_name=iam_name(prefix, safe, "imagedefs", max_len=150),
+        # CodeBuild project names allow no '.', which ECR repository names may contain.
+        build_project_name=iam_name(prefix, safe, "imagedefs", max_len=150, allowed=r"A-Za-z0-9_-"),
         pipeline_role_name=iam_name(cfg.stack, safe, "pipeline"),
         pipeline_role_path=naming.iam_path(cfg, "pipeline"),
         build_role_name=iam_name(cfg.stack, safe, "build"),

@@ -326,12 +326,12 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
             problems.append(f"services[{i}].name: duplicate service name {name!r} (first at "
                             f"services[{seen_svc[name]}])")
         seen_svc.setdefault(name, i)
-        if isinstance(name, str) and "/" in name:
-            # ECR allows namespaces ("team/api"); ECS container and service names do not.
+        if isinstance(name, str) and not re.match(_ECS_NAME, name):
+            # ECR allows '/' and '.' ("team/api", "my.app"); ECS container and service names do not.
             for key in ("containerName", "serviceName"):
                 if key not in svc:
-                    problems.append(f"services[{i}].{key}: required because name {name!r} contains '/', which "
-                                    "ECS names cannot")
+                    problems.append(f"services[{i}].{key}: required because name {name!r} is not a valid ECS "
+                                    "name (letters, digits, '-', '_')")
         target = (svc.get("cluster", "crossdeploy"), svc.get("serviceName") or name)
         if target in seen_target and seen_svc.get(name) == i:
             problems.append(f"services[{i}].serviceName: {target[1]!r} in cluster {target[0]!r} is already "

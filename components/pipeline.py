@@ -298,7 +298,8 @@ class ServicePipeline(pulumi.ComponentResource):
 
         if args.notification_topic_arn is not None:
             aws.codestarnotifications.NotificationRule(
-                f"{name}-notices", name=args.pipeline_name[:64], resource=pipeline.arn, detail_type="FULL",
+                f"{name}-notices", name=p.iam_name(args.pipeline_name, max_len=64, allowed=r"A-Za-z0-9_-"),
+                resource=pipeline.arn, detail_type="FULL",
                 event_type_ids=list(FAILURE_EVENTS),
                 targets=[aws.codestarnotifications.NotificationRuleTargetArgs(
                     address=args.notification_topic_arn, type="SNS")],

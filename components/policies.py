@@ -36,9 +36,10 @@ def role_arn(partition: str, account: str, name: str, path: str = "/") -> str:
     return f"arn:{partition}:iam::{account}:role{path}{name}"
 
 
-def iam_name(*parts: str, max_len: int = 64) -> str:
-    """Join name parts with '-', shortened with a stable hash when AWS's length limit would cut it."""
-    name = re.sub(r"[^A-Za-z0-9+=,.@_-]", "-", "-".join(parts))
+def iam_name(*parts: str, max_len: int = 64, allowed: str = r"A-Za-z0-9+=,.@_-") -> str:
+    """Join name parts with '-', replacing characters outside ``allowed`` (a regex character class body, IAM's by
+    default) and shortening with a stable hash when AWS's length limit would cut the name."""
+    name = re.sub(rf"[^{allowed}]", "-", "-".join(parts))
     if len(name) <= max_len:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]

@@ -79,7 +79,9 @@ BROKEN = {
                             "services[0].image", "unknown key"),
     "namespaced repository without ECS names": (
         {"crossdeploy:services": [{"name": "team/api", "containerName": "api"}]}, "services[0].serviceName",
-        "contains '/'"),
+        "not a valid ECS name"),
+    "dotted repository without ECS names": (
+        {"crossdeploy:services": [{"name": "my.app"}]}, "services[0].containerName", "not a valid ECS name"),
     "bad email": ({"crossdeploy:notifications": {"emails": ["not-an-address"]}}, "notifications.emails",
                   "'not-an-address'"),
     "missing tools account": ({"crossdeploy:tools": {"region": "us-east-2"}}, "tools.accountId", "required"),

@@ -145,3 +145,27 @@ def test_outputs_name_what_users_need(prod_run) -> None:
     assert set(out["pipelineNames"].values()) == {p.outputs["name"] for p in pipelines(prod_run)}
     assert set(out["deployRoleArns"]) == {"444455556666", "777788889999"}
     assert set(out["artifactBuckets"]) == {"us-east-2", "us-west-2"}
+
+
+def test_physical_names_fit_aws_naming_rules() -> None:
+    import re
+
+    from conftest import config
+
+    from offline.mocks import run_program
+
+    long_name = "team/" + "a" * 120
+    run = run_program(config(**{"crossdeploy:services": [
+        {"name": "my.app", "containerName": "app", "serviceName": "my-app"},
+        {"name": long_name, "containerName": "app", "serviceName": "long"}]}), stack="names")
+    rules = {
+        "aws:codepipeline/pipeline:Pipeline": r"[A-Za-z0-9.@_-]{1,100}",
+        "aws:codebuild/project:Project": r"[A-Za-z0-9][A-Za-z0-9_-]{1,254}",
+        "aws:iam/role:Role": r"[\w+=,.@-]{1,64}",
+        "aws:codestarnotifications/notificationRule:NotificationRule": r"[A-Za-z0-9_ -]{1,64}",
+        "aws:cloudwatch/logGroup:LogGroup": r"[.\-_/#A-Za-z0-9]{1,512}",
+    }
+    for type_, pattern in rules.items():
+        names = [(r.account, r.region, r.inputs["name"]) for r in run.of_type(type_)]
+        assert names and all(re.fullmatch(pattern, n) for _, _, n in names), (type_, names)
+        assert len(set(names)) == len(names), f"{type_}: names collide within an account and region"
