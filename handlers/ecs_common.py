@@ -1,0 +1,95 @@
+"""What every crossdeploy handler that touches ECS in another account needs (boto3 only, runs in Lambda).
+
+* :func:`assumed_session`: a boto3 session in a workload account, through its deploy role.
+* :data:`RETRY`: botocore's own retry mode absorbs throttling; no handler retries by hand.
+* :func:`register_kwargs`: a described task definition turned into RegisterTaskDefinition arguments **whole** —
+  every field ECS returned that registration accepts, read from botocore's service model rather than a
+  hand-picked list, so a field AWS adds tomorrow is carried over instead of silently dropped.
+* :func:`replace_image`: the image of one named container (or the only one) replaced, nothing else touched.
+* :func:`log`: one JSON object per line, so CloudWatch Logs Insights can filter by event id, digest or target.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# "standard" retries throttling and transient errors with backoff (up to max_attempts in all); ECS throttles
+# per account and region, and every handler here fans out across both.
+RETRY = Config(retries={"mode": "standard", "max_attempts": 10}, connect_timeout=5, read_timeout=30)
+
+# Described-only fields that RegisterTaskDefinition also happens to accept under the same name would be carried
+# over by the shape intersection; these are the ones whose *meaning* differs, so they are never copied.
+_NEVER_COPIED = frozenset({"taskDefinitionArn", "revision", "status", "registeredAt", "registeredBy",
+                           "deregisteredAt", "requiresAttributes", "compatibilities", "tags"})
+
+
+class TaskDefinitionError(ValueError):
+    """A task definition that cannot be updated as asked (no such container, ambiguous container)."""
+
+
+def assumed_session(base: boto3.Session, role_arn: str, session_name: str) -> boto3.Session:
+    """A session acting as ``role_arn`` (short-lived credentials; CloudTrail shows ``session_name``)."""
+    sts = base.client("sts", config=RETRY)
+    creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name[:64], DurationSeconds=900)["Credentials"]
+    return boto3.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+
+def registrable_fields(ecs_client: Any) -> frozenset[str]:
+    """The parameters RegisterTaskDefinition accepts, from the SDK's own service model."""
+    shape = ecs_client.meta.service_model.operation_model("RegisterTaskDefinition").input_shape
+    return frozenset(shape.members) - _NEVER_COPIED
+
+
+def register_kwargs(described: Mapping[str, Any], ecs_client: Any) -> dict[str, Any]:
+    """RegisterTaskDefinition arguments that reproduce ``described`` (a DescribeTaskDefinition response with
+    ``include=["TAGS"]``, or its ``taskDefinition`` member) exactly."""
+    task_def = described.get("taskDefinition", described)
+    accepted = registrable_fields(ecs_client)
+    kwargs = {key: copy.deepcopy(value) for key, value in task_def.items() if key in accepted}
+    tags = described.get("tags") if "taskDefinition" in described else None
+    if tags:
+        kwargs["tags"] = copy.deepcopy(tags)
+    return kwargs
+
+
+def container_named(kwargs: Mapping[str, Any], container: str | None) -> dict[str, Any]:
+    containers = kwargs.get("containerDefinitions") or []
+    if container is None:
+        if len(containers) != 1:
+            names = [c.get("name") for c in containers]
+            raise TaskDefinitionError(f"task definition has {len(containers)} containers {names}; name one")
+        return containers[0]
+    for definition in containers:
+        if definition.get("name") == container:
+            return definition
+    raise TaskDefinitionError(f"no container named {container!r} (has {[c.get('name') for c in containers]})")
+
+
+def replace_image(kwargs: dict[str, Any], container: str | None, image: str) -> dict[str, Any]:
+    """A copy of ``kwargs`` with the named container's image replaced (matched by name, never by image text)."""
+    updated = copy.deepcopy(kwargs)
+    container_named(updated, container)["image"] = image
+    return updated
+
+
+def current_image(kwargs: Mapping[str, Any], container: str | None) -> str:
+    return str(container_named(kwargs, container).get("image", ""))
+
+
+def log(event: str, **fields: Any) -> None:
+    """One structured log line (Lambda sends stdout to CloudWatch Logs)."""
+    record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+    sys.stdout.write(json.dumps(record, default=str, sort_keys=True) + "\n")
+    sys.stdout.flush()
