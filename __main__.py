@@ -14,7 +14,9 @@ from components.notifications import Notifications, NotificationsArgs
 from components.pipeline import EnvironmentStage, ServicePipeline, ServicePipelineArgs
 from components.policies import iam_name
 from components.providers import Providers, ProvidersArgs
+from components.push_deploy import PushDeploy, PushDeployArgs, PushService, PushTarget
 from components.registry import Registry, RegistryArgs, RepositorySpec
+from components.rollout_notices import RolloutForwarder, RolloutForwarderArgs, RolloutNotices, RolloutNoticesArgs
 
 cfg = load()
 prefix = cfg.name_prefix
@@ -49,7 +51,8 @@ for account in cfg.workload_accounts:
         role_name=naming.deploy_role_name(cfg),
         path=naming.iam_path(cfg, "deploy"),
         tools_account_id=cfg.tools_account_id,
-        trusted_principal_pattern=naming.pipeline_role_pattern(cfg),
+        trusted_principal_patterns=(naming.pipeline_role_pattern(cfg),
+                                    *([naming.push_role_arn(cfg)] if cfg.push_services else [])),
         targets=tuple(
             DeployTarget(region, naming.ecs_cluster_arn(cfg, account, region, s.cluster),
                          naming.ecs_service_arn(cfg, account, region, s))
@@ -66,7 +69,7 @@ notifications = Notifications("notifications", NotificationsArgs(
 ))
 
 pipelines = {}
-for service in cfg.services:
+for service in cfg.pipeline_services:
     safe = naming.safe(service.name)
     pipelines[service.name] = ServicePipeline(f"pipeline-{safe}", ServicePipelineArgs(
         provider=tools_home,
@@ -96,8 +99,59 @@ for service in cfg.services:
         notification_key_arn=notifications.key_arn,
     ))
 
+push = None
+if cfg.push_services:
+    push = PushDeploy("push-deploy", PushDeployArgs(
+        provider=tools_home,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        home_region=cfg.tools_region,
+        services=tuple(
+            PushService(
+                repository=s.name, container=s.container, mode=s.mode,
+                repository_arns=tuple(registry.repositories[s.name].arns.values()),
+                targets=tuple(
+                    PushTarget(environment=env.name, tag_patterns=tuple(env.tag_patterns), account_id=env.account_id,
+                               region=region, cluster=s.cluster, service=s.service,
+                               role_arn=naming.deploy_role_arn(cfg, env.account_id))
+                    for env in cfg.environments for region in env.regions),
+            )
+            for s in cfg.push_services
+        ),
+        function_name=naming.push_function_name(cfg),
+        role_name=naming.push_function_name(cfg),
+        role_path=naming.iam_path(cfg, "push"),
+        notification_topic_arn=notifications.topic_arn,
+        # The function assumes deploy roles that must exist first.
+    ), opts=pulumi.ResourceOptions(depends_on=list(deploy_roles.values())))
+
+notices = RolloutNotices("rollout-notices", RolloutNoticesArgs(
+    provider=tools_home,
+    partition=cfg.partition,
+    tools_account_id=cfg.tools_account_id,
+    bus_name=iam_name(prefix, "rollouts"),
+    notification_topic_arn=notifications.topic_arn,
+    forwarder_role_arns={account: naming.forwarder_role_arn(cfg, account) for account in cfg.workload_accounts},
+))
+for account in cfg.workload_accounts:
+    regions = cfg.account_regions(account)
+    forwarder_arn = naming.forwarder_role_arn(cfg, account)
+    RolloutForwarder(f"rollout-forwarder-{account}", RolloutForwarderArgs(
+        providers={region: providers.get(account, region) for region in regions},
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        account_id=account,
+        role_name=forwarder_arn.rsplit("/", 1)[-1],
+        role_path=naming.iam_path(cfg, "notices"),
+        bus_arn=notices.bus_arn,
+        clusters={region: sorted({s.cluster for s in cfg.services}) for region in regions},
+    ))
+
 pulumi.export("repositoryUrls", {name: repo.urls[cfg.tools_region] for name, repo in registry.repositories.items()})
 pulumi.export("pipelineNames", {name: p.pipeline_name for name, p in pipelines.items()})
 pulumi.export("deployRoleArns", {account: role.role_arn for account, role in deploy_roles.items()})
 pulumi.export("artifactBuckets", {region: store.bucket for region, store in artifacts.stores.items()})
 pulumi.export("notificationTopicArn", notifications.topic_arn)
+if push is not None:
+    pulumi.export("pushDeployFunctionArn", push.function_arn)
+    pulumi.export("pushDeployDeadLetterQueueArn", push.queue_arn)

@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 
 import pulumi
@@ -38,6 +38,7 @@ _ECR_REPOSITORY = r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]
 # ECS names: container, service and cluster names share this alphabet (up to 255 characters).
 _ECS_NAME = r"^[A-Za-z0-9_-]{1,255}$"
 _ECR_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+_TAG_PATTERN = r"^[A-Za-z0-9_.*-]{1,128}$"
 _IAM_ROLE_NAME = r"^[\w+=,.@-]{1,64}$"
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
@@ -105,6 +106,21 @@ class EnvironmentConfig(_Strict):
     )
     """Role Pulumi assumes in the workload account to create resources there. Default: the role AWS Organizations
     creates in member accounts."""
+    push_tags: list[str] | None = Field(default=None, alias="pushTags", min_length=1)
+    """Tag patterns (``*`` matches any run of characters) whose push to a push-delivery service's repository
+    deploys that image here, in every region of this environment. Default ``["<name>-*"]``."""
+
+    @field_validator("push_tags")
+    @classmethod
+    def _push_tags(cls, value: list[str] | None) -> list[str] | None:
+        bad = [t for t in value or [] if not re.match(_TAG_PATTERN, t) or t.count("*") > 2]
+        if bad:
+            raise ValueError(f"not tag patterns (tag characters and at most two '*'): {', '.join(map(repr, bad))}")
+        return value
+
+    @property
+    def tag_patterns(self) -> list[str]:
+        return list(self.push_tags) if self.push_tags else [f"{self.name}-*"]
 
     @field_validator("regions")
     @classmethod
@@ -140,6 +156,17 @@ class ServiceConfig(_Strict):
     """ECS cluster name in every environment. Default ``crossdeploy``."""
     trigger_tag: str = Field(default="latest", alias="triggerTag", pattern=_ECR_TAG)
     """The tag whose push starts the pipeline; the only mutable tag of the repository. Default ``latest``."""
+    delivery: Literal["pipeline", "push"] = "pipeline"
+    """``pipeline`` (a CodePipeline through every environment in order) or ``push`` (a push of a tag matching an
+    environment's ``pushTags`` deploys that image there directly; no CodePipeline). Default ``pipeline``."""
+    push_mode: Literal["revision", "force"] | None = Field(default=None, alias="pushMode")
+    """Push delivery only: ``revision`` registers a task definition revision pinned by digest, then updates the
+    service (reproducible, can be rolled back); ``force`` forces a new deployment of what the task definition
+    names (for teams on mutable tags). Default ``revision``."""
+
+    @property
+    def mode(self) -> str:
+        return self.push_mode or "revision"
 
     @property
     def container(self) -> str:
@@ -224,6 +251,14 @@ class StackConfig:
         return [Target(env, region) for env in self.environments for region in env.regions]
 
     @property
+    def pipeline_services(self) -> tuple[ServiceConfig, ...]:
+        return tuple(s for s in self.services if s.delivery == "pipeline")
+
+    @property
+    def push_services(self) -> tuple[ServiceConfig, ...]:
+        return tuple(s for s in self.services if s.delivery == "push")
+
+    @property
     def name_prefix(self) -> str:
         return f"{self.project}-{self.stack}"
 
@@ -274,6 +309,42 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{error['msg']}, got {value!r}"
 
 
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some tag matches both patterns (``*`` = any run of characters, everything else literal)."""
+
+    @cache
+    def match(i: int, j: int) -> bool:
+        if i == len(a) and j == len(b):
+            return True
+        if i < len(a) and a[i] == "*":
+            # The star ends here, or it consumes b's next character (or b's star keeps going past it).
+            return match(i + 1, j) or (j < len(b) and match(i, j + 1))
+        if j < len(b) and b[j] == "*":
+            return match(i, j + 1) or (i < len(a) and match(i + 1, j))
+        return i < len(a) and j < len(b) and a[i] == b[j] and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def _push_tag_overlaps(envs: list, services: list) -> list[str]:
+    """A pushed tag must map to exactly one environment, or one push would deploy to two of them."""
+    if not any(isinstance(s, Mapping) and s.get("delivery") == "push" for s in services):
+        return []
+    patterns: list[tuple[int, str, str]] = []
+    for i, env in enumerate(envs):
+        if not isinstance(env, Mapping) or not isinstance(env.get("name"), str):
+            continue
+        tags = env.get("pushTags") or [f"{env['name']}-*"]
+        patterns.extend((i, env["name"], t) for t in tags if isinstance(t, str))
+    problems = []
+    for n, (i, name, tag) in enumerate(patterns):
+        for j, other, other_tag in patterns[n + 1:]:
+            if i != j and patterns_overlap(tag, other_tag):
+                problems.append(f"environments[{j}].pushTags: {other_tag!r} and {tag!r} of environment {name!r} "
+                                f"can match the same tag, so one push would deploy to both {name!r} and {other!r}")
+    return problems
+
+
 def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
     """Rules spanning several keys, checked on the raw data so they are reported alongside field errors."""
     problems: list[str] = []
@@ -316,6 +387,8 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
                                     f"{partitions[region]!r}, the tools region {tools_region!r} in {home!r}; "
                                     "cross-partition delivery is not possible")
 
+    problems.extend(_push_tag_overlaps(envs, services))
+
     seen_svc: dict[Any, int] = {}
     seen_target: dict[tuple[Any, Any], int] = {}
     for i, svc in enumerate(services):
@@ -332,6 +405,9 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
                 if key not in svc:
                     problems.append(f"services[{i}].{key}: required because name {name!r} is not a valid ECS "
                                     "name (letters, digits, '-', '_')")
+        if "pushMode" in svc and svc.get("delivery", "pipeline") != "push":
+            problems.append(f"services[{i}].pushMode: only applies to delivery: push, got {svc['pushMode']!r} "
+                            f"with delivery {svc.get('delivery', 'pipeline')!r}")
         target = (svc.get("cluster", "crossdeploy"), svc.get("serviceName") or name)
         if target in seen_target and seen_svc.get(name) == i:
             problems.append(f"services[{i}].serviceName: {target[1]!r} in cluster {target[0]!r} is already "

@@ -9,9 +9,10 @@ The role can do exactly what that action does and nothing more:
 * read artifacts from the tools account's buckets and decrypt them with the artifact keys: the other two halves
   of that grant are the bucket and key policies in :mod:`components.artifacts`.
 
-Trust: only roles under the stack's pipeline role path in the tools account (``aws:PrincipalArn`` with
-``ArnLike``). One pipeline role per service keeps each pipeline's own rights minimal, and the path keeps the trust
-policy one line long however many services there are (trust policies are capped at 2,048 characters).
+Trust: only roles under the stack's pipeline role path in the tools account, and the push-deploy function's role
+(``aws:PrincipalArn`` with ``ArnLike``). One pipeline role per service keeps each pipeline's own rights minimal,
+and the path keeps the trust policy one line long however many services there are (trust policies are capped at
+2,048 characters).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class DeployRoleArgs:
     path: str
     """IAM path of the role, e.g. ``/crossdeploy/prod/deploy/``."""
     tools_account_id: str
-    trusted_principal_pattern: str
-    """``aws:PrincipalArn`` pattern of the roles allowed to assume this one (the stack's pipeline roles)."""
+    trusted_principal_patterns: tuple[str, ...]
+    """``aws:PrincipalArn`` patterns of the roles allowed to assume this one: the stack's pipeline role path, and
+    the push-deploy function's role where push delivery is used."""
     targets: tuple[DeployTarget, ...]
     passable_role_arns: tuple[str, ...]
     """Task and execution roles of the targets; nothing else can be passed."""
@@ -61,8 +63,10 @@ class DeployRoleArgs:
             problems.append("targets: at least one ECS service is required")
         if not self.path.startswith("/") or not self.path.endswith("/"):
             problems.append(f"path: must start and end with '/', got {self.path!r}")
-        if not self.trusted_principal_pattern.startswith(f"arn:{self.partition}:iam::{self.tools_account_id}:"):
-            problems.append("trusted_principal_pattern: must name roles of the tools account")
+        tools_roles = f"arn:{self.partition}:iam::{self.tools_account_id}:role/"
+        if not self.trusted_principal_patterns or not all(
+                t.startswith(tools_roles) for t in self.trusted_principal_patterns):
+            problems.append("trusted_principal_patterns: must name roles of the tools account")
         if problems:
             raise ValueError("DeployRoleArgs: " + "; ".join(problems))
 
@@ -74,8 +78,8 @@ def _unique_clusters(targets: tuple[DeployTarget, ...]) -> list[DeployTarget]:
 def deploy_trust_policy(args: DeployRoleArgs) -> dict:
     return p.assume_role_trust(
         {"AWS": p.account_root(args.partition, args.tools_account_id)},
-        p.principal_arn_condition([args.trusted_principal_pattern], operator="ArnLike"),
-        sid="ToolsPipelineRoles",
+        p.principal_arn_condition(sorted(args.trusted_principal_patterns), operator="ArnLike"),
+        sid="ToolsDeliveryRoles",
     )
 
 

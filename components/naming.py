@@ -30,6 +30,20 @@ def pipeline_role_pattern(cfg: StackConfig) -> str:
     return role_arn(cfg.partition, cfg.tools_account_id, "*", iam_path(cfg, "pipeline"))
 
 
+def push_function_name(cfg: StackConfig) -> str:
+    return iam_name(cfg.project, cfg.stack, "push-deploy")
+
+
+def push_role_arn(cfg: StackConfig) -> str:
+    """The push-deploy function's role: trusted by the deploy roles next to the pipeline role path."""
+    return role_arn(cfg.partition, cfg.tools_account_id, push_function_name(cfg), iam_path(cfg, "push"))
+
+
+def forwarder_role_arn(cfg: StackConfig, account: str) -> str:
+    return role_arn(cfg.partition, account, iam_name(cfg.project, cfg.stack, "rollout-forwarder"),
+                    iam_path(cfg, "notices"))
+
+
 def workload_role_names(cfg: StackConfig, service: ServiceConfig) -> tuple[str, str]:
     """(task role, execution role) names of a service in every workload account."""
     return (iam_name(cfg.stack, service.service, "task"), iam_name(cfg.stack, service.service, "execution"))

@@ -15,6 +15,9 @@ import pulumi_aws as aws
 from components import policies as p
 
 CODESTAR_NOTIFICATIONS = "codestar-notifications.amazonaws.com"
+# Who publishes: CodeStar Notifications (pipeline failures), EventBridge (forwarded ECS rollout failures) and
+# CloudWatch (alarms on the push-deploy dead-letter queue and function errors).
+PUBLISHERS = (CODESTAR_NOTIFICATIONS, "events.amazonaws.com", "cloudwatch.amazonaws.com")
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,8 @@ class NotificationsArgs:
     region: str
     emails: tuple[str, ...] = field(default_factory=tuple)
     """Addresses subscribed to the topic; each must confirm the subscription AWS mails it. Default: none."""
-    publisher_services: tuple[str, ...] = (CODESTAR_NOTIFICATIONS,)
-    """Service principals allowed to publish (and to use the key through SNS). Default: CodeStar Notifications."""
+    publisher_services: tuple[str, ...] = PUBLISHERS
+    """Service principals allowed to publish (and to use the key through SNS). Default: :data:`PUBLISHERS`."""
 
 
 def topic_key_policy(args: NotificationsArgs) -> dict:
@@ -36,8 +39,8 @@ def topic_key_policy(args: NotificationsArgs) -> dict:
                     principals={"AWS": p.account_root(args.partition, args.account_id)}),
         p.statement("ServicesPublishThroughSns", ["kms:Decrypt", "kms:GenerateDataKey"], "*",
                     principals={"Service": sorted(args.publisher_services)},
-                    conditions={"StringEquals": {"kms:ViaService": f"sns.{args.region}.amazonaws.com",
-                                                 "aws:SourceAccount": args.account_id}}),
+                    # Only through SNS in this region; the topic policy pins the publishing account.
+                    conditions={"StringEquals": {"kms:ViaService": f"sns.{args.region}.amazonaws.com"}}),
     ])
 
 

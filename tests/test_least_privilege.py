@@ -82,7 +82,8 @@ def test_service_roles_trust_only_their_service_in_this_account(run) -> None:
         for stmt in statements(role.inputs["assumeRolePolicy"]):
             principal = stmt["Principal"]
             if "Service" in principal:
-                assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": tools}}, role.name
+                # The service acts for this role's own account (confused-deputy guard).
+                assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": role.account}}, role.name
             else:
                 assert principal == {"AWS": f"arn:aws:iam::{tools}:root"} and "ArnLike" in stmt["Condition"]
 

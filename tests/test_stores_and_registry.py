@@ -65,7 +65,8 @@ def test_one_hardened_bucket_per_region(base_run) -> None:
 
 
 def test_bucket_and_key_policies_admit_exactly_the_deploy_roles(base_run) -> None:
-    deploy_roles = {r.outputs["arn"] for r in base_run.of_type("aws:iam/role:Role") if r.account in (QA, PROD)}
+    deploy_roles = {r.outputs["arn"] for r in base_run.of_type("aws:iam/role:Role")
+                    if r.account in (QA, PROD) and "/deploy/" in r.outputs["arn"]}
     assert len(deploy_roles) == 2
     key = next(k for k in base_run.of_type("aws:kms/key:Key") if k.inputs.get("multiRegion"))
     bucket = base_run.of_type("aws:s3/bucket:Bucket")[0].outputs["bucket"]

@@ -1,0 +1,251 @@
+"""Push deploys: a push of an environment tag (``qa-1.8.0``) to a push service's repository rolls that exact image,
+pinned by digest, out to the environment's services in other accounts — EventBridge rule -> Lambda.
+
+CloudFormation and CDK cannot express "redeploy when a tag appears in another account's registry"; this is the
+seed system's EventBridge + Lambda design with its weaknesses fixed:
+
+* the Lambda registers a task definition revision pinned to the regional ``repo@sha256:`` URI (``pushMode:
+  revision``), so every deployment is reproducible and can be rolled back to a known image; ``force`` remains for
+  teams on mutable tags;
+* retries (EventBridge to Lambda, then Lambda's async retries) and an encrypted dead-letter queue keep every event
+  that could not be handled, and an alarm on that queue (and on the function's errors) reaches the SNS topic;
+* the target map ships as ``targets.json`` inside the code package, not in environment variables, which Lambda caps
+  at 4 KB in all.
+
+The handler (``handlers/push_deploy.py``) is plain boto3 and tested against moto; this module only wires it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from components import policies as p
+
+HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
+RUNTIME = "python3.12"
+# EventBridge rejects event patterns over 2,048 characters: repositories are spread over as many rules as needed.
+MAX_PATTERN_CHARS = 2048
+LAMBDA_TIMEOUT_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    environment: str
+    tag_patterns: tuple[str, ...]
+    account_id: str
+    region: str
+    cluster: str
+    service: str
+    role_arn: str
+    """The workload account's deploy role, assumed by the function."""
+
+
+@dataclass(frozen=True)
+class PushService:
+    repository: str
+    container: str
+    mode: str
+    """``revision`` or ``force``."""
+    targets: tuple[PushTarget, ...]
+    repository_arns: tuple[pulumi.Input[str], ...] = field(default_factory=tuple)
+    """The repository in every region (the function reads image metadata to wait for replication)."""
+
+
+@dataclass(frozen=True)
+class PushDeployArgs:
+    provider: aws.Provider
+    """Tools account provider in the home region."""
+    partition: str
+    tools_account_id: str
+    home_region: str
+    services: tuple[PushService, ...]
+    function_name: str
+    role_name: str
+    role_path: str
+    notification_topic_arn: pulumi.Input[str]
+    replication_timeout_seconds: int = 300
+    """How long the function waits for ECR replication per region. Default 300."""
+    max_concurrency: int = 8
+    """Targets deployed at once. Default 8: ECS throttles per account and region."""
+    log_retention_days: int = 30
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.services:
+            problems.append("services: at least one push service is required")
+        if not 1 <= self.max_concurrency <= 64:
+            problems.append(f"max_concurrency: 1-64, got {self.max_concurrency}")
+        if not 0 < self.replication_timeout_seconds < LAMBDA_TIMEOUT_SECONDS - 120:
+            problems.append("replication_timeout_seconds: must leave the function time to deploy")
+        for s in self.services:
+            if s.mode not in ("revision", "force"):
+                problems.append(f"services[{s.repository}].mode: revision or force, got {s.mode!r}")
+            if not s.targets:
+                problems.append(f"services[{s.repository}]: no targets")
+        if problems:
+            raise ValueError("PushDeployArgs: " + "; ".join(problems))
+
+    @property
+    def deploy_role_arns(self) -> list[str]:
+        return sorted({t.role_arn for s in self.services for t in s.targets})
+
+    @property
+    def tag_patterns(self) -> list[str]:
+        return sorted({tag for s in self.services for t in s.targets for tag in t.tag_patterns})
+
+
+def targets_document(args: PushDeployArgs) -> dict[str, Any]:
+    """The ``targets.json`` the handler reads (its ``load_targets`` validates the same shape)."""
+    return {
+        "version": 1,
+        "registryId": args.tools_account_id,
+        "homeRegion": args.home_region,
+        "partition": args.partition,
+        "replicationTimeoutSeconds": args.replication_timeout_seconds,
+        "maxConcurrency": args.max_concurrency,
+        "repositories": {
+            s.repository: {
+                "pushMode": s.mode,
+                "containerName": s.container,
+                "targets": [{
+                    "environment": t.environment, "tagPatterns": list(t.tag_patterns), "accountId": t.account_id,
+                    "region": t.region, "cluster": t.cluster, "service": t.service, "roleArn": t.role_arn,
+                } for t in s.targets],
+            } for s in args.services
+        },
+    }
+
+
+def event_patterns(repositories: list[str], tag_patterns: list[str]) -> list[dict[str, Any]]:
+    """Exactly successful pushes of the push repositories with a configured tag pattern, in as few rules as fit."""
+
+    def pattern(repos: list[str]) -> dict[str, Any]:
+        return {
+            "source": ["aws.ecr"],
+            "detail-type": ["ECR Image Action"],
+            "detail": {
+                "action-type": ["PUSH"],
+                "result": ["SUCCESS"],
+                "repository-name": repos,
+                "image-tag": [{"wildcard": t} if "*" in t else t for t in tag_patterns],
+            },
+        }
+
+    chunks: list[list[str]] = [[]]
+    for repo in repositories:
+        if chunks[-1] and len(json.dumps(pattern([*chunks[-1], repo]))) > MAX_PATTERN_CHARS:
+            chunks.append([])
+        chunks[-1].append(repo)
+    patterns = [pattern(c) for c in chunks if c]
+    if any(len(json.dumps(x)) > MAX_PATTERN_CHARS for x in patterns):
+        raise ValueError("push tag patterns alone exceed EventBridge's 2,048-character event pattern limit")
+    return patterns
+
+
+def function_policy(args: PushDeployArgs, log_group_arn: pulumi.Input[str], queue_arn: pulumi.Input[str]) -> dict:
+    return p.document([
+        p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    [pulumi.Output.concat(log_group_arn, ":*")]),
+        p.statement("WaitForReplicas", ["ecr:DescribeImages"],
+                    [arn for s in args.services for arn in s.repository_arns]),
+        p.statement("AssumeDeployRoles", ["sts:AssumeRole"], args.deploy_role_arns),
+        p.statement("DeadLetter", ["sqs:SendMessage"], [queue_arn]),
+    ])
+
+
+def _code(document: dict[str, Any]) -> pulumi.AssetArchive:
+    # The handlers package as it is in this repository (what the tests run) plus the generated target map.
+    assets: dict[str, pulumi.Asset | pulumi.Archive] = {
+        f"handlers/{path.name}": pulumi.FileAsset(str(path)) for path in sorted(HANDLERS.glob("*.py"))
+    }
+    assets["targets.json"] = pulumi.StringAsset(json.dumps(document, indent=1, sort_keys=True))
+    return pulumi.AssetArchive(assets)
+
+
+class PushDeploy(pulumi.ComponentResource):
+    """The ECR push rule, the deploying function with its role, retries, dead-letter queue and alarms."""
+
+    def __init__(self, name: str, args: PushDeployArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("crossdeploy:push_deploy:PushDeploy", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        document = targets_document(args)
+
+        queue = aws.sqs.Queue(
+            f"{name}-dlq",
+            # Server-side encryption with SQS-owned keys: no key policy to keep in step with EventBridge.
+            sqs_managed_sse_enabled=True,
+            message_retention_seconds=14 * 24 * 3600,  # the maximum: a failed rollout can wait for a human
+            opts=child)
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-logs", name=f"/aws/lambda/{args.function_name}", retention_in_days=args.log_retention_days,
+            opts=child)
+        role = aws.iam.Role(
+            f"{name}-role", name=args.role_name, path=args.role_path,
+            assume_role_policy=p.to_json(p.service_trust("lambda.amazonaws.com", args.tools_account_id)),
+            opts=child)
+        role_policy = aws.iam.RolePolicy(
+            f"{name}-role-policy", role=role.name,
+            policy=p.to_json(function_policy(args, log_group.arn, queue.arn)), opts=child)
+        function = aws.lambda_.Function(
+            f"{name}-function",
+            name=args.function_name,
+            description="crossdeploy: deploys pushed environment tags, pinned by digest, to workload accounts",
+            runtime=RUNTIME,
+            architectures=["arm64"],
+            handler="handlers.push_deploy.handler",
+            code=_code(document),
+            role=role.arn,
+            timeout=LAMBDA_TIMEOUT_SECONDS,
+            memory_size=512,
+            dead_letter_config=aws.lambda_.FunctionDeadLetterConfigArgs(target_arn=queue.arn),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[role_policy, log_group])),
+        )
+        aws.lambda_.FunctionEventInvokeConfig(
+            f"{name}-async", function_name=function.name, maximum_retry_attempts=2,
+            maximum_event_age_in_seconds=3600, opts=child)
+
+        rule_arns = []
+        repositories = [s.repository for s in args.services]
+        for i, pattern in enumerate(event_patterns(repositories, args.tag_patterns)):
+            rule = aws.cloudwatch.EventRule(
+                f"{name}-rule-{i}", description="Successful pushes of environment tags to push-delivery repositories",
+                event_pattern=json.dumps(pattern), opts=child)
+            rule_arns.append(rule.arn)
+            aws.lambda_.Permission(
+                f"{name}-invoke-{i}", action="lambda:InvokeFunction", function=function.name,
+                principal="events.amazonaws.com", source_arn=rule.arn, opts=child)
+            aws.cloudwatch.EventTarget(
+                f"{name}-target-{i}", rule=rule.name, arn=function.arn,
+                retry_policy=aws.cloudwatch.EventTargetRetryPolicyArgs(
+                    maximum_event_age_in_seconds=3600, maximum_retry_attempts=20),
+                dead_letter_config=aws.cloudwatch.EventTargetDeadLetterConfigArgs(arn=queue.arn),
+                opts=child)
+        aws.sqs.QueuePolicy(
+            f"{name}-dlq-policy", queue_url=queue.url,
+            policy=p.to_json(p.document([p.statement(
+                "RulesDeadLetter", ["sqs:SendMessage"], [queue.arn], principals={"Service": "events.amazonaws.com"},
+                conditions={"ArnEquals": {"aws:SourceArn": rule_arns}})])),
+            opts=child)
+
+        for metric, namespace, dimensions, what in (
+            ("ApproximateNumberOfMessagesVisible", "AWS/SQS", {"QueueName": queue.name},
+             "push deploy events could not be handled (dead-letter queue)"),
+            ("Errors", "AWS/Lambda", {"FunctionName": function.name}, "the push deploy function failed"),
+        ):
+            aws.cloudwatch.MetricAlarm(
+                f"{name}-alarm-{metric.lower()}", alarm_description=f"crossdeploy: {what}",
+                namespace=namespace, metric_name=metric, dimensions=dimensions, statistic="Maximum", period=300,
+                evaluation_periods=1, threshold=0, comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching", alarm_actions=[args.notification_topic_arn],
+                ok_actions=[args.notification_topic_arn], opts=child)
+
+        self.function_arn = function.arn
+        self.role_arn = role.arn
+        self.queue_arn = queue.arn
+        self.register_outputs({"functionArn": function.arn, "deadLetterQueueArn": queue.arn})
