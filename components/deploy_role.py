@@ -90,6 +90,9 @@ def deploy_role_policy(args: DeployRoleArgs) -> dict:
         p.statement("DeployConfiguredServices", ["ecs:DescribeServices", "ecs:UpdateService"], service_arns),
         p.unscoped("TaskDefinitions", ["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"],
                    why="ECS supports no resource-level permissions for these actions"),
+        # DescribeTaskDefinition(include=["TAGS"]) reads the tags to copy them onto the new revision.
+        p.statement("ReadRevisionTags", ["ecs:ListTagsForResource"],
+                    [p.arn(args.partition, "ecs", "*", args.account_id, "task-definition/*")]),
         # Tags on a new revision are only accepted together with registering it.
         p.statement("TagNewRevisions", ["ecs:TagResource"],
                     [p.arn(args.partition, "ecs", "*", args.account_id, "task-definition/*")],

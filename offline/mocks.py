@@ -231,6 +231,9 @@ def run_program(
         runpy.run_path(str(program), run_name="__main__")
 
     _sync_await(run_pulumi_func(body))
+    # The SDK sends registrations from a thread pool, so arrival order varies from run to run; sorting makes plans,
+    # benchmarks and test failures reproducible.
+    mocks.run.resources.sort(key=lambda r: (r.type, r.name))
     root = pulumi_settings.get_root_resource()
     raw_outputs = dict(getattr(root, "outputs", {}) or {})
     for key, value in raw_outputs.items():

@@ -184,6 +184,10 @@ def accounts(run: ProgramRun) -> dict[str, AccountInfo]:
                 regions.append(provider.region)
     for resource in run.custom():
         info(resource.account or "?")
+    # Registrations arrive in no fixed order: the home region (where pipelines run) first, then alphabetical.
+    home = pipelines[0].region if pipelines else None
+    for account_info in infos.values():
+        account_info.provider_regions.sort(key=lambda r: (r != home, r))
     promotion = list(envs)  # first seen in the pipelines' stage order, i.e. promotion order
     rank = {"tools": 0, "workload": 1, "unknown": 2}
     return dict(sorted(infos.items(), key=lambda kv: (

@@ -1,0 +1,707 @@
+"""Push deploys: an ECR push of an environment tag (``qa-1.8.0``) rolls that exact image out to the environment's ECS
+services in other accounts and regions (EventBridge "ECR Image Action" -> this Lambda).
+
+Lambda entry point: ``handlers.push_deploy.handler``. The target map is ``targets.json`` at the package root (Lambda
+caps environment variables at 4 KB in all, which a map of accounts x regions x services soon outgrows); the
+environment variable ``CROSSDEPLOY_TARGETS_FILE`` points elsewhere, ``CROSSDEPLOY_MAX_CONCURRENCY`` overrides the
+map's ``maxConcurrency``.
+
+* Refusals: anything but a successful push of a configured repository, from the registry's own account and home
+  region, with a ``sha256:`` digest and a tag matching an environment, is logged once with a reason and answered
+  ``{"status": "ignored"}`` **before any AWS call**; it is not raised, so a foreign event is never retried into the
+  dead-letter queue.
+* Per target (account, region, cluster, service), concurrently and bounded: wait until ECR replication has brought
+  the digest to the target region, assume the environment's deploy role, then either register a copy of the
+  service's task definition (whole, see :mod:`handlers.ecs_common`) pinned to the regional ``repo@sha256:`` URI and
+  point the service at it (``revision``), or force a new deployment (``force``, for teams on mutable tags).
+  A service already on the digest is left alone, so a retried event rolls nothing twice.
+* One failing target does not stop the others; if any failed, the invocation raises with every target's outcome,
+  so Lambda's async retries and the dead-letter queue keep the event. Throttling is retried by the SDK (``RETRY``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.loaders
+from botocore.exceptions import ClientError
+
+from handlers.ecs_common import (
+    RETRY,
+    assumed_session,
+    current_image,
+    log,
+    register_kwargs,
+    replace_image,
+)
+from handlers.image_definitions import ReplicationTimeout, regional_image_uri, wait_for_replication
+
+TARGETS_SCHEMA_VERSION = 1
+TARGETS_FILE_ENV = "CROSSDEPLOY_TARGETS_FILE"
+MAX_CONCURRENCY_ENV = "CROSSDEPLOY_MAX_CONCURRENCY"
+# The package root: /var/task/targets.json in Lambda, wherever the package is unpacked otherwise.
+DEFAULT_TARGETS_FILE = Path(__file__).resolve().parents[1] / "targets.json"
+
+MAX_CONCURRENCY_LIMIT = 64  # same bound as the Pulumi side: ECS throttles per account and region
+MAX_REPLICATION_TIMEOUT = 900  # Lambda's own maximum duration; a longer wait could never finish
+POLL_INTERVAL_SECONDS = 5.0  # DescribeImages per poll: cheap, and replication usually takes seconds
+# Kept back from the invocation's remaining time for the ECS calls after the wait, so a slow replica ends as a
+# reported ReplicationTimeout (with a summary) rather than as a Lambda timeout that says nothing about targets.
+DEPLOY_RESERVE_SECONDS = 60.0
+
+PUSH_MODES = ("revision", "force")
+
+_ACCOUNT = re.compile(r"[0-9]{12}")
+# Shape only, on purpose: the bundled botocore in the Lambda runtime may predate a region the config uses.
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+_PARTITION = re.compile(r"aws(?:-[a-z]+)*")
+_ENVIRONMENT = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
+_ECR_REPOSITORY = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
+_ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # container, service and cluster names
+_TAG_PATTERN = re.compile(r"[A-Za-z0-9_.*-]{1,128}")
+_ROLE_ARN = re.compile(
+    r"arn:(?P<partition>[a-z0-9-]+):iam::(?P<account>[0-9]{12}):role/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}"
+)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")  # what STS accepts in RoleSessionName
+
+_TOP_KEYS = ("version", "registryId", "homeRegion", "partition", "replicationTimeoutSeconds", "maxConcurrency",
+             "repositories")
+_REPOSITORY_KEYS = ("pushMode", "containerName", "targets")
+_TARGET_KEYS = ("environment", "tagPatterns", "accountId", "region", "cluster", "service", "roleArn")
+
+
+# --- the target map ---------------------------------------------------------------------------------------------
+
+
+class TargetsError(ValueError):
+    """targets.json is missing, not JSON, or not the shape this handler reads. A deployment fault, not the event's:
+    it is raised, so the event stays retriable (and ends in the dead-letter queue) until the map is fixed."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One ECS service of one environment in one account and region."""
+
+    environment: str
+    tag_patterns: tuple[str, ...]
+    account_id: str
+    region: str
+    cluster: str
+    service: str
+    role_arn: str
+
+    def log_fields(self) -> dict[str, str]:
+        return {"environment": self.environment, "account": self.account_id, "region": self.region,
+                "cluster": self.cluster, "service": self.service}
+
+    def label(self) -> str:
+        return f"{self.environment} {self.account_id}/{self.region} {self.cluster}/{self.service}"
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    push_mode: str
+    container_name: str
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class Targets:
+    registry_id: str
+    home_region: str
+    partition: str
+    dns_suffix: str
+    """ECR's DNS suffix in the partition (``amazonaws.com``, ``amazonaws.com.cn``), for regional image URIs."""
+    replication_timeout_seconds: int
+    max_concurrency: int
+    repositories: Mapping[str, Repository]
+
+
+@functools.cache
+def _dns_suffixes() -> dict[str, str]:
+    # botocore's bundled endpoint data knows every partition (iso ones too) without a network call.
+    data = botocore.loaders.create_loader().load_data("endpoints")
+    return {p["partition"]: p["dnsSuffix"] for p in data["partitions"]}
+
+
+def _dns_suffix(partition: str) -> str | None:
+    return _dns_suffixes().get(partition)
+
+
+class _Problems:
+    """Collects every problem of a map so one failed load names them all, each with its JSON path."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def exact_keys(self, obj: Any, keys: tuple[str, ...], where: str) -> bool:
+        if not isinstance(obj, dict):
+            self.add(where, f"expected an object, got {_kind(obj)}")
+            return False
+        for key in keys:
+            if key not in obj:
+                self.add(where, f"missing key {key!r}")
+        # Unknown keys are errors: a misspelt key must not silently fall back to nothing.
+        for key in obj:
+            if key not in keys:
+                self.add(where, f"unknown key {key!r}")
+        return True
+
+    def string(self, obj: dict, key: str, pattern: re.Pattern[str], where: str, what: str) -> str | None:
+        value = obj.get(key)
+        if key not in obj:
+            return None  # reported by exact_keys
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            self.add(f"{where}.{key}", f"expected {what}, got {value!r}")
+            return None
+        return value
+
+    def integer(self, obj: dict, key: str, low: int, high: int, where: str) -> int | None:
+        value = obj.get(key)
+        if key not in obj:
+            return None
+        # bool is an int in Python, never in this file.
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            self.add(f"{where}.{key}", f"expected an integer from {low} to {high}, got {value!r}")
+            return None
+        return value
+
+
+def _show(value: Any) -> str:
+    """repr() cut to a loggable length (event fields are untrusted input)."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value),
+                                                                                         type(value).__name__)
+
+
+def parse_targets(data: Any, source: str = "targets.json") -> Targets:
+    """Validate decoded targets.json strictly (exact keys, types, names, ARNs); raises :class:`TargetsError` naming
+    every problem found."""
+    if not isinstance(data, dict):
+        raise TargetsError(f"{source}: expected a JSON object, got {_kind(data)}")
+    if data.get("version") != TARGETS_SCHEMA_VERSION:
+        # Checked alone first: any other version means every other message would be noise.
+        raise TargetsError(f"{source}: version: this handler reads version {TARGETS_SCHEMA_VERSION}, got "
+                           f"{data.get('version')!r} (the handler and its map are deployed together; redeploy both)")
+    problems = _Problems()
+    problems.exact_keys(data, _TOP_KEYS, "$")
+    registry_id = problems.string(data, "registryId", _ACCOUNT, "$", "a 12-digit account id string")
+    home_region = problems.string(data, "homeRegion", _REGION, "$", "a region name")
+    partition = problems.string(data, "partition", _PARTITION, "$", "a partition name (aws, aws-cn, aws-us-gov)")
+    suffix = _dns_suffix(partition) if partition else None
+    if partition and not suffix:
+        problems.add("$.partition", f"unknown partition {partition!r}")
+    timeout = problems.integer(data, "replicationTimeoutSeconds", 0, MAX_REPLICATION_TIMEOUT, "$")
+    concurrency = problems.integer(data, "maxConcurrency", 1, MAX_CONCURRENCY_LIMIT, "$")
+
+    repositories: dict[str, Repository] = {}
+    raw_repos = data.get("repositories")
+    if "repositories" in data and (not isinstance(raw_repos, dict) or not raw_repos):
+        problems.add("$.repositories", f"expected a non-empty object, got {raw_repos!r}")
+        raw_repos = {}
+    for name, raw in (raw_repos or {}).items():
+        where = f"$.repositories[{name!r}]"
+        if not _ECR_REPOSITORY.fullmatch(name) or not 2 <= len(name) <= 256:
+            problems.add(where, "not an ECR repository name")
+        repo = _parse_repository(raw, name, where, partition, problems)
+        if repo:
+            repositories[name] = repo
+
+    if problems.items:
+        raise TargetsError(f"{source}: {len(problems.items)} problem(s): " + "; ".join(problems.items))
+    # No problems means every field above was read and valid.
+    return Targets(str(registry_id), str(home_region), str(partition), str(suffix), int(timeout or 0),
+                   int(concurrency or 1), repositories)
+
+
+def _parse_repository(raw: Any, name: str, where: str, partition: str | None, problems: _Problems) -> Repository | None:
+    if not problems.exact_keys(raw, _REPOSITORY_KEYS, where):
+        return None
+    mode = raw.get("pushMode")
+    if "pushMode" in raw and mode not in PUSH_MODES:
+        problems.add(f"{where}.pushMode", f"expected one of {list(PUSH_MODES)}, got {mode!r}")
+    container = problems.string(raw, "containerName", _ECS_NAME, where, "an ECS container name")
+    raw_targets = raw.get("targets")
+    if "targets" in raw and (not isinstance(raw_targets, list) or not raw_targets):
+        problems.add(f"{where}.targets", f"expected a non-empty list, got {raw_targets!r}")
+        raw_targets = []
+    targets: list[Target] = []
+    seen: dict[tuple[str, str, str, str], int] = {}
+    for i, raw_target in enumerate(raw_targets or []):
+        target = _parse_target(raw_target, f"{where}.targets[{i}]", partition, problems)
+        if target is None:
+            continue
+        key = (target.account_id, target.region, target.cluster, target.service)
+        if key in seen:
+            # Two entries for one service would deploy it twice, concurrently, racing each other.
+            problems.add(f"{where}.targets[{i}]", f"same account, region, cluster and service as targets[{seen[key]}]")
+        seen.setdefault(key, i)
+        targets.append(target)
+    if mode in PUSH_MODES and container and len(targets) == len(raw_targets or []) and targets:
+        return Repository(name, mode, container, tuple(targets))
+    return None
+
+
+def _parse_target(raw: Any, where: str, partition: str | None, problems: _Problems) -> Target | None:
+    before = len(problems.items)
+    if not problems.exact_keys(raw, _TARGET_KEYS, where):
+        return None
+    environment = problems.string(raw, "environment", _ENVIRONMENT, where, "an environment name")
+    account = problems.string(raw, "accountId", _ACCOUNT, where, "a 12-digit account id string")
+    region = problems.string(raw, "region", _REGION, where, "a region name")
+    cluster = problems.string(raw, "cluster", _ECS_NAME, where, "an ECS cluster name")
+    service = problems.string(raw, "service", _ECS_NAME, where, "an ECS service name")
+    role_arn = problems.string(raw, "roleArn", _ROLE_ARN, where, "an IAM role ARN")
+    patterns = raw.get("tagPatterns")
+    if "tagPatterns" in raw:
+        if (not isinstance(patterns, list) or not patterns
+                or not all(isinstance(p, str) and _TAG_PATTERN.fullmatch(p) for p in patterns)):
+            problems.add(f"{where}.tagPatterns", f"expected a non-empty list of tag patterns (tag characters and "
+                                                 f"'*'), got {patterns!r}")
+        elif len(set(patterns)) != len(patterns):
+            problems.add(f"{where}.tagPatterns", f"duplicate patterns in {patterns!r}")
+    if role_arn:
+        match = _ROLE_ARN.fullmatch(role_arn) or {"account": account, "partition": partition}
+        # Security: the role is where the function acts. An ARN in another account (or partition) than the target
+        # names would deploy somewhere the configuration never said.
+        if account and match["account"] != account:
+            problems.add(f"{where}.roleArn", f"role is in account {match['account']}, the target in {account}")
+        if partition and match["partition"] != partition:
+            problems.add(f"{where}.roleArn", f"role is in partition {match['partition']}, the map in {partition}")
+    if len(problems.items) > before or None in (environment, account, region, cluster, service, role_arn):
+        return None
+    return Target(str(environment), tuple(patterns), str(account), str(region), str(cluster), str(service),
+                  str(role_arn))
+
+
+def load_targets(path: str | os.PathLike[str]) -> Targets:
+    """Read and validate targets.json (see :func:`parse_targets`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TargetsError(f"{path}: not found (it ships in the function's package; see {TARGETS_FILE_ENV})") from None
+    except (OSError, ValueError) as exc:
+        raise TargetsError(f"{path}: not readable JSON ({exc})") from None
+    return parse_targets(data, str(path))
+
+
+def tag_matches(pattern: str, tag: str) -> bool:
+    """Whether ``tag`` matches ``pattern``: ``*`` matches any run of characters (also none), everything else is
+    literal (no ``?`` or ``[...]`` as in fnmatch). Greedy left-to-right segment search: linear, no backtracking."""
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return tag == pattern
+    head, *middle, tail = parts
+    if len(tag) < len(head) + len(tail) or not tag.startswith(head) or not tag.endswith(tail):
+        return False
+    position, end = len(head), len(tag) - len(tail)
+    for part in middle:
+        found = tag.find(part, position, end)
+        if found < 0:
+            return False
+        position = found + len(part)
+    return True
+
+
+# --- the event --------------------------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """The event is not ours to act on: answered ``ignored``, never raised out of the handler."""
+
+    def __init__(self, reason: str, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.fields = fields
+
+
+class ConfigurationError(RuntimeError):
+    """The map would make this push deploy somewhere it must not; raised so the event is kept, not dropped."""
+
+
+@dataclass(frozen=True)
+class Push:
+    """A validated push and the targets its tag maps to."""
+
+    event_id: str
+    repository: Repository
+    tag: str
+    digest: str
+    targets: tuple[Target, ...]
+
+    def log_fields(self) -> dict[str, str]:
+        return {"eventId": self.event_id, "repository": self.repository.name, "tag": self.tag, "digest": self.digest}
+
+
+def parse_event(event: Any, targets: Targets) -> Push:
+    """The push an ECR "ECR Image Action" event describes, or :class:`Refused` with one reason. No AWS calls."""
+    if not isinstance(event, Mapping):
+        raise Refused("malformed-event", f"event is {_kind(event)}, not an object")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise Refused("malformed-event", f"id is missing or not a non-empty string: {_show(event_id)}")
+    known = {"eventId": event_id}
+    source, detail_type = event.get("source"), event.get("detail-type")
+    if source != "aws.ecr" or detail_type != "ECR Image Action":
+        raise Refused("not-an-ecr-image-action", f"source {_show(source)}, detail-type {_show(detail_type)}", **known)
+    detail = event.get("detail")
+    if not isinstance(detail, Mapping):
+        raise Refused("malformed-event", f"detail is {_kind(detail)}, not an object", **known)
+    strings = {"account": event.get("account"), "region": event.get("region")}
+    strings.update({key: detail.get(key) for key in ("action-type", "result", "repository-name", "image-digest")})
+    for key, value in strings.items():
+        if not isinstance(value, str):
+            raise Refused("malformed-event", f"{key} is missing or not a string: {_show(value)}", **known)
+    tag = detail.get("image-tag")
+    if tag is not None and not isinstance(tag, str):
+        raise Refused("malformed-event", f"image-tag is not a string: {_show(tag)}", **known)
+    name, digest = strings["repository-name"], strings["image-digest"]
+    # Logged with the refusal, cut short: the event is untrusted input and may be arbitrarily large.
+    known.update(repository=name[:300], digest=digest[:300], tag=tag[:300] if tag else tag)
+
+    if strings["action-type"] != "PUSH":
+        raise Refused("not-a-push", f"action-type {_show(strings['action-type'])}", **known)
+    if strings["result"] != "SUCCESS":
+        raise Refused("push-not-successful", f"result {_show(strings['result'])}", **known)
+    # The registry is the tools account's, in its home region: a look-alike event from elsewhere (a workload
+    # account's own registry on a shared bus) must not deploy anything.
+    if strings["account"] != targets.registry_id:
+        raise Refused("foreign-account", f"account {strings['account']} is not the registry's "
+                                         f"{targets.registry_id}", **known)
+    if strings["region"] != targets.home_region:
+        raise Refused("foreign-region", f"region {strings['region']} is not the home region "
+                                        f"{targets.home_region}", **known)
+    repository = targets.repositories.get(name)
+    if repository is None:
+        raise Refused("unconfigured-repository", f"repository {_show(name)} is not a push-delivery repository", **known)
+    if not _DIGEST.fullmatch(digest):
+        raise Refused("bad-digest", f"image-digest {_show(digest)} is not sha256:<64 lower-case hex>", **known)
+    if not tag:
+        raise Refused("untagged-push", "the push carries no tag, so it names no environment", **known)
+    matched = tuple(t for t in repository.targets if any(tag_matches(p, tag) for p in t.tag_patterns))
+    if not matched:
+        raise Refused("tag-matches-no-environment", f"tag {_show(tag)} matches no environment's patterns", **known)
+    return Push(event_id, repository, tag, digest, matched)
+
+
+# --- AWS access (module-level seams: tests replace these two functions, nothing else) ---------------------------
+
+
+def _base_session() -> boto3.Session:
+    """The function's own (tools-account) credentials; one per invocation."""
+    return boto3.Session()
+
+
+def _deploy_session(base: boto3.Session, role_arn: str, session_name: str) -> boto3.Session:
+    """The environment's deploy role in the workload account (short-lived; CloudTrail shows ``session_name``)."""
+    return assumed_session(base, role_arn, session_name)
+
+
+class TargetError(Exception):
+    """A target that cannot be deployed as configured (missing service, unsupported deployment controller)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def session_name(event_id: str) -> str:
+    """RoleSessionName for an event: STS allows ``[\\w+=,.@-]``, 2-64 characters; CloudTrail in the workload account
+    then ties every ECS call to the ECR event that caused it."""
+    return ("crossdeploy-push-" + _SESSION_NAME_CHARS.sub("-", event_id))[:64]
+
+
+class Clients:
+    """The AWS sessions and clients of one invocation, shared by its target threads.
+
+    boto3 sessions are not thread-safe, clients are: sessions are touched only under the lock (to create a client or
+    assume a role) and the clients are shared. Sharing also means each service model is parsed, and each deploy role
+    assumed, once per invocation rather than once per target: creating a client costs about 0.1 s of CPU, which
+    threads would serialize behind the GIL. The lock is held while a role is assumed (once per role; an invocation
+    normally has one, its environment's), so the other threads simply wait for that role's credentials.
+    Credentials last 15 minutes (``assumed_session``) and are obtained after the start of the invocation, which
+    Lambda ends within 15 minutes: they cannot expire mid-invocation.
+    """
+
+    def __init__(self, session_name: str) -> None:
+        self._lock = threading.Lock()
+        self._session_name = session_name
+        self._base: boto3.Session | None = None
+        self._clients: dict[tuple[str | None, str, str], Any] = {}
+        self._roles: dict[str, boto3.Session | TargetError] = {}
+
+    def _tools(self) -> boto3.Session:
+        if self._base is None:  # created on first use: a refused event never creates one
+            self._base = _base_session()
+        return self._base
+
+    def tools(self, service: str, region: str) -> Any:
+        """A client with the function's own credentials (the tools account)."""
+        with self._lock:
+            key = (None, service, region)
+            if key not in self._clients:
+                self._clients[key] = self._tools().client(service, region_name=region, config=RETRY)
+            return self._clients[key]
+
+    def deploy(self, role_arn: str, service: str, region: str) -> Any:
+        """A client acting as ``role_arn``; a role that could not be assumed fails every target that needs it, with
+        one STS call, not one per target."""
+        with self._lock:
+            key = (role_arn, service, region)
+            if key not in self._clients:
+                session = self._roles.get(role_arn)
+                if session is None:
+                    try:
+                        session = _deploy_session(self._tools(), role_arn, self._session_name)
+                    except Exception as exc:  # kept as the outcome of every target using this role
+                        session = TargetError(_error_code(exc), f"assuming {role_arn}: {exc}")
+                    self._roles[role_arn] = session
+                if isinstance(session, TargetError):
+                    raise TargetError(session.code, str(session))
+                self._clients[key] = session.client(service, region_name=region, config=RETRY)
+            return self._clients[key]
+
+
+# --- one target -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every target of one invocation shares."""
+
+    targets: Targets
+    clients: Clients
+    replication_timeout_seconds: float
+    poll_interval_seconds: float = POLL_INTERVAL_SECONDS
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass
+class TargetResult:
+    target: Target
+    status: str
+    """``updated``, ``unchanged`` or ``failed``."""
+    task_definition_arn: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.target.log_fields(), "status": self.status}
+        if self.task_definition_arn:
+            out["taskDefinitionArn"] = self.task_definition_arn
+        if self.error_code:
+            out.update(errorCode=self.error_code, error=self.error)
+        return out
+
+    def describe(self) -> str:
+        text = f"{self.status} {self.target.label()}"
+        if self.status == "failed":
+            return f"{text}: {self.error_code}: {self.error}"
+        return f"{text} -> {self.task_definition_arn}" if self.task_definition_arn else text
+
+
+def _error_code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
+    if isinstance(exc, TargetError):
+        return exc.code
+    if isinstance(exc, ReplicationTimeout):
+        return "ReplicationTimeout"
+    return type(exc).__name__
+
+
+def deploy_target(push: Push, target: Target, run: RunSettings) -> TargetResult:
+    """Deploy ``push`` to one target; never raises (the outcome, failures included, is the result)."""
+    fields = {**push.log_fields(), **target.log_fields()}
+    log("target-start", **fields, pushMode=push.repository.push_mode)
+    result = TargetResult(target, "failed")
+    try:
+        # The replica belongs to the tools account, so the function's own credentials read it. Waiting comes
+        # first: nothing is asked of the workload account until the image can actually be pulled there.
+        ecr = run.clients.tools("ecr", target.region)
+        waited = wait_for_replication(ecr, run.targets.registry_id, push.repository.name, push.digest, target.region,
+                                      run.replication_timeout_seconds, run.poll_interval_seconds,
+                                      sleep=run.sleep, clock=run.clock)
+        result.notes["replicationWaitSeconds"] = round(waited, 3)
+        ecs = run.clients.deploy(target.role_arn, "ecs", target.region)
+        service = _describe_service(ecs, target)
+        if push.repository.push_mode == "force":
+            _force(ecs, push, target, service, result, fields)
+        else:
+            _revision(ecs, push, target, service, result, fields, run)
+    except Exception as exc:  # one target's failure must not stop the others; it is reported in the summary
+        result.status, result.error_code, result.error = "failed", _error_code(exc), str(exc)
+        log("failed", **fields, errorCode=result.error_code, error=result.error, **result.notes)
+    return result
+
+
+def _describe_service(ecs: Any, target: Target) -> dict[str, Any]:
+    response = ecs.describe_services(cluster=target.cluster, services=[target.service])
+    active = [s for s in response.get("services", []) if s.get("status") == "ACTIVE"]
+    if not active:
+        reasons = [f.get("reason") for f in response.get("failures", [])]
+        raise TargetError("ServiceNotFound", f"no ACTIVE service {target.service!r} in cluster {target.cluster!r} "
+                                             f"(account {target.account_id}, {target.region}; failures {reasons})")
+    return active[0]
+
+
+def _revision(ecs: Any, push: Push, target: Target, service: dict[str, Any], result: TargetResult,
+              fields: dict[str, str], run: RunSettings) -> None:
+    controller = (service.get("deploymentController") or {}).get("type", "ECS")
+    if controller != "ECS":
+        # UpdateService cannot change the task definition of CODE_DEPLOY or EXTERNAL services; fail before
+        # registering a revision that nothing would ever use.
+        raise TargetError("UnsupportedDeploymentController",
+                          f"service uses the {controller} deployment controller; push deploys need ECS (rolling)")
+    current_arn = service["taskDefinition"]
+    image = regional_image_uri({"registry": run.targets.registry_id, "suffix": run.targets.dns_suffix,
+                                "repo": push.repository.name, "digest": push.digest}, target.region)
+    result.notes.update(image=image, previousTaskDefinitionArn=current_arn)
+    described = ecs.describe_task_definition(taskDefinition=current_arn, include=["TAGS"])
+    kwargs = register_kwargs(described, ecs)
+    if current_image(kwargs, push.repository.container_name) == image:
+        # Idempotency: a retried or duplicate event finds the service already pinned to this digest.
+        result.status, result.task_definition_arn = "unchanged", current_arn
+        log("unchanged", **fields, taskDefinitionArn=current_arn, **result.notes)
+        return
+    registered = ecs.register_task_definition(**replace_image(kwargs, push.repository.container_name, image))
+    new_arn = registered["taskDefinition"]["taskDefinitionArn"]
+    log("registered", **fields, taskDefinitionArn=new_arn, previousTaskDefinitionArn=current_arn, image=image)
+    result.notes["registeredTaskDefinitionArn"] = new_arn  # in the failure log if the update below fails
+    # Only the task definition changes: desired count and everything else stay as the service (or its
+    # autoscaling) has them.
+    ecs.update_service(cluster=target.cluster, service=target.service, taskDefinition=new_arn)
+    result.status, result.task_definition_arn = "updated", new_arn
+    log("updated", **fields, taskDefinitionArn=new_arn, image=image)
+
+
+def _force(ecs: Any, push: Push, target: Target, service: dict[str, Any], result: TargetResult,
+           fields: dict[str, str]) -> None:
+    current_arn = service["taskDefinition"]
+    if _tasks_on_digest(ecs, target, push.repository.container_name, push.digest):
+        result.status, result.task_definition_arn = "unchanged", current_arn
+        log("unchanged", **fields, taskDefinitionArn=current_arn, forceNewDeployment=False, **result.notes)
+        return
+    ecs.update_service(cluster=target.cluster, service=target.service, forceNewDeployment=True)
+    result.status, result.task_definition_arn = "updated", current_arn
+    log("updated", **fields, taskDefinitionArn=current_arn, forceNewDeployment=True, **result.notes)
+
+
+def _tasks_on_digest(ecs: Any, target: Target, container: str, digest: str) -> bool:
+    """Whether the service runs at least one task and every one reports ``digest`` for the named container."""
+    arns: list[str] = []
+    pages = ecs.get_paginator("list_tasks").paginate(cluster=target.cluster, serviceName=target.service,
+                                                     desiredStatus="RUNNING")
+    for page in pages:
+        arns.extend(page.get("taskArns", []))
+    if not arns:
+        return False  # nothing runs the new image yet (or scaled to zero): a deployment is still wanted
+    for start in range(0, len(arns), 100):  # DescribeTasks takes at most 100 tasks per call
+        response = ecs.describe_tasks(cluster=target.cluster, tasks=arns[start:start + 100])
+        if response.get("failures"):
+            return False
+        for task in response.get("tasks", []):
+            digests = [c.get("imageDigest") for c in task.get("containers", []) if c.get("name") == container]
+            if digests != [digest]:
+                return False
+    return True
+
+
+# --- the invocation ---------------------------------------------------------------------------------------------
+
+
+class PushDeployFailed(RuntimeError):
+    """At least one target failed; the message lists every target's outcome."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def handle_push(
+    event: Any,
+    targets: Targets,
+    *,
+    max_concurrency: int | None = None,
+    time_remaining_seconds: float | None = None,
+    poll_interval_seconds: float = POLL_INTERVAL_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Validate ``event`` and deploy it to every target its tag maps to; see the module docstring."""
+    try:
+        push = parse_event(event, targets)
+    except Refused as refusal:
+        log("refused", reason=refusal.reason, message=refusal.message, **refusal.fields)
+        return {"status": "ignored", "reason": refusal.reason, "message": refusal.message}
+
+    environments = sorted({t.environment for t in push.targets})
+    if len(environments) > 1:
+        # The configuration rejects tag patterns that overlap across environments; should a map slip through,
+        # fail closed (event kept in the DLQ) rather than roll a qa tag out to prod.
+        message = f"tag {push.tag!r} matches environments {environments}; a tag must map to exactly one"
+        log("configuration-error", **push.log_fields(), error=message)
+        raise ConfigurationError(message)
+
+    timeout = float(targets.replication_timeout_seconds)
+    if time_remaining_seconds is not None:
+        timeout = max(0.0, min(timeout, time_remaining_seconds - DEPLOY_RESERVE_SECONDS))
+    run = RunSettings(targets, Clients(session_name(push.event_id)), timeout, poll_interval_seconds, sleep, clock)
+    workers = max(1, min(max_concurrency or targets.max_concurrency, len(push.targets)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crossdeploy-target") as pool:
+        # deploy_target is looked up here, at call time, so a benchmark can wrap it to observe concurrency.
+        futures = [pool.submit(deploy_target, push, target, run) for target in push.targets]
+        results = [future.result() for future in futures]
+
+    counts = {status: sum(r.status == status for r in results) for status in ("updated", "unchanged", "failed")}
+    summary = {"status": "failed" if counts["failed"] else "succeeded", **push.log_fields(),
+               "pushMode": push.repository.push_mode, "environment": environments[0], "concurrency": workers,
+               **counts, "targets": [r.as_dict() for r in results]}
+    log("summary", **summary)
+    if counts["failed"]:
+        raise PushDeployFailed(
+            f"push {push.repository.name}:{push.tag} ({push.digest}, event {push.event_id}): {counts['failed']} of "
+            f"{len(results)} targets failed: " + "; ".join(r.describe() for r in results), summary)
+    return summary
+
+
+def _max_concurrency_override() -> int | None:
+    raw = os.environ.get(MAX_CONCURRENCY_ENV)
+    if raw is None or raw.strip() == "":
+        return None
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_CONCURRENCY_LIMIT:
+        raise TargetsError(f"{MAX_CONCURRENCY_ENV}: expected an integer from 1 to {MAX_CONCURRENCY_LIMIT}, got {raw!r}")
+    return int(raw)
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """Lambda entry point (asynchronous invocation by EventBridge)."""
+    # A bad map or override raises: the event is fine, the deployment is not, and the event must be kept.
+    targets = load_targets(os.environ.get(TARGETS_FILE_ENV) or DEFAULT_TARGETS_FILE)
+    max_concurrency = _max_concurrency_override()
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return handle_push(event, targets, max_concurrency=max_concurrency,
+                       time_remaining_seconds=remaining() / 1000 if callable(remaining) else None)
