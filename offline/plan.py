@@ -367,6 +367,43 @@ def stage_summary(pipeline: Recorded) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def push_targets(run: ProgramRun) -> dict[str, Any] | None:
+    """The target map the push-deploy function ships with (its ``targets.json``), if the stack has push services."""
+    for function in run.of_type("aws:lambda/function:Function"):
+        assets = getattr(function.inputs.get("code"), "assets", None) or {}
+        if "targets.json" in assets:
+            return json.loads(assets["targets.json"].text)
+    return None
+
+
+def push_routes(targets: Mapping[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(repository with mode, tag patterns -> environment, "account region" targets) per repository and
+    environment, in the map's order."""
+    routes = []
+    for repository, spec in targets["repositories"].items():
+        by_env: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        for t in spec["targets"]:
+            by_env.setdefault((t["environment"], tuple(t["tagPatterns"])), []).append(
+                f"{t['accountId']} {t['region']} {t['cluster']}/{t['service']}")
+        for (env, tags), places in by_env.items():
+            routes.append((f"{repository} ({spec['pushMode']})", f"{', '.join(tags)} -> {env}", places))
+    return routes
+
+
+def render_push_mermaid(targets: Mapping[str, Any]) -> str:
+    """Push delivery as a flowchart: pushes -> rule -> function -> one node per repository and environment."""
+    repos = list(targets["repositories"])
+    out = ["flowchart LR",
+           f"  push([{mermaid_label('ECR push in ' + targets['homeRegion'], *repos)}])",
+           f"  rule[{mermaid_label('EventBridge rule', 'successful PUSH of a configured tag')}]",
+           f"  fn[{mermaid_label('push-deploy Lambda', 'revision pinned by digest', 'per target, bounded')}]",
+           "  push --> rule --> fn"]
+    for i, (repo, route, places) in enumerate(push_routes(targets)):
+        out.append(f"  t{i}[{mermaid_label(repo, route, *places)}]")
+        out.append(f"  fn --> t{i}")
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class Plan:
     project: str
@@ -453,6 +490,12 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
     width = max((len(physical_name(p)) for p in plan.pipelines), default=0)
     for pipeline in plan.pipelines:
         out.append(f"  {physical_name(pipeline):<{width}}  {stage_summary(pipeline)}")
+
+    targets = push_targets(plan.run)
+    if targets:
+        out += ["", f"Push delivery ({len(targets['repositories'])} services; EventBridge -> push-deploy Lambda)"]
+        for repo, route, places in push_routes(targets):
+            out.append(f"  {repo}: {route}: {'; '.join(places)}")
 
     out += ["", "Stack outputs"]
     for key, value in plan.run.outputs.items():
@@ -547,7 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The diagrams are written before anything is printed, so `... | head` still leaves a complete file.
     out = args.out or ROOT / "build" / f"plan-{stack}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_mermaid_doc(f"Pipelines of {project}/{stack}", plan.pipelines, plan.env_by_account))
+    doc = render_mermaid_doc(f"Pipelines of {project}/{stack}", plan.pipelines, plan.env_by_account)
+    targets = push_targets(run)
+    if targets:
+        doc += "\n".join(["## Push delivery", "", "```mermaid", render_push_mermaid(targets).rstrip("\n"), "```", ""])
+    out.write_text(doc)
     try:
         sys.stdout.write(render_text(plan, detail=args.detail))
         print(f"\nMermaid diagrams ({len(plan.pipelines)} pipelines): {out}")

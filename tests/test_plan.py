@@ -331,3 +331,24 @@ def test_dev_end_to_end(tmp_path):
     blocks = _blocks(out.read_text())
     assert len(blocks) == 1 and mermaid_problems(blocks[0]) == []
     assert "Approve-" not in blocks[0]  # dev has no approval
+
+
+def test_push_delivery_is_shown_in_text_and_diagram():
+    from conftest import PROD, QA, config
+
+    cfg = config(**{
+        "crossdeploy:environments": [
+            {"name": "qa", "accountId": QA, "regions": ["us-east-2"]},
+            {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "eu-west-1"], "pushTags": ["prod-*"]}],
+        "crossdeploy:services": [{"name": "orders"}, {"name": "billing", "delivery": "push", "pushMode": "force"}],
+    })
+    plan = p.build_plan(run_program(cfg, stack="push"), "crossdeploy", "push")
+    text = p.render_text(plan)
+    assert "Push delivery (1 services" in text
+    assert f"  billing (force): qa-* -> qa: {QA} us-east-2 crossdeploy/billing\n" in text
+    assert (f"  billing (force): prod-* -> prod: {PROD} us-east-2 crossdeploy/billing; "
+            f"{PROD} eu-west-1 crossdeploy/billing\n") in text
+    diagram = p.render_push_mermaid(p.push_targets(plan.run))
+    assert diagram.startswith("flowchart LR\n") and "fn --> t0" in diagram and "fn --> t1" in diagram
+    assert "-#gt; prod" in diagram, "labels are escaped like the pipeline diagrams"
+    assert [p_.outputs["name"] for p_ in plan.pipelines] == ["crossdeploy-push-orders"]
