@@ -1,0 +1,823 @@
+"""The Lambda steps of a release: every service and scheduled task of deployment.yaml deployed, or rolled back, as one.
+
+The state machine (:mod:`components.release_state_machine`) calls one entry point per step:
+
+* :func:`prepare` validates the converted release file again, pins every image to a digest (resolved in the tools
+  registry's home region, and present on each target region's replica), snapshots every target through its deploy
+  role (a service's task definition ARN; a rule's whole target list) and returns the compact item lists the Maps
+  iterate. It changes nothing, so it can fail freely.
+* :func:`update_task` / :func:`deploy_service` register a copy of the target's task definition, whole, with only the
+  image replaced; then point the rule target / the service at it.
+* :func:`check_service` / :func:`check_rollback` wait (inside the Lambda, then through the state machine's Wait
+  loop) until the service is steady on the expected task definition, its rollout failed, or the per-item deadline
+  passed; the state machine supplies the time (``$$.State.EnteredTime``), so the deadline is Step Functions'.
+* :func:`rollback_target` compares a target with its snapshot and restores only what differs: correct whatever the
+  forward Maps did or did not do, and idempotent.
+* :func:`notify` publishes one summary to the release topic.
+
+Configuration (set by the Pulumi side): ``CROSSDEPLOY_REGISTRY_ID``, ``CROSSDEPLOY_HOME_REGION``,
+``CROSSDEPLOY_PARTITION`` (aws), ``CROSSDEPLOY_TOPIC_ARN``, ``CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS`` (900),
+``CROSSDEPLOY_CHECK_WAIT_SECONDS`` (300: how long one check Lambda polls before handing back to the state machine).
+
+AWS access goes through :func:`_base_session` (the tools-account credentials Lambda gives us) and the deploy roles it
+assumes; tests replace that one factory. Every client retries throttling itself (:data:`ecs_common.RETRY`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import functools
+import json
+import math
+import os
+import re
+import threading
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from handlers.ecs_common import (
+    RETRY,
+    TaskDefinitionError,
+    assumed_session,
+    container_named,
+    current_image,
+    log,
+    register_kwargs,
+    replace_image,
+)
+from handlers.image_definitions import TransformError, regional_image_uri
+
+STEADY, IN_PROGRESS, FAILED, TIMED_OUT = "STEADY", "IN_PROGRESS", "FAILED", "TIMED_OUT"
+
+# Step Functions allows 256 KiB per state's input or output. The prepared lists travel in the state for the whole
+# execution; keep 56 KiB for what accumulates on the failure path (the error, one small result per rolled-back item).
+PAYLOAD_BUDGET_BYTES = 200 * 1024
+# Standard workflows stop at 25,000 history events; keep a margin for Lambda retries.
+HISTORY_BUDGET_EVENTS = 24_000
+PREPARE_WORKERS = 8
+
+# ECR replica hosts: <registry>.dkr.ecr.<region>.<suffix>. A partition missing here is refused, not guessed.
+_DNS_SUFFIX = {"aws": "amazonaws.com", "aws-us-gov": "amazonaws.com", "aws-cn": "amazonaws.com.cn",
+               "aws-iso": "c2s.ic.gov", "aws-iso-b": "sc2s.sgov.gov"}
+
+_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+_ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # ECS cluster, service and container names
+_CLUSTER_ARN = re.compile(r"arn:[a-z-]+:ecs:[a-z0-9-]+:\d{12}:cluster/[A-Za-z0-9_-]{1,255}")
+_RULE = re.compile(r"[.\-_A-Za-z0-9]{1,64}")
+_BUS = re.compile(r"[/.\-_A-Za-z0-9]{1,256}|arn:[a-z-]+:events:[a-z0-9-]+:\d{12}:event-bus/[/.\-_A-Za-z0-9]{1,256}")
+_REPOSITORY = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_.-]{1,300}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SESSION_CHARS = re.compile(r"[^\w+=,.@-]")
+
+_NOT_FOUND = {"ImageNotFoundException"}
+_NO_REPOSITORY = {"RepositoryNotFoundException"}
+
+
+class ReleaseInputError(ValueError):
+    """The execution input is not a release this code can run (every problem is listed)."""
+
+
+class ImageNotFoundError(ValueError):
+    """A tag or digest is not in the tools registry, or not yet on a target region's replica."""
+
+
+class TargetError(ValueError):
+    """A service or scheduled task of the release does not exist or cannot be updated as asked."""
+
+
+class ReleaseTooLargeError(ValueError):
+    """The release would not fit Step Functions' payload or history limits: split deployment.yaml."""
+
+
+class TargetUpdateError(RuntimeError):
+    """Updating one target failed (an AWS error, or EventBridge refusing a target in PutTargets' response); the
+    message names the target, so the notification says which one stopped the release."""
+
+
+class ConfigurationError(RuntimeError):
+    """The Lambda's environment is missing or malformed (a deployment problem, not a release problem)."""
+
+
+# ----------------------------------------------------------------------------------------------------------- AWS access
+
+@functools.cache
+def _base_session() -> boto3.Session:
+    """The Lambda's own credentials (tools account). One per container: clients are cached against it."""
+    return boto3.Session()
+
+
+# Deploy-role credentials last 900 s (ecs_common.assumed_session); renew well before. Caching sessions and clients
+# per warm container spares an AssumeRole and a client build (service model load) on every invocation.
+_CLIENT_TTL_SECONDS = 600.0
+_cache_lock = threading.Lock()
+# Keyed by the base session, so a new base session (new credentials, or a test's) never sees another's clients.
+_caches: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[float, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _client(service: str, region: str, role_arn: str | None = None, session_name: str = "crossdeploy-release") -> Any:
+    """A client in the tools account (``role_arn`` None) or acting as a workload account's deploy role."""
+    base = _base_session()
+    now = time.monotonic()
+    with _cache_lock:  # boto3 sessions are not thread-safe, and the state machine runs steps concurrently
+        cache = _caches.setdefault(base, {})
+        hit = cache.get(("client", service, region, role_arn, session_name))
+        if hit and hit[0] > now:
+            return hit[1]
+        for key in [k for k, (expires, _) in cache.items() if expires <= now]:
+            del cache[key]
+        expires, session = now + _CLIENT_TTL_SECONDS, base
+        if role_arn is not None:
+            # A client lives no longer than the credentials of the session it came from.
+            expires, session = cache.get(("session", role_arn, session_name)) or (
+                expires, assumed_session(base, role_arn, session_name))
+            cache[("session", role_arn, session_name)] = (expires, session)
+        client = session.client(service, region_name=region, config=RETRY)
+        cache[("client", service, region, role_arn, session_name)] = (expires, client)
+        return client
+
+
+def _session_name(release: Mapping[str, Any]) -> str:
+    # CloudTrail in the workload account shows this name: an operator can tie every change to one release.
+    return _SESSION_CHARS.sub("-", f"crossdeploy-{release.get('id', 'release')}")[:64]
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+# ------------------------------------------------------------------------------------------------------ configuration
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        raise ConfigurationError(f"environment variable {name} is not set")
+    return value
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _partition() -> str:
+    partition = _env("CROSSDEPLOY_PARTITION", "aws")
+    if partition not in _DNS_SUFFIX:
+        raise ConfigurationError(f"CROSSDEPLOY_PARTITION {partition!r} is not one of {sorted(_DNS_SUFFIX)}")
+    return partition
+
+
+def _service_timeout() -> int:
+    return _env_int("CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS", 900, 1)
+
+
+def _check_wait(context: Any) -> float:
+    """How long one check Lambda may poll: configured, and never past the Lambda's own timeout."""
+    wait = float(_env_int("CROSSDEPLOY_CHECK_WAIT_SECONDS", 300, 0))
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(remaining):
+        wait = min(wait, max(0.0, remaining() / 1000 - 30))  # 30 s to describe once more and return
+    return wait
+
+
+# -------------------------------------------------------------------------------------------------------------- time
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _parse_time(value: str) -> dt.datetime:
+    """Step Functions' timestamps (``2025-01-01T00:00:00.000Z``)."""
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ------------------------------------------------------------------------------------------------------------ prepare
+
+def _where(kind: str, index: int, entry: Any) -> str:
+    if isinstance(entry, Mapping):
+        line = f", line {entry['line']}" if isinstance(entry.get("line"), int) else ""
+        return f"{kind}[{index}] ({entry.get('name', '?')}{line})"
+    return f"{kind}[{index}]"
+
+
+def _check_image(where: str, image: Any, registry_id: str, problems: list[str]) -> None:
+    if not isinstance(image, Mapping):
+        problems.append(f"{where}: image must be an object with registryId, repository and a tag or digest")
+        return
+    if image.get("registryId") != registry_id:
+        problems.append(f"{where}: image.registryId {image.get('registryId')!r} is not the tools registry "
+                        f"{registry_id}")
+    if not isinstance(image.get("repository"), str) or not _REPOSITORY.fullmatch(image["repository"]) \
+            or not 2 <= len(image["repository"]) <= 256:
+        problems.append(f"{where}: image.repository {image.get('repository')!r} is not an ECR repository name")
+    tag, digest = image.get("tag"), image.get("digest")
+    if tag is None and digest is None:
+        problems.append(f"{where}: image needs a tag or a digest")
+    if tag is not None and (not isinstance(tag, str) or not _TAG.fullmatch(tag)):
+        problems.append(f"{where}: image.tag {tag!r} is not an image tag")
+    if digest is not None and (not isinstance(digest, str) or not _DIGEST.fullmatch(digest)):
+        problems.append(f"{where}: image.digest {digest!r} is not sha256:<64 hex>")
+
+
+def validate_manifest(manifest: Any, registry_id: str, partition: str) -> tuple[list[dict], list[dict]]:
+    """The release's services and tasks, or :class:`ReleaseInputError` listing every problem.
+
+    The validator's ``convert`` produced this input; it is checked again because the state machine can be started
+    by anyone allowed to, and a malformed item must fail here, before anything changes, not halfway through.
+    Unknown keys are ignored (the validator owns the file's strictness); every key used below is checked.
+    """
+    if not isinstance(manifest, Mapping):
+        raise ReleaseInputError("execution input must be {\"manifest\": <converted deployment.yaml>}")
+    problems: list[str] = []
+    if manifest.get("version") != 1:
+        problems.append(f"manifest.version must be 1, got {manifest.get('version')!r}")
+    lists: dict[str, list[Any]] = {}
+    for kind in ("services", "tasks"):
+        value = manifest.get(kind, [])
+        if not isinstance(value, list):
+            problems.append(f"manifest.{kind} must be a list")
+            value = []
+        lists[kind] = value
+    if not lists["services"] and not lists["tasks"] and not problems:
+        problems.append("manifest has no services and no tasks: nothing to release")
+    seen: dict[tuple[str, ...], str] = {}
+    required = {"services": ("cluster", "service"), "tasks": ("ruleName",)}
+    for kind, entries in lists.items():
+        for index, entry in enumerate(entries):
+            where = _where(kind, index, entry)
+            if not isinstance(entry, Mapping):
+                problems.append(f"{where}: must be an object")
+                continue
+            if not isinstance(entry.get("name"), str) or not entry["name"]:
+                problems.append(f"{where}: name must be a non-empty string")
+            account, region, role = entry.get("accountId"), entry.get("region"), entry.get("roleArn")
+            if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
+                problems.append(f"{where}: accountId {account!r} is not a 12-digit account id")
+            if not isinstance(region, str) or not _REGION.fullmatch(region):
+                problems.append(f"{where}: region {region!r} is not an AWS region name")
+            if not isinstance(role, str) or not re.fullmatch(
+                    rf"arn:{re.escape(partition)}:iam::{re.escape(str(account))}:role/[\w+=,.@/-]{{1,512}}", role):
+                problems.append(f"{where}: roleArn {role!r} is not a role of account {account} "
+                                f"(partition {partition})")
+            for key in required[kind]:
+                if not isinstance(entry.get(key), str) or not entry[key]:
+                    problems.append(f"{where}: {key} must be a non-empty string")
+            if kind == "services":
+                cluster, service = entry.get("cluster"), entry.get("service")
+                if isinstance(cluster, str) and not (_ECS_NAME.fullmatch(cluster) or _CLUSTER_ARN.fullmatch(cluster)):
+                    problems.append(f"{where}: cluster {cluster!r} is not an ECS cluster name or ARN")
+                if isinstance(service, str) and not _ECS_NAME.fullmatch(service):
+                    problems.append(f"{where}: service {service!r} is not an ECS service name")
+                key = ("service", str(account), str(region), str(cluster).rsplit("/", 1)[-1], str(service))
+            else:
+                rule, bus = entry.get("ruleName"), entry.get("eventBus", "default")
+                if isinstance(rule, str) and not _RULE.fullmatch(rule):
+                    problems.append(f"{where}: ruleName {rule!r} is not an EventBridge rule name")
+                if not isinstance(bus, str) or not _BUS.fullmatch(bus):
+                    problems.append(f"{where}: eventBus {bus!r} is not an event bus name or ARN")
+                key = ("task", str(account), str(region), str(bus), str(rule))
+            container = entry.get("container")
+            if container is not None and (not isinstance(container, str) or not _ECS_NAME.fullmatch(container)):
+                problems.append(f"{where}: container {container!r} is not an ECS container name")
+            _check_image(where, entry.get("image"), registry_id, problems)
+            # Two entries for one target would race each other and make the snapshot ambiguous.
+            if key in seen:
+                problems.append(f"{where}: same target as {seen[key]}")
+            seen.setdefault(key, where)
+    if problems:
+        raise ReleaseInputError(f"{len(problems)} problem(s) in the release input: " + "; ".join(problems))
+    return [dict(e) for e in lists["services"]], [dict(e) for e in lists["tasks"]]
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _image_id(kind: str, value: str) -> dict[str, str]:
+    return {"imageTag": value} if kind == "tag" else {"imageDigest": value}
+
+
+def _find_images(ecr: Any, registry_id: str, repository: str,
+                 wanted: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], str], list[tuple[str, str]]]:
+    """(tag|digest -> digest for those found, those missing). One DescribeImages per 100 images when all exist."""
+    found: dict[tuple[str, str], str] = {}
+    missing: list[tuple[str, str]] = []
+    for chunk in _chunks(wanted, 100):
+        try:
+            details = ecr.describe_images(registryId=registry_id, repositoryName=repository,
+                                          imageIds=[_image_id(*w) for w in chunk])["imageDetails"]
+        except ClientError as exc:
+            if _error_code(exc) in _NO_REPOSITORY:
+                return found, list(wanted)
+            if _error_code(exc) not in _NOT_FOUND:
+                raise
+            if len(chunk) == 1:
+                missing.extend(chunk)
+                continue
+            # ECR names only the first missing image; ask one by one so the error lists every one.
+            for one in chunk:
+                more_found, more_missing = _find_images(ecr, registry_id, repository, [one])
+                found.update(more_found)
+                missing.extend(more_missing)
+            continue
+        for kind, value in chunk:
+            for detail in details:
+                if (kind == "tag" and value in detail.get("imageTags", [])) or \
+                        (kind == "digest" and value == detail["imageDigest"]):
+                    found[(kind, value)] = detail["imageDigest"]
+            if (kind, value) not in found:
+                missing.append((kind, value))
+    return found, missing
+
+
+def _pin_images(entries: list[dict], registry_id: str, home_region: str, partition: str) -> None:
+    """Set each entry's ``pinned`` image URI (its region's replica, by digest), or raise ImageNotFoundError."""
+    problems: list[str] = []
+    wanted: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for entry in entries:
+        image = entry["image"]
+        wanted[image["repository"]].update(
+            (kind, image[kind]) for kind in ("tag", "digest") if image.get(kind) is not None)
+    ecr = _client("ecr", home_region)
+    digests: dict[tuple[str, str, str], str] = {}
+    for repository, ids in sorted(wanted.items()):
+        found, missing = _find_images(ecr, registry_id, repository, sorted(ids))
+        digests.update({(repository, *k): v for k, v in found.items()})
+        problems += [f"{repository}:{value}" if kind == "tag" else f"{repository}@{value}"
+                     for kind, value in missing]
+    if problems:
+        raise ImageNotFoundError(f"not in registry {registry_id} ({home_region}), nothing was changed: "
+                                 + ", ".join(problems))
+    # Every target region pulls from its own replica: check the pinned digest got there before changing anything.
+    replicas: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for entry in entries:
+        image = entry["image"]
+        digest = digests.get((image["repository"], "tag", image["tag"])) if image.get("tag") else image["digest"]
+        if image.get("tag") and image.get("digest") and digest != image["digest"]:
+            problems.append(f"{entry['name']}: tag {image['tag']} is {digest}, not the given {image['digest']}")
+            continue
+        entry["digest"] = digest
+        if entry["region"] != home_region:
+            replicas[(entry["region"], image["repository"])].add(digest)
+    for (region, repository), region_digests in sorted(replicas.items()):
+        _, missing = _find_images(_client("ecr", region), registry_id, repository,
+                                  [("digest", d) for d in sorted(region_digests)])
+        problems += [f"{repository}@{value} is not on the {region} replica" for _, value in missing]
+    if problems:
+        raise ImageNotFoundError("; ".join(problems) + "; nothing was changed")
+    suffix = _DNS_SUFFIX[partition]
+    for entry in entries:
+        detail = {"registry": registry_id, "suffix": suffix, "repo": entry["image"]["repository"],
+                  "digest": entry.pop("digest")}
+        try:
+            entry["pinned"] = regional_image_uri(detail, entry["region"])
+        except TransformError as exc:
+            raise ReleaseInputError(f"{entry['name']}: {exc}") from None
+
+
+def _describe_task_definition(ecs: Any, arn: str, cache: dict[tuple[int, str], dict]) -> dict:
+    key = (id(ecs), arn)
+    if key not in cache:
+        cache[key] = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+    return cache[key]
+
+
+def _check_container(where: str, ecs: Any, arn: str, container: str | None, cache: dict, problems: list[str]) -> None:
+    try:
+        container_named(_describe_task_definition(ecs, arn, cache), container)
+    except TaskDefinitionError as exc:
+        problems.append(f"{where}: {arn}: {exc}")
+    except ClientError as exc:
+        problems.append(f"{where}: cannot read {arn}: {exc}")
+
+
+def _parallel(fn: Callable[[Any], None], jobs: list[Any]) -> None:
+    """Run ``fn`` over ``jobs`` a few at a time: prepare reads hundreds of targets, and one at a time both takes
+    long and adds up every throttling backoff. A few workers stay well inside ECS's per-account rates."""
+    with ThreadPoolExecutor(max_workers=PREPARE_WORKERS) as pool:
+        for _ in pool.map(fn, jobs):
+            pass
+
+
+def _snapshot_services(services: list[dict], session_name: str, problems: list[str]) -> None:
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for entry in services:
+        groups[(entry["roleArn"], entry["region"], entry["cluster"])].append(entry)
+    # DescribeServices takes 10 services per call.
+    jobs = [(key, chunk) for key, group in groups.items() for chunk in _chunks(group, 10)]
+
+    def describe(job: tuple[tuple[str, str, str], list[dict]]) -> None:
+        (role, region, cluster), chunk = job
+        ecs = _client("ecs", region, role, session_name)
+        try:
+            described = ecs.describe_services(cluster=cluster, services=[e["service"] for e in chunk])
+        except ClientError as exc:
+            problems.extend(f"{e['name']}: cannot describe {cluster}/{e['service']}: {exc}" for e in chunk)
+            return
+        by_name = {s["serviceName"]: s for s in described["services"]}
+        for entry in chunk:
+            service = by_name.get(entry["service"])
+            where = f"{entry['name']} ({entry['accountId']} {region} {cluster}/{entry['service']})"
+            if service is None or service.get("status") != "ACTIVE":
+                problems.append(f"{where}: no active ECS service")
+                continue
+            controller = (service.get("deploymentController") or {}).get("type", "ECS")
+            if controller != "ECS":
+                problems.append(f"{where}: uses the {controller} deployment controller; a release updates "
+                                "rolling (ECS) services only")
+                continue
+            entry["snapshot"], entry["where"] = service["taskDefinition"], where
+
+    definitions: dict[tuple[int, str], dict] = {}
+
+    def check(entry: dict) -> None:
+        ecs = _client("ecs", entry["region"], entry["roleArn"], session_name)
+        _check_container(entry.pop("where"), ecs, entry["snapshot"], entry.get("container"), definitions, problems)
+
+    _parallel(describe, jobs)
+    _parallel(check, [entry for entry in services if "snapshot" in entry])
+
+
+def _list_targets(events: Any, rule: str, bus: str) -> list[dict]:
+    targets: list[dict] = []
+    kwargs: dict[str, Any] = {"Rule": rule, "EventBusName": bus}
+    while True:
+        page = events.list_targets_by_rule(**kwargs)
+        targets += page.get("Targets", [])
+        if not page.get("NextToken"):
+            return targets
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def _snapshot_tasks(tasks: list[dict], session_name: str, problems: list[str]) -> None:
+    definitions: dict[tuple[int, str], dict] = {}
+
+    def snapshot(entry: dict) -> None:
+        bus = entry.get("eventBus") or "default"
+        where = f"{entry['name']} ({entry['accountId']} {entry['region']} rule {bus}/{entry['ruleName']})"
+        events = _client("events", entry["region"], entry["roleArn"], session_name)
+        try:
+            targets = _list_targets(events, entry["ruleName"], bus)
+        except ClientError as exc:
+            problems.append(f"{where}: cannot list the rule's targets: {exc}")
+            return
+        ecs_targets = [t for t in targets if "EcsParameters" in t]
+        # With two ECS targets there is no telling which one the release means; refuse rather than guess.
+        if len(ecs_targets) != 1:
+            problems.append(f"{where}: has {len(ecs_targets)} ECS targets; a scheduled task needs exactly one")
+            return
+        entry["eventBus"], entry["targetId"], entry["snapshot"] = bus, ecs_targets[0]["Id"], targets
+        ecs = _client("ecs", entry["region"], entry["roleArn"], session_name)
+        _check_container(where, ecs, ecs_targets[0]["EcsParameters"]["TaskDefinitionArn"], entry.get("container"),
+                         definitions, problems)
+
+    _parallel(snapshot, tasks)
+
+
+def history_estimate(services: int, tasks: int, timeout_seconds: int, check_wait_seconds: int,
+                     poll_seconds: int) -> int:
+    """Worst-case Step Functions history events of a release that fails at the end and rolls everything back.
+
+    Lambda Task 5 events, Wait/Choice/Pass 2, a Map iteration 2. A service that takes the whole timeout to settle
+    turns the Wait/Check/Choice loop ``ceil(timeout / (check wait + poll))`` times, forward and back.
+    """
+    loops = max(1, math.ceil(timeout_seconds / (check_wait_seconds + poll_seconds)))
+    forward = services * (5 + 2 + 2 + 9 * loops) + tasks * (5 + 2)
+    backward = services * (5 + 2 + 2 + 2 + 9 * loops) + tasks * (5 + 2 + 2)
+    return forward + backward + 60  # top-level states, the settle wait, notifications
+
+
+def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """Validate, pin images to digests, snapshot every target. Changes nothing; fails before anything changes."""
+    registry_id, home_region, partition = _env("CROSSDEPLOY_REGISTRY_ID"), _env("CROSSDEPLOY_HOME_REGION"), _partition()
+    execution = str(event.get("executionId") or "manual")
+    release = {"id": execution.rsplit(":", 1)[-1], "execution": execution}
+    manifest = event.get("manifest")
+    services, tasks = validate_manifest(manifest, registry_id, partition)
+    release["source"] = str(manifest.get("source", ""))
+    log("release.prepare.started", release=release["id"], execution=execution, step="prepare",
+        services=len(services), tasks=len(tasks))
+
+    timeout, wait = _service_timeout(), _env_int("CROSSDEPLOY_CHECK_WAIT_SECONDS", 300, 0)
+    poll = int(event.get("pollSeconds") or 15)
+    events = history_estimate(len(services), len(tasks), timeout, wait, poll)
+    if events > HISTORY_BUDGET_EVENTS:
+        raise ReleaseTooLargeError(
+            f"{len(services)} services and {len(tasks)} tasks could take {events} Step Functions history events "
+            f"(limit 25,000, budget {HISTORY_BUDGET_EVENTS}) with a {timeout}s service timeout and a {wait}s "
+            "check wait: split deployment.yaml, or raise CROSSDEPLOY_CHECK_WAIT_SECONDS")
+
+    _pin_images(services + tasks, registry_id, home_region, partition)
+    session_name = _session_name(release)
+    problems: list[str] = []
+    _snapshot_services(services, session_name, problems)
+    _snapshot_tasks(tasks, session_name, problems)
+    if problems:
+        raise TargetError(f"{len(problems)} target problem(s), nothing was changed: " + "; ".join(sorted(problems)))
+
+    common = ("name", "accountId", "region", "roleArn")
+    prepared = {
+        "release": release,
+        "services": [{**{k: s[k] for k in common}, "cluster": s["cluster"], "service": s["service"],
+                      "container": s.get("container"), "image": s["pinned"], "snapshot": s["snapshot"]}
+                     for s in services],
+        "tasks": [{**{k: t[k] for k in common}, "ruleName": t["ruleName"], "eventBus": t["eventBus"],
+                   "container": t.get("container"), "image": t["pinned"], "targetId": t["targetId"],
+                   "snapshot": t["snapshot"]} for t in tasks],
+    }
+    size = len(json.dumps(prepared, separators=(",", ":")).encode())
+    if size > PAYLOAD_BUDGET_BYTES:
+        raise ReleaseTooLargeError(
+            f"the prepared release is {size // 1024} KiB, over the {PAYLOAD_BUDGET_BYTES // 1024} KiB budget "
+            "(Step Functions passes at most 256 KiB between states): split deployment.yaml")
+    for item in prepared["services"]:
+        log("release.prepare.service", release=release["id"], step="prepare", target=item["name"],
+            account=item["accountId"], region=item["region"], cluster=item["cluster"], service=item["service"],
+            snapshotTaskDefinition=item["snapshot"], image=item["image"])
+    for item in prepared["tasks"]:
+        ecs_target = next(t for t in item["snapshot"] if t["Id"] == item["targetId"])
+        log("release.prepare.task", release=release["id"], step="prepare", target=item["name"],
+            account=item["accountId"], region=item["region"], rule=item["ruleName"], eventBus=item["eventBus"],
+            snapshotTaskDefinition=ecs_target["EcsParameters"]["TaskDefinitionArn"], image=item["image"])
+    log("release.prepare.done", release=release["id"], step="prepare", bytes=size, historyEstimate=events)
+    return prepared
+
+
+# ------------------------------------------------------------------------------------------------------- forward steps
+
+def _register_copy(ecs: Any, task_definition: str, container: str | None, image: str) -> str:
+    """A new revision identical to ``task_definition`` but for the container's image (or it, if already there)."""
+    described = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
+    kwargs = register_kwargs(described, ecs)
+    if current_image(kwargs, container) == image:
+        # Re-running a release (or a retried step) must not pile up identical revisions.
+        return str(described["taskDefinition"]["taskDefinitionArn"])
+    registered = ecs.register_task_definition(**replace_image(kwargs, container, image))
+    return str(registered["taskDefinition"]["taskDefinitionArn"])
+
+
+def _put_targets(events: Any, item: Mapping[str, Any], targets: list[dict]) -> None:
+    response = events.put_targets(Rule=item["ruleName"], EventBusName=item["eventBus"], Targets=targets)
+    if response.get("FailedEntryCount"):
+        raise TargetUpdateError(f"{item['name']}: rule {item['ruleName']} refused targets: "
+                                f"{response.get('FailedEntries')}")
+
+
+@contextlib.contextmanager
+def _naming(item: Mapping[str, Any]) -> Iterator[None]:
+    """AWS errors re-raised with the target they concern (a bare AccessDenied among 300 services helps nobody)."""
+    try:
+        yield
+    except ClientError as exc:
+        raise TargetUpdateError(f"{item['name']} ({item['accountId']} {item['region']}): {exc}") from exc
+
+
+def _fields(event: Mapping[str, Any], step: str) -> dict[str, Any]:
+    item, release = event["item"], event["release"]
+    return {"release": release.get("id"), "step": step, "target": item["name"], "account": item["accountId"],
+            "region": item["region"]}
+
+
+def update_task(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """Point a scheduled task's rule target at a copy of its task definition with the pinned image."""
+    item, session_name = event["item"], _session_name(event["release"])
+    with _naming(item):
+        events = _client("events", item["region"], item["roleArn"], session_name)
+        targets = {t["Id"]: t for t in _list_targets(events, item["ruleName"], item["eventBus"])}
+        target = targets.get(item["targetId"])
+        if target is None or "EcsParameters" not in target:
+            raise TargetError(f"{item['name']}: rule {item['ruleName']} no longer has ECS target {item['targetId']}")
+        old = target["EcsParameters"]["TaskDefinitionArn"]
+        new = _register_copy(_client("ecs", item["region"], item["roleArn"], session_name), old, item["container"],
+                             item["image"])
+        # The whole target as it is now, only the task definition changed: input, role, network, retry policy,
+        # dead-letter queue and tags all stay.
+        updated = copy.deepcopy(target)
+        updated["EcsParameters"]["TaskDefinitionArn"] = new
+        _put_targets(events, item, [updated])
+    log("release.task.updated", **_fields(event, "updateTask"), rule=item["ruleName"], targetId=item["targetId"],
+        oldTaskDefinition=old, newTaskDefinition=new, image=item["image"])
+    return {"taskDefinitionArn": new}
+
+
+def deploy_service(event: Mapping[str, Any], context: Any = None, *,
+                   clock: Callable[[], dt.datetime] = _utcnow) -> dict[str, Any]:
+    """Register a copy of the snapshot task definition with the pinned image and update the service to it."""
+    item, session_name = event["item"], _session_name(event["release"])
+    with _naming(item):
+        ecs = _client("ecs", item["region"], item["roleArn"], session_name)
+        new = _register_copy(ecs, item["snapshot"], item["container"], item["image"])
+        ecs.update_service(cluster=item["cluster"], service=item["service"], taskDefinition=new)
+    started = _parse_time(event["startedAt"]) if event.get("startedAt") else clock()
+    deadline = _iso(started + dt.timedelta(seconds=_service_timeout()))
+    log("release.service.updated", **_fields(event, "deployService"), cluster=item["cluster"],
+        service=item["service"], oldTaskDefinition=item["snapshot"], newTaskDefinition=new, deadline=deadline)
+    return {"taskDefinitionArn": new, "deadline": deadline}
+
+
+# ------------------------------------------------------------------------------------------------------------- checks
+
+def rollout_status(service: Mapping[str, Any] | None, expected: str) -> tuple[str, str]:
+    """(STEADY | IN_PROGRESS | FAILED, why) for a service that should end up on ``expected``, by ECS's semantics.
+
+    Steady: one deployment left, PRIMARY, on ``expected``, rollout COMPLETED, running = desired. Failed: the rollout
+    of ``expected`` is FAILED, or the service is no longer on ``expected`` (the deployment circuit breaker rolled it
+    back, or another deployment replaced ours). Anything else is still in progress.
+    """
+    if not service or service.get("status") != "ACTIVE":
+        return FAILED, f"service is {service.get('status') if service else 'missing'}"
+    deployments = service.get("deployments") or []
+    for deployment in deployments:
+        if deployment.get("taskDefinition") == expected and deployment.get("rolloutState") == "FAILED":
+            return FAILED, f"rollout of {expected} failed: {deployment.get('rolloutStateReason', '')}".strip()
+    if service.get("taskDefinition") != expected:
+        return FAILED, (f"service runs {service.get('taskDefinition')}, not {expected} (rolled back by the "
+                        "deployment circuit breaker, or replaced by another deployment)")
+    if len(deployments) == 1:
+        only = deployments[0]
+        if only.get("status") == "PRIMARY" and only.get("taskDefinition") == expected \
+                and only.get("rolloutState", "COMPLETED") == "COMPLETED" \
+                and only.get("runningCount") == only.get("desiredCount"):
+            return STEADY, f"steady on {expected}, {only.get('runningCount')} running"
+    states = ", ".join(f"{d.get('status')} {d.get('taskDefinition', '').rsplit('/', 1)[-1]} "
+                       f"{d.get('rolloutState', '')} {d.get('runningCount')}/{d.get('desiredCount')}"
+                       for d in deployments)
+    return IN_PROGRESS, f"deployments: {states or 'none'}"
+
+
+def _describe_service(ecs: Any, item: Mapping[str, Any]) -> dict | None:
+    services = ecs.describe_services(cluster=item["cluster"], services=[item["service"]])["services"]
+    return services[0] if services else None
+
+
+def _await_service(event: Mapping[str, Any], context: Any, step: str, expected: str, deadline: str,
+                   sleep: Callable[[float], None], clock: Callable[[], float]) -> dict[str, Any]:
+    """Poll until steady, failed or past the deadline, or until this Lambda's wait budget is spent (IN_PROGRESS:
+    the state machine waits and calls again). Waiting here rather than only in the state machine keeps a
+    300-service release far below Step Functions' 25,000 history events."""
+    item = event["item"]
+    ecs = _client("ecs", item["region"], item["roleArn"], _session_name(event["release"]))
+    poll = max(1, int(event.get("pollSeconds") or 15))
+    budget = _check_wait(context)
+    entered = _parse_time(event["now"]) if event.get("now") else _utcnow()
+    until = _parse_time(deadline)
+    started = clock()
+    checks = 0
+    while True:
+        status, reason = rollout_status(_describe_service(ecs, item), expected)
+        checks += 1
+        waited = clock() - started
+        now = entered + dt.timedelta(seconds=waited)
+        if status == IN_PROGRESS and now >= until:
+            status, reason = TIMED_OUT, f"not steady by {deadline}: {reason}"
+        if status != IN_PROGRESS or waited + poll > budget:
+            break
+        sleep(min(poll, max(1.0, (until - now).total_seconds())))
+    reason = f"{item['name']} ({item['accountId']} {item['region']} {item['cluster']}/{item['service']}): {reason}"
+    log("release.service.checked", **_fields(event, step), status=status, reason=reason, checks=checks,
+        taskDefinition=expected)
+    return {"status": status, "reason": reason[:1000], "deadline": deadline}
+
+
+def check_service(event: Mapping[str, Any], context: Any = None, *, sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """STEADY / IN_PROGRESS / FAILED / TIMED_OUT for a service deployed by :func:`deploy_service`."""
+    deploy = event["deploy"]
+    return _await_service(event, context, "checkService", deploy["taskDefinitionArn"], deploy["deadline"],
+                          sleep, clock)
+
+
+def check_rollback(event: Mapping[str, Any], context: Any = None, *, sleep: Callable[[float], None] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """STEADY / IN_PROGRESS / FAILED / TIMED_OUT for a service being put back on its snapshot."""
+    return _await_service(event, context, "checkRollback", event["item"]["snapshot"], event["rollback"]["deadline"],
+                          sleep, clock)
+
+
+# ----------------------------------------------------------------------------------------------------------- rollback
+
+def rollback_target(event: Mapping[str, Any], context: Any = None, *,
+                    clock: Callable[[], dt.datetime] = _utcnow) -> dict[str, Any]:
+    """Restore one target to its snapshot if (and only if) it differs. Safe to repeat."""
+    item, kind, session_name = event["item"], event["kind"], _session_name(event["release"])
+    started = _parse_time(event["startedAt"]) if event.get("startedAt") else clock()
+    deadline = _iso(started + dt.timedelta(seconds=_service_timeout()))
+    if kind == "service":
+        ecs = _client("ecs", item["region"], item["roleArn"], session_name)
+        service = _describe_service(ecs, item)
+        if service is None or service.get("status") != "ACTIVE":
+            raise TargetError(f"{item['name']}: service {item['cluster']}/{item['service']} is gone")
+        current = service["taskDefinition"]
+        changed = current != item["snapshot"]
+        if changed:
+            ecs.update_service(cluster=item["cluster"], service=item["service"], taskDefinition=item["snapshot"])
+            status, reason = IN_PROGRESS, f"rolling back from {current}"
+        else:
+            # Never changed, or already put back (by the circuit breaker, or an earlier attempt): wait only if
+            # that rollout is still going.
+            status, reason = rollout_status(service, item["snapshot"])
+        log("release.rollback.service", **_fields(event, "rollbackTarget"), cluster=item["cluster"],
+            service=item["service"], changed=changed, oldTaskDefinition=current, newTaskDefinition=item["snapshot"],
+            status=status)
+        return {"status": status, "reason": f"{item['name']}: {reason}"[:1000], "deadline": deadline,
+                "changed": changed}
+    if kind == "task":
+        events = _client("events", item["region"], item["roleArn"], session_name)
+        current = {t["Id"]: t for t in _list_targets(events, item["ruleName"], item["eventBus"])}
+        # Put back each snapshot target that is missing or differs in any field; targets added since are left.
+        differing = [t for t in item["snapshot"] if current.get(t["Id"]) != t]
+        if differing:
+            _put_targets(events, item, differing)
+
+        def task_definition(target: Mapping[str, Any] | None) -> str | None:
+            return ((target or {}).get("EcsParameters") or {}).get("TaskDefinitionArn")
+        log("release.rollback.task", **_fields(event, "rollbackTarget"), rule=item["ruleName"],
+            changed=bool(differing), restoredTargets=[t["Id"] for t in differing],
+            oldTaskDefinition={t["Id"]: task_definition(current.get(t["Id"])) for t in differing},
+            newTaskDefinition={t["Id"]: task_definition(t) for t in differing})
+        return {"status": STEADY, "reason": f"{item['name']}: {len(differing)} target(s) restored",
+                "deadline": deadline, "changed": bool(differing)}
+    raise ValueError(f"unknown target kind {kind!r}")
+
+
+# -------------------------------------------------------------------------------------------------------------- notify
+
+def _error_text(error: Any) -> str:
+    if not isinstance(error, Mapping):
+        return ""
+    cause = error.get("Cause") or ""
+    try:  # a Lambda failure's Cause is JSON with the exception's message
+        parsed = json.loads(cause)
+        if isinstance(parsed, Mapping) and parsed.get("errorMessage"):
+            cause = parsed["errorMessage"]
+    except (TypeError, ValueError):
+        pass
+    return f"{error.get('Error', 'Error')}: {cause}".strip().rstrip(":")
+
+
+def _tally(results: Any, kind: str) -> tuple[bool, str, list[str]]:
+    """(complete, one line, the targets not restored) from a rollback Map's results (or its Map-level error)."""
+    if not isinstance(results, list):
+        return False, f"{kind}: the rollback did not run to the end ({_error_text(results)})", []
+    failed = [r for r in results if not (isinstance(r, Mapping) and r.get("restored") is True)]
+    names = [f"{r.get('name', '?')} ({r.get('error', '')}: {r.get('reason', '')})".replace(": )", ")")
+             for r in failed if isinstance(r, Mapping)]
+    return not failed, f"{kind}: {len(results) - len(failed)} restored, {len(failed)} not restored", names
+
+
+def notify(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """Publish the release's outcome to the release topic; returns a one-line summary and whether rollback is
+    complete (the state machine fails with RollbackIncomplete when it is not)."""
+    topic = _env("CROSSDEPLOY_TOPIC_ARN")
+    outcome = event["outcome"]
+    execution = str(event.get("executionId") or "")
+    release = event.get("release") or {"id": execution.rsplit(":", 1)[-1], "execution": execution}
+    complete, details = True, []
+    if outcome == "SUCCEEDED":
+        headline = "succeeded: every service is steady on its new task definition"
+    elif outcome == "REJECTED":
+        headline = f"was rejected before changing anything: {_error_text(event.get('error'))}"
+    elif outcome == "ROLLED_BACK":
+        services_ok, services_line, services_left = _tally(event.get("services"), "services")
+        tasks_ok, tasks_line, tasks_left = _tally(event.get("tasks"), "scheduled tasks")
+        complete = services_ok and tasks_ok
+        state = "rolled back" if complete else "NOT fully rolled back"
+        headline = f"failed and was {state}: {_error_text(event.get('error'))}"
+        details = [services_line, tasks_line]
+        left = services_left + tasks_left
+        if left:
+            details.append(f"not restored ({len(left)}): " + ", ".join(left[:50]) + (" …" if len(left) > 50 else ""))
+    else:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    summary = f"crossdeploy release {release.get('id')} {headline}"
+    message = "\n".join([summary, f"execution: {release.get('execution', execution)}",
+                         f"source: {release.get('source', '')}", *details])
+    subject = re.sub(r"\s+", " ", f"crossdeploy release {release.get('id')}: {outcome}")[:100]
+    region = topic.split(":")[3]
+    _client("sns", region).publish(TopicArn=topic, Subject=subject, Message=message[:200_000])
+    log("release.notified", release=release.get("id"), execution=release.get("execution", execution), step="notify",
+        outcome=outcome, rollbackComplete=complete, summary=summary[:1000])
+    return {"summary": (summary + (" | " + " | ".join(details) if details else ""))[:4000],
+            "rollbackComplete": complete}

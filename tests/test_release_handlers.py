@@ -1,0 +1,811 @@
+"""Release handlers against moto, through the real state machine (tests/asl_runner.py).
+
+The world: a tools account (moto's default account: registry replicated to every region, release topic) and two
+workload accounts by two regions, reached only through their deploy roles (``assumed_session``), each with an ECS
+cluster of services whose task definitions carry every field a real one does, and an EventBridge rule whose ECS
+target runs a scheduled task.
+
+moto keeps a service's creation-time deployment forever (UpdateService changes ``taskDefinition`` but not
+``deployments``), so :class:`Rollouts` layers ECS's own rollout semantics on top: UpdateService starts a new PRIMARY
+deployment that completes (or fails, or is rolled back by the circuit breaker, or never settles) a few
+DescribeServices later. ``checkService`` is written against real ECS and only sees moto through that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.endpoint
+import botocore.handlers
+import botocore.loaders
+import botocore.session
+import pytest
+from botocore.awsrequest import AWSResponse
+from moto import mock_aws
+from moto.core.botocore_stubber import MockRawResponse
+from moto.core.models import botocore_stubber as moto_stubber
+from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
+
+from components.release_state_machine import definition, lambda_functions
+from handlers import release
+from handlers.ecs_common import assumed_session
+from tests.asl_runner import Execution, Runner
+
+TOOLS = "123456789012"  # moto's default account plays the tools account (registry, topic, state machine)
+ACCOUNTS = ("444455556666", "777788889999")
+REGIONS = ("us-east-2", "eu-west-1")
+HOME = "us-east-2"
+CLUSTER = "crossdeploy"
+REPOSITORIES = ("team/orders", "team/payments", "team/search", "batch/cleanup")
+ROLE_PATH = "/crossdeploy/prod/deploy/"
+
+
+def _manifest_json(repository: str, tag: str) -> str:
+    # moto derives the digest from the manifest; the same manifest in every region = ECR replication's same digest.
+    seed = f"{repository}:{tag}".encode().hex()[:64].ljust(64, "0")
+    return json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                   "digest": "sha256:" + seed},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1,
+                    "digest": "sha256:" + seed[::-1]}],
+    })
+
+
+def task_definition(family: str, account: str, region: str, image: str, sidecar: bool) -> dict[str, Any]:
+    """A task definition with the fields real ones carry (roles, sizing, platform, storage, secrets, logs…)."""
+    containers = [{
+        "name": "app", "image": image, "essential": True, "cpu": 256, "memory": 512,
+        "portMappings": [{"containerPort": 8080, "protocol": "tcp", "name": "http"}],
+        "environment": [{"name": "MODE", "value": "prod"}, {"name": "FAMILY", "value": family}],
+        "secrets": [{"name": "DB", "valueFrom": f"arn:aws:secretsmanager:{region}:{account}:secret:{family}-db"}],
+        "healthCheck": {"command": ["CMD-SHELL", "curl -f localhost:8080/health"], "interval": 30, "retries": 3},
+        "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": f"/ecs/{family}",
+                                                                 "awslogs-region": region}},
+        "mountPoints": [{"sourceVolume": "scratch", "containerPath": "/tmp"}],
+        "ulimits": [{"name": "nofile", "softLimit": 1024, "hardLimit": 4096}],
+    }]
+    if sidecar:
+        containers.append({"name": "envoy", "image": "public.ecr.aws/appmesh/aws-appmesh-envoy:v1.29", "cpu": 128,
+                           "memory": 256, "essential": False, "user": "1337"})
+    return {
+        "family": family,
+        "taskRoleArn": f"arn:aws:iam::{account}:role/{family}-task",
+        "executionRoleArn": f"arn:aws:iam::{account}:role/{family}-exec",
+        "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "512", "memory": "1024",
+        "runtimePlatform": {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"},
+        "ephemeralStorage": {"sizeInGiB": 30}, "volumes": [{"name": "scratch"}],
+        "containerDefinitions": containers, "tags": [{"key": "team", "value": family}],
+    }
+
+
+class Patcher:
+    """monkeypatch.setattr for scripts (the benchmark): undo() restores everything."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def setattr(self, target: Any, name: str, value: Any) -> None:
+        self._undo.append((target, name, getattr(target, name)))
+        setattr(target, name, value)
+
+    def undo(self) -> None:
+        while self._undo:
+            target, name, value = self._undo.pop()
+            setattr(target, name, value)
+
+
+class Rollouts:
+    """ECS rollout semantics over moto. ``outcome[service ARN]``: ``fail`` (rollout FAILED, service left on the
+    new revision), ``circuit-breaker`` (FAILED, and ECS puts the service back on the previous revision), ``stuck``
+    (never settles). Putting a service back on its original revision always succeeds."""
+
+    def __init__(self, setattr_: Callable[[Any, str, Any], None], polls: int = 1) -> None:
+        self.polls = polls
+        self.outcome: dict[str, str] = {}
+        self.updates: list[tuple[str, str]] = []
+        self._original: dict[str, str] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+        update, describe = EC2ContainerServiceBackend.update_service, EC2ContainerServiceBackend.describe_services
+        rollouts = self
+
+        def update_service(backend: Any, props: dict[str, Any]) -> Any:
+            cluster, name = props.get("cluster", "default"), props["service"].split("/")[-1]
+            new = props.get("task_definition")
+            before = backend._get_service(cluster, name).task_definition
+            service = update(backend, props)
+            if new and new != before:
+                rollouts._start(service, before, new)
+            return service
+
+        def describe_services(backend: Any, cluster: str, names: list[str]) -> Any:
+            found, failures = describe(backend, cluster, names)
+            for service in found:
+                rollouts._progress(service)
+            return found, failures
+
+        setattr_(EC2ContainerServiceBackend, "update_service", update_service)
+        setattr_(EC2ContainerServiceBackend, "describe_services", describe_services)
+
+    @staticmethod
+    def _deployment(status: str, task_definition: str, rollout: str, running: int, desired: int) -> dict[str, Any]:
+        now = dt.datetime.now(dt.UTC)
+        return {"id": f"ecs-svc/{abs(hash((task_definition, now))) % 10**18}", "status": status,
+                "taskDefinition": task_definition, "desiredCount": desired, "pendingCount": desired - running,
+                "runningCount": running, "failedTasks": 0, "createdAt": now, "updatedAt": now,
+                "launchType": "FARGATE", "rolloutState": rollout, "rolloutStateReason": f"ECS deployment {rollout}"}
+
+    def _start(self, service: Any, old: str, new: str) -> None:
+        with self._lock:
+            self.updates.append((service.arn, new))
+            self._original.setdefault(service.arn, old)
+            desired = service.desired_count
+            service.deployments = [self._deployment("PRIMARY", new, "IN_PROGRESS", 0, desired),
+                                   self._deployment("ACTIVE", old, "COMPLETED", desired, desired)]
+            outcome = "ok" if new == self._original[service.arn] else self.outcome.get(service.arn, "ok")
+            self._pending[service.arn] = {"left": self.polls, "old": old, "new": new, "outcome": outcome}
+
+    def _progress(self, service: Any) -> None:
+        with self._lock:
+            pending = self._pending.get(service.arn)
+            if pending is None or pending["outcome"] == "stuck":
+                return
+            if pending["left"] > 0:
+                pending["left"] -= 1
+                return
+            del self._pending[service.arn]
+            desired = service.desired_count
+            if pending["outcome"] == "ok":
+                service.deployments = [self._deployment("PRIMARY", pending["new"], "COMPLETED", desired, desired)]
+            elif pending["outcome"] == "fail":
+                service.deployments[0]["rolloutState"] = "FAILED"
+                service.deployments[0]["rolloutStateReason"] = "ECS deployment circuit breaker: tasks failed to start."
+            else:  # circuit-breaker: ECS rolls back to the last completed deployment by itself
+                service.task_definition = pending["old"]
+                failed = self._deployment("ACTIVE", pending["new"], "FAILED", 0, desired)
+                service.deployments = [self._deployment("PRIMARY", pending["old"], "IN_PROGRESS", 0, desired), failed]
+                self._pending[service.arn] = {"left": self.polls, "old": pending["new"], "new": pending["old"],
+                                              "outcome": "ok"}
+
+
+class Faults:
+    """Faults at the SDK's ``before-send`` step, for every client created from now on.
+
+    botocore runs *every* before-send handler and takes the first response, so a hook registered next to moto's
+    would not stop moto from carrying the request out (a throttled RegisterTaskDefinition would still register).
+    This wraps moto's own handler instead: a faulted request never reaches moto, as a throttled one never reaches
+    ECS."""
+
+    def __init__(self, setattr_: Callable[[Any, str, Any], None]) -> None:
+        self.throttle_every = 0  # throttle every Nth request (0: never)
+        self.fail: Callable[[str, dict], str | None] | None = None  # (operation, JSON body) -> error code or None
+        self.requests = 0
+        self.calls: Counter = Counter()  # operation -> requests seen (retries included)
+        self.throttled: Counter = Counter()
+        self.failed: Counter = Counter()
+        self._lock = threading.Lock()
+        self._moto = moto_stubber
+
+        def before_send(request: Any, **kwargs: Any) -> AWSResponse | None:
+            return self._before_send(request, **kwargs)
+        handlers = list(botocore.handlers.BUILTIN_HANDLERS)  # (event, handler[, register_first|last])
+        handlers[[spec[1] for spec in handlers].index(moto_stubber)] = ("before-send", before_send)
+        setattr_(botocore.handlers, "BUILTIN_HANDLERS", handlers)
+
+    def _before_send(self, request: Any, **_: Any) -> AWSResponse | None:
+        target = request.headers.get("X-Amz-Target", b"")
+        target = target.decode() if isinstance(target, bytes) else target
+        json_protocol = bool(target)
+        body = request.body or b""
+        body = body.decode() if isinstance(body, bytes) else body
+        operation = target.rsplit(".", 1)[-1] if json_protocol else dict(
+            p.split("=", 1) for p in body.split("&") if "=" in p).get("Action", "?")
+        with self._lock:
+            self.requests += 1
+            self.calls[operation] += 1
+            throttle = bool(self.throttle_every) and self.requests % self.throttle_every == 0
+        if throttle:
+            with self._lock:
+                self.throttled[operation] += 1
+            return self._error(request, json_protocol, "ThrottlingException" if json_protocol else "Throttling",
+                               "Rate exceeded")
+        if self.fail is not None and json_protocol:
+            code = self.fail(operation, json.loads(body or "{}"))
+            if code:
+                with self._lock:
+                    self.failed[operation] += 1
+                return self._error(request, True, code, "injected by the test")
+        return self._moto(request=request, **_)
+
+    @staticmethod
+    def _error(request: Any, json_protocol: bool, code: str, message: str) -> AWSResponse:
+        if json_protocol:
+            body = json.dumps({"__type": code, "message": message})
+            headers = {"Content-Type": "application/x-amz-json-1.1", "x-amzn-RequestId": "fault"}
+        else:
+            body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message>"
+                    "</Error><RequestId>fault</RequestId></ErrorResponse>")
+            headers = {"Content-Type": "text/xml", "x-amzn-RequestId": "fault"}
+        return AWSResponse(request.url, 400, headers, MockRawResponse(body))
+
+
+@dataclass
+class World:
+    """Accounts, regions, services and scheduled tasks, plus the manifest that releases them all."""
+
+    base: boto3.Session
+    services: list[dict] = field(default_factory=list)
+    tasks: list[dict] = field(default_factory=list)
+    topic_arn: str = ""
+    queue_url: str = ""
+    _admins: dict[str, boto3.Session] = field(default_factory=dict)
+    _clients: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+
+    def admin(self, account: str) -> boto3.Session:
+        """An administrator session in a workload account (what the tests use to set up and inspect)."""
+        if account not in self._admins:
+            self._admins[account] = assumed_session(
+                self.base, f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole", "crossdeploy-test")
+        return self._admins[account]
+
+    def client(self, service: str, account: str | None = None, region: str = HOME) -> Any:
+        """A client in a workload account, or in the tools account (``account`` None)."""
+        key = (service, account or TOOLS, region)
+        if key not in self._clients:  # building a client loads its service model: once per test is plenty
+            session = self.admin(account) if account else self.base
+            self._clients[key] = session.client(service, region_name=region)
+        return self._clients[key]
+
+    def ecs(self, account: str, region: str) -> Any:
+        return self.client("ecs", account, region)
+
+    def events(self, account: str, region: str) -> Any:
+        return self.client("events", account, region)
+
+    def manifest(self, tag: str = "2.0.0") -> dict[str, Any]:
+        def entry(e: dict) -> dict:
+            out = {k: v for k, v in e.items() if not k.startswith("_")}
+            out["image"] = {**out["image"], "tag": tag}
+            return out
+        return {"version": 1, "source": "deployment.yaml", "services": [entry(s) for s in self.services],
+                "tasks": [entry(t) for t in self.tasks]}
+
+    def service_state(self, entry: dict) -> dict[str, Any]:
+        ecs = self.ecs(entry["accountId"], entry["region"])
+        return ecs.describe_services(cluster=entry["cluster"], services=[entry["service"]])["services"][0]
+
+    def current_task_definitions(self) -> dict[str, str]:
+        """Service name -> the task definition it runs (one DescribeServices per 10 services)."""
+        out: dict[str, str] = {}
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for entry in self.services:
+            groups.setdefault((entry["accountId"], entry["region"]), []).append(entry)
+        for (account, region), group in groups.items():
+            ecs = self.ecs(account, region)
+            for start in range(0, len(group), 10):
+                chunk = group[start:start + 10]
+                described = ecs.describe_services(cluster=CLUSTER, services=[e["service"] for e in chunk])
+                by_name = {s["serviceName"]: s["taskDefinition"] for s in described["services"]}
+                out.update({e["name"]: by_name[e["service"]] for e in chunk})
+        return out
+
+    def rule_targets(self, entry: dict) -> list[dict]:
+        return self.events(entry["accountId"], entry["region"]).list_targets_by_rule(
+            Rule=entry["ruleName"], EventBusName="default")["Targets"]
+
+    def notifications(self) -> list[dict[str, str]]:
+        sqs = self.client("sqs")
+        messages = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]
+
+    def digest(self, repository: str, tag: str) -> str:
+        ecr = self.client("ecr")
+        return ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"][0][
+            "imageDigest"]
+
+
+def _create_service_directly(account: str, region: str, spec: dict[str, Any], name: str) -> None:
+    """Register ``spec`` and create a service on it straight in moto's store: for the 300-service world, where
+    600 API calls would cost seconds. The same ``spec`` goes through the API (and botocore's validation) in every
+    smaller world."""
+    backend = ecs_backends[account][region]
+    td = backend.register_task_definition(
+        spec["family"], spec["containerDefinitions"], volumes=spec["volumes"], network_mode=spec["networkMode"],
+        tags=spec["tags"], requires_compatibilities=spec["requiresCompatibilities"], cpu=spec["cpu"],
+        memory=spec["memory"], task_role_arn=spec["taskRoleArn"], execution_role_arn=spec["executionRoleArn"],
+        runtime_platform=spec["runtimePlatform"], ephemeral_storage=spec["ephemeralStorage"])
+    backend.create_service(CLUSTER, name, 2, td.arn, launch_type="FARGATE")
+
+
+def build_world(base: boto3.Session, services_per_target: int, tasks_per_target: int = 1,
+                accounts: tuple[str, ...] = ACCOUNTS, regions: tuple[str, ...] = REGIONS,
+                direct: bool = False) -> World:
+    world = World(base)
+    for region in regions:  # the tools registry, replicated: every tag in every region, same digest
+        ecr = world.client("ecr", None, region)
+        for repository in REPOSITORIES:
+            ecr.create_repository(repositoryName=repository)
+            for tag in ("1.0.0", "2.0.0"):
+                ecr.put_image(repositoryName=repository, imageManifest=_manifest_json(repository, tag), imageTag=tag)
+    sns, sqs = world.client("sns"), world.client("sqs")
+    world.topic_arn = sns.create_topic(Name="crossdeploy-release")["TopicArn"]
+    world.queue_url = sqs.create_queue(QueueName="release-mail")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=world.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"]
+    sns.subscribe(TopicArn=world.topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    line = 1
+    for account in accounts:
+        role = world.admin(account).client("iam").create_role(
+            RoleName="crossdeploy-prod-deploy", Path=ROLE_PATH,
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{TOOLS}:root"}, "Action": "sts:AssumeRole"}]}),
+        )["Role"]["Arn"]
+        for region in regions:
+            ecs, events = world.ecs(account, region), world.events(account, region)
+            ecs.create_cluster(clusterName=CLUSTER)
+            registry = f"{TOOLS}.dkr.ecr.{region}.amazonaws.com"
+            for i in range(services_per_target):
+                repository, name = REPOSITORIES[i % 3], f"svc-{i:03d}"
+                sidecar = i % 2 == 0
+                spec = task_definition(name, account, region, f"{registry}/{repository}:1.0.0", sidecar)
+                if direct:
+                    _create_service_directly(account, region, spec, name)
+                else:
+                    td = ecs.register_task_definition(**spec)["taskDefinition"]
+                    ecs.create_service(cluster=CLUSTER, serviceName=name, taskDefinition=td["taskDefinitionArn"],
+                                       desiredCount=2, launchType="FARGATE")
+                world.services.append({
+                    "name": f"{name}@{account}/{region}", "line": line, "accountId": account, "region": region,
+                    "roleArn": role, "cluster": CLUSTER, "service": name, "container": "app" if sidecar else None,
+                    "image": {"registryId": TOOLS, "repository": repository, "tag": "2.0.0", "digest": None}})
+                line += 6
+            for j in range(tasks_per_target):
+                family, rule = f"cleanup-{j}", f"nightly-cleanup-{j}"
+                td = ecs.register_task_definition(**task_definition(
+                    family, account, region, f"{registry}/batch/cleanup:1.0.0", False))["taskDefinition"]
+                events.put_rule(Name=rule, ScheduleExpression="cron(0 3 * * ? *)")
+                events.put_targets(Rule=rule, Targets=[
+                    {"Id": "run-task", "Arn": f"arn:aws:ecs:{region}:{account}:cluster/{CLUSTER}",
+                     "RoleArn": f"arn:aws:iam::{account}:role/events-run-task", "Input": json.dumps({"dryRun": False}),
+                     "RetryPolicy": {"MaximumRetryAttempts": 2, "MaximumEventAgeInSeconds": 3600},
+                     "DeadLetterConfig": {"Arn": f"arn:aws:sqs:{region}:{account}:cleanup-dlq"},
+                     "EcsParameters": {
+                         "TaskDefinitionArn": td["taskDefinitionArn"], "TaskCount": 1, "LaunchType": "FARGATE",
+                         "NetworkConfiguration": {"awsvpcConfiguration": {
+                             "Subnets": ["subnet-0abc", "subnet-0def"], "SecurityGroups": ["sg-0123"],
+                             "AssignPublicIp": "DISABLED"}},
+                         "PlatformVersion": "LATEST", "Group": "cleanup", "EnableECSManagedTags": True,
+                         "PropagateTags": "TASK_DEFINITION", "Tags": [{"Key": "team", "Value": "batch"}]}},
+                    {"Id": "audit", "Arn": f"arn:aws:lambda:{region}:{account}:function:audit"},
+                ])
+                world.tasks.append({
+                    "name": f"{rule}@{account}/{region}", "line": line, "accountId": account, "region": region,
+                    "roleArn": role, "ruleName": rule, "eventBus": "default", "container": None,
+                    "image": {"registryId": TOOLS, "repository": "batch/cleanup", "tag": "2.0.0", "digest": None}})
+                line += 5
+    return world
+
+
+def _virtual_time(fn: Callable[..., Any]) -> Callable[[Any, Any], Any]:
+    """A check handler whose sleeps advance its own clock instead of waiting (one clock per invocation)."""
+    def call(event: Any, context: Any) -> Any:
+        now = [0.0]
+
+        def sleep(seconds: float) -> None:
+            now[0] += seconds
+        return fn(event, context, sleep=sleep, clock=lambda: now[0])
+    return call
+
+
+def run_release(manifest: dict[str, Any], *, max_concurrency: int = 10, poll_seconds: int = 15,
+                wrap: Callable[[str, Callable], Callable] | None = None, name: str = "release-0001") -> Execution:
+    """The real definition run by the ASL runner, each step calling the real handler its path names."""
+    arns = {step: f"arn:aws:lambda:{HOME}:{TOOLS}:function:crossdeploy-release-{step}" for step in lambda_functions()}
+    functions = {}
+    for step, path in lambda_functions().items():
+        module, attribute = path.rsplit(".", 1)
+        fn = getattr(importlib.import_module(module), attribute)
+        if step in ("checkService", "checkRollback"):
+            fn = _virtual_time(fn)
+        functions[arns[step]] = wrap(step, fn) if wrap else fn
+    runner = Runner(definition(arns, max_concurrency=max_concurrency, poll_seconds=poll_seconds), functions,
+                    name=name)
+    return runner.run({"manifest": manifest})
+
+
+# Every boto3 session (the test's, each deploy-role session the handlers assume) would parse the same service models
+# again: a second per test. One shared loader keeps its parsed models; it changes what is loaded from where, nothing.
+_SHARED_LOADER = botocore.loaders.create_loader()
+
+
+def share_service_models(setattr_: Callable[[Any, str, Any], None]) -> None:
+    setattr_(botocore.session, "create_loader", lambda search_path_string=None: _SHARED_LOADER)
+
+
+def configure(setenv: Callable[[str, str], None]) -> None:
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+           "AWS_DEFAULT_REGION": HOME, "CROSSDEPLOY_REGISTRY_ID": TOOLS, "CROSSDEPLOY_HOME_REGION": HOME,
+           "CROSSDEPLOY_PARTITION": "aws", "CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS": "900",
+           "CROSSDEPLOY_CHECK_WAIT_SECONDS": "300",
+           # moto: services start with their initial deployment complete (2 of 2 running)
+           "MOTO_ECS_SERVICE_RUNNING": "2"}
+    for key, value in env.items():
+        setenv(key, value)
+
+
+# ------------------------------------------------------------------------------------------------------------ fixtures
+
+@dataclass
+class Env:
+    base: boto3.Session
+    rollouts: Rollouts
+    faults: Faults
+    setenv: Callable[[str, str], None]
+
+    def world(self, services_per_target: int, tasks_per_target: int = 1, direct: bool = False) -> World:
+        world = build_world(self.base, services_per_target, tasks_per_target, direct=direct)
+        self.setenv("CROSSDEPLOY_TOPIC_ARN", world.topic_arn)
+        return world
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    configure(monkeypatch.setenv)
+    share_service_models(monkeypatch.setattr)
+    faults = Faults(monkeypatch.setattr)  # before any session exists, so every client gets the hook
+    with mock_aws():
+        base = boto3.Session(region_name=HOME)
+        monkeypatch.setattr(release, "_base_session", lambda: base)
+        yield Env(base, Rollouts(monkeypatch.setattr), faults, monkeypatch.setenv)
+
+
+def _regional(world: World, entry: dict, tag: str = "2.0.0") -> str:
+    repository = entry["image"]["repository"]
+    return f"{TOOLS}.dkr.ecr.{entry['region']}.amazonaws.com/{repository}@{world.digest(repository, tag)}"
+
+
+def _app_image(described: dict, container: str | None) -> str:
+    containers = described["containerDefinitions"]
+    return next(c for c in containers if container is None or c["name"] == container)["image"]
+
+
+def _logs(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+# --------------------------------------------------------------------------------------------------------------- tests
+
+def test_release_of_300_services_pins_digests_and_stays_within_limits(aws):
+    world = aws.world(services_per_target=75, tasks_per_target=1, direct=True)
+    aws.rollouts.polls = 0  # steady at the first look: the Wait loop is exercised by the smaller cases
+    before = world.current_task_definitions()
+    execution = run_release(world.manifest())
+
+    assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
+    after = world.current_task_definitions()
+    assert len(after) == 300 and all(after[name] != before[name] for name in after)
+    # Pinned: every service's container runs its own region's replica, by digest (the tag was resolved once).
+    # Read from moto's store: 300 DescribeTaskDefinition calls would take longer than the check is worth; the API
+    # path is checked on a few (and whole copies in test_task_definitions_and_rule_targets_are_copied_whole).
+    digests = {repository: world.digest(repository, "2.0.0") for repository in REPOSITORIES}
+    for entry in world.services:
+        family, revision = after[entry["name"]].rsplit("/", 1)[1].split(":")
+        stored = ecs_backends[entry["accountId"]][entry["region"]].task_definitions[family][int(revision)]
+        repository = entry["image"]["repository"]
+        assert _app_image({"containerDefinitions": stored.container_definitions}, entry["container"]) == \
+            f"{TOOLS}.dkr.ecr.{entry['region']}.amazonaws.com/{repository}@{digests[repository]}"
+    for entry in world.services[::97]:
+        described = world.ecs(entry["accountId"], entry["region"]).describe_task_definition(
+            taskDefinition=after[entry["name"]])["taskDefinition"]
+        assert _app_image(described, entry["container"]) == _regional(world, entry)
+    for entry in world.tasks:
+        ecs_target = next(t for t in world.rule_targets(entry) if "EcsParameters" in t)
+        described = world.ecs(entry["accountId"], entry["region"]).describe_task_definition(
+            taskDefinition=ecs_target["EcsParameters"]["TaskDefinitionArn"])["taskDefinition"]
+        assert _app_image(described, None) == _regional(world, entry)
+    # Bounded, and far from Step Functions' limits (the runner fails a state over 256 KiB by itself).
+    assert execution.peak_concurrency["DeployServices"] == 10 and execution.peak_concurrency["DeployTasks"] <= 4
+    assert execution.history_events < 25_000
+    assert "SettleBeforeRollback" not in execution.visits
+    [mail] = world.notifications()
+    assert mail["Subject"] == "crossdeploy release release-0001: SUCCEEDED"
+    assert execution.output["id"] == "release-0001"
+
+
+FAILING = "svc-002@777788889999/eu-west-1"  # the last service of the release: most others have changed by then
+
+
+@pytest.mark.parametrize(("failure", "error"), [
+    ("rollout-failed", "ServiceRolloutFailed"),  # rolloutState FAILED, the service left on the new revision
+    ("circuit-breaker", "ServiceRolloutFailed"),  # FAILED, and ECS already put the service back by itself
+    ("update-error", "TargetUpdateError"),  # UpdateService refused (AccessDenied)
+    ("timed-out", "ServiceTimedOut"),  # never steady: the per-item deadline passes
+])
+def test_one_failing_service_rolls_back_every_changed_target(aws, failure, error, capsys):
+    world = aws.world(services_per_target=3, tasks_per_target=1)
+    before = world.current_task_definitions()
+    rules_before = {t["name"]: world.rule_targets(t) for t in world.tasks}
+    failing = next(e for e in world.services if e["name"] == FAILING)
+    arn = f"arn:aws:ecs:{failing['region']}:{failing['accountId']}:service/{CLUSTER}/{failing['service']}"
+    if failure == "rollout-failed":
+        aws.rollouts.outcome[arn] = "fail"
+    elif failure == "circuit-breaker":
+        aws.rollouts.outcome[arn] = "circuit-breaker"
+    elif failure == "timed-out":
+        aws.rollouts.outcome[arn] = "stuck"
+        aws.setenv("CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS", "120")
+        aws.setenv("CROSSDEPLOY_CHECK_WAIT_SECONDS", "0")  # one look per check: the state machine's loop waits
+    else:
+        original, where = before[FAILING], f":{failing['region']}:{failing['accountId']}:"
+
+        def deny(operation: str, body: dict) -> str | None:
+            # Only the forward update of that one service: putting it back must still work.
+            new = body.get("taskDefinition", "")
+            if operation == "UpdateService" and body.get("service") == failing["service"] and where in new \
+                    and new != original:
+                return "AccessDeniedException"
+            return None
+        aws.faults.fail = deny
+
+    execution = run_release(world.manifest())
+
+    assert execution.status == "FAILED"
+    assert execution.error == "ReleaseRolledBack", execution.cause
+    # Many services had changed before the failure; every one of them is back on its snapshot, and so are the
+    # scheduled tasks' rule targets (the whole list, not only the ECS target).
+    changed = {name for name, td in aws.rollouts.updates if td not in before.values()}
+    assert len(changed) >= 6
+    assert world.current_task_definitions() == before
+    assert {t["name"]: world.rule_targets(t) for t in world.tasks} == rules_before
+    for entry in world.services:
+        state = world.service_state(entry)
+        assert [d["taskDefinition"] for d in state["deployments"]] == [before[entry["name"]]], entry["name"]
+    assert execution.visits["RollBackService"] == 12 and execution.visits["RollBackTask"] == 4
+    assert execution.visits.get("ServiceNotRestored", 0) == 0 and execution.visits.get("ServiceRollbackFailed", 0) == 0
+    [mail] = world.notifications()
+    assert mail["Subject"] == "crossdeploy release release-0001: ROLLED_BACK"
+    assert f"rolled back: {error}: {FAILING}" in mail["Message"]
+    assert "services: 12 restored, 0 not restored" in mail["Message"]
+    if failure == "timed-out":  # the state machine's Wait/Check/Choice loop turned until the deadline
+        assert execution.visits["WaitForService"] >= 12 + 120 // 15
+    assert "scheduled tasks: 4 restored, 0 not restored" in mail["Message"]
+    # One release can be followed in the logs: its id on every line, old and new task definition of each change.
+    lines = [line for line in _logs(capsys.readouterr().out) if line.get("release") == "release-0001"]
+    updated = [line for line in lines if line["event"] == "release.service.updated"]
+    assert updated and all(line["oldTaskDefinition"] and line["newTaskDefinition"] for line in updated)
+    rolled = [line for line in lines if line["event"] == "release.rollback.service" and line["changed"]]
+    assert {line["target"] for line in rolled} == {u["target"] for u in updated} - (
+        {FAILING} if failure == "circuit-breaker" else set())
+
+
+def test_task_definitions_and_rule_targets_are_copied_whole(aws):
+    world = aws.world(services_per_target=2, tasks_per_target=1)
+    before = world.current_task_definitions()
+    rules_before = {t["name"]: world.rule_targets(t) for t in world.tasks}
+    execution = run_release(world.manifest())
+    assert execution.status == "SUCCEEDED", execution.cause
+    after = world.current_task_definitions()
+    volatile = {"taskDefinitionArn", "revision", "registeredAt", "registeredBy", "containerDefinitions"}
+    for entry in world.services:
+        ecs = world.ecs(entry["accountId"], entry["region"])
+        old = ecs.describe_task_definition(taskDefinition=before[entry["name"]], include=["TAGS"])
+        new = ecs.describe_task_definition(taskDefinition=after[entry["name"]], include=["TAGS"])
+        assert new["tags"] == old["tags"] != []
+        old_td, new_td = old["taskDefinition"], new["taskDefinition"]
+        assert new_td["revision"] == old_td["revision"] + 1
+        assert {k: v for k, v in new_td.items() if k not in volatile} == \
+            {k: v for k, v in old_td.items() if k not in volatile}
+        for old_c, new_c in zip(old_td["containerDefinitions"], new_td["containerDefinitions"], strict=True):
+            replaced = entry["container"] in (None, old_c["name"])
+            assert {k: v for k, v in new_c.items() if k != "image" or not replaced} == \
+                {k: v for k, v in old_c.items() if k != "image" or not replaced}
+            assert (new_c["image"] == _regional(world, entry)) if replaced else (new_c["image"] == old_c["image"])
+    for entry in world.tasks:
+        old_targets, new_targets = rules_before[entry["name"]], world.rule_targets(entry)
+        assert [t["Id"] for t in new_targets] == [t["Id"] for t in old_targets]
+        for old_t, new_t in zip(old_targets, new_targets, strict=True):
+            if "EcsParameters" not in old_t:
+                assert new_t == old_t
+                continue
+            assert new_t["EcsParameters"]["TaskDefinitionArn"] != old_t["EcsParameters"]["TaskDefinitionArn"]
+            assert {**new_t, "EcsParameters": {**new_t["EcsParameters"], "TaskDefinitionArn": "x"}} == \
+                {**old_t, "EcsParameters": {**old_t["EcsParameters"], "TaskDefinitionArn": "x"}}
+
+    # Running the same release again registers nothing new and leaves every service where it is.
+    updates = len(aws.rollouts.updates)
+    again = run_release(world.manifest(), name="release-0002")
+    assert again.status == "SUCCEEDED", again.cause
+    assert world.current_task_definitions() == after and len(aws.rollouts.updates) == updates
+
+
+def test_throttling_is_absorbed_by_sdk_retries(aws, monkeypatch):
+    world = aws.world(services_per_target=3, tasks_per_target=1)
+    backoff: list[float] = []
+    # botocore sleeps between attempts; record the backoff instead of waiting it out (the benchmark waits).
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", backoff.append)
+    aws.faults.throttle_every = 4
+    execution = run_release(world.manifest())
+    assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
+    assert sum(aws.faults.throttled.values()) >= 30
+    assert {"DescribeServices", "RegisterTaskDefinition", "UpdateService", "DescribeImages"} <= set(
+        aws.faults.throttled)
+    assert len(backoff) == sum(aws.faults.throttled.values())
+    expected = {e["name"]: _regional(world, e) for e in world.services}
+    for entry in world.services:
+        described = world.ecs(entry["accountId"], entry["region"]).describe_task_definition(
+            taskDefinition=world.service_state(entry)["taskDefinition"])["taskDefinition"]
+        assert _app_image(described, entry["container"]) == expected[entry["name"]]
+
+
+def test_missing_tag_rejects_the_release_before_any_change(aws):
+    world = aws.world(services_per_target=2, tasks_per_target=1)
+    before = world.current_task_definitions()
+    manifest = world.manifest()
+    manifest["services"][3]["image"]["tag"] = "9.9.9"
+    manifest["tasks"][1]["image"]["tag"] = "nope"
+    aws.faults.calls.clear()
+    execution = run_release(manifest)
+    assert (execution.status, execution.error) == ("FAILED", "ReleaseRejected")
+    assert f"{manifest['services'][3]['image']['repository']}:9.9.9" in execution.cause
+    assert "batch/cleanup:nope" in execution.cause
+    assert not {"RegisterTaskDefinition", "UpdateService", "PutTargets", "AssumeRole"} & set(aws.faults.calls)
+    assert "DeployTasks" not in execution.visits
+    assert world.current_task_definitions() == before
+    [mail] = world.notifications()
+    assert mail["Subject"].endswith(": REJECTED") and "9.9.9" in mail["Message"]
+
+
+def test_prepare_lists_every_target_problem_and_changes_nothing(aws):
+    world = aws.world(services_per_target=2, tasks_per_target=1)
+    manifest = world.manifest()
+    manifest["services"][0]["service"] = "no-such-service"
+    manifest["services"][1]["container"] = "web"  # svc-001 has one container, named app
+    manifest["services"][2]["container"] = None  # svc-000 has two: app and envoy
+    world.events(ACCOUNTS[1], REGIONS[1]).put_targets(Rule="nightly-cleanup-0", Targets=[{
+        "Id": "second", "Arn": f"arn:aws:ecs:{REGIONS[1]}:{ACCOUNTS[1]}:cluster/{CLUSTER}",
+        "RoleArn": f"arn:aws:iam::{ACCOUNTS[1]}:role/events-run-task",
+        "EcsParameters": {"TaskDefinitionArn": f"arn:aws:ecs:{REGIONS[1]}:{ACCOUNTS[1]}:task-definition/x:1"}}])
+    # The eu-west-1 replica lost an image: the release must not start rather than fail to pull halfway.
+    world.client("ecr", None, "eu-west-1").batch_delete_image(
+        repositoryName="team/payments", imageIds=[{"imageTag": "2.0.0"}])
+    aws.faults.calls.clear()
+    with pytest.raises(release.ImageNotFoundError, match=r"team/payments@sha256:[0-9a-f]{64} is not on the "
+                                                         r"eu-west-1 replica"):
+        release.prepare({"manifest": manifest, "executionId": "arn:aws:states:::execution:m:r1"})
+    world.client("ecr", None, "eu-west-1").put_image(
+        repositoryName="team/payments", imageManifest=_manifest_json("team/payments", "2.0.0"), imageTag="2.0.0")
+    with pytest.raises(release.TargetError) as problems:
+        release.prepare({"manifest": manifest, "executionId": "arn:aws:states:::execution:m:r1"})
+    message = str(problems.value)
+    assert message.startswith("4 target problem(s), nothing was changed")
+    assert "no-such-service" in message and "no active ECS service" in message
+    assert "no container named 'web'" in message and "has 2 containers" in message
+    assert "has 2 ECS targets" in message
+    assert not {"RegisterTaskDefinition", "UpdateService", "PutTargets"} & set(aws.faults.calls)
+
+
+def test_prepare_refuses_a_release_over_step_functions_limits(aws, monkeypatch):
+    world = aws.world(services_per_target=1, tasks_per_target=0)
+    event = {"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:big"}
+    monkeypatch.setattr(release, "PAYLOAD_BUDGET_BYTES", 1500)
+    with pytest.raises(release.ReleaseTooLargeError, match="over the 1 KiB budget"):
+        release.prepare(event)
+    monkeypatch.setattr(release, "PAYLOAD_BUDGET_BYTES", 200 * 1024)
+    aws.setenv("CROSSDEPLOY_CHECK_WAIT_SECONDS", "0")
+    aws.setenv("CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS", "90000")
+    with pytest.raises(release.ReleaseTooLargeError, match="history events"):
+        release.prepare(event)
+    # With the defaults, the issue's 300 services and a few tasks fit, with room to spare.
+    assert release.history_estimate(300, 8, 900, 300, 15) < release.HISTORY_BUDGET_EVENTS
+
+
+def test_rollback_restores_only_what_differs_and_is_idempotent(aws):
+    world = aws.world(services_per_target=1, tasks_per_target=1)
+    prepared = release.prepare({"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:r9"})
+    service, untouched = prepared["services"][0], prepared["services"][1]
+    task = prepared["tasks"][0]
+    common = {"release": prepared["release"], "startedAt": "2025-01-01T00:00:00.000Z"}
+    deployed = release.deploy_service({"item": service, **common})
+    release.update_task({"item": task, **common})
+    assert world.service_state(world.services[0])["taskDefinition"] == deployed["taskDefinitionArn"]
+
+    first = release.rollback_target({"item": service, "kind": "service", **common})
+    again = release.rollback_target({"item": service, "kind": "service", **common})
+    assert (first["changed"], first["status"]) == (True, "IN_PROGRESS")
+    assert again["changed"] is False
+    assert world.service_state(world.services[0])["taskDefinition"] == service["snapshot"]
+    steady = release.check_rollback({"item": service, **common, "rollback": first, "now": common["startedAt"]},
+                                    sleep=lambda _: None, clock=lambda: 0.0)
+    assert steady["status"] == "STEADY", steady
+    assert release.rollback_target({"item": untouched, "kind": "service", **common})["changed"] is False
+
+    assert release.rollback_target({"item": task, "kind": "task", **common})["changed"] is True
+    assert release.rollback_target({"item": task, "kind": "task", **common})["changed"] is False
+    assert world.rule_targets(world.tasks[0]) == task["snapshot"]
+
+
+def _service(task_definition: str, deployments: list[dict], status: str = "ACTIVE") -> dict:
+    return {"status": status, "taskDefinition": task_definition, "deployments": deployments}
+
+
+def _deployment(status: str, task_definition: str, rollout: str | None, running: int = 2, desired: int = 2) -> dict:
+    out = {"status": status, "taskDefinition": task_definition, "runningCount": running, "desiredCount": desired}
+    if rollout:
+        out["rolloutState"] = rollout
+    return out
+
+
+@pytest.mark.parametrize(("service", "status"), [
+    (_service("td:2", [_deployment("PRIMARY", "td:2", "COMPLETED")]), "STEADY"),
+    (_service("td:2", [_deployment("PRIMARY", "td:2", None)]), "STEADY"),  # no circuit breaker: no rolloutState
+    (_service("td:2", [_deployment("PRIMARY", "td:2", "IN_PROGRESS", 1),
+                       _deployment("ACTIVE", "td:1", "COMPLETED", 1)]), "IN_PROGRESS"),
+    (_service("td:2", [_deployment("PRIMARY", "td:2", "COMPLETED", 1)]), "IN_PROGRESS"),  # 1 of 2 running
+    (_service("td:2", [_deployment("PRIMARY", "td:2", "FAILED", 0), _deployment("ACTIVE", "td:1", "COMPLETED")]),
+     "FAILED"),
+    # the circuit breaker rolled back: the service is on the old revision again, its rollout in progress
+    (_service("td:1", [_deployment("PRIMARY", "td:1", "IN_PROGRESS", 1), _deployment("ACTIVE", "td:2", "FAILED", 0)]),
+     "FAILED"),
+    (_service("td:3", [_deployment("PRIMARY", "td:3", "COMPLETED")]), "FAILED"),  # someone else deployed
+    (_service("td:2", [], status="DRAINING"), "FAILED"),
+    (None, "FAILED"),
+])
+def test_rollout_status_follows_ecs_semantics(service, status):
+    assert release.rollout_status(service, "td:2")[0] == status
+
+
+def test_manifest_validation_lists_every_problem_with_its_line():
+    good = {"name": "a", "line": 3, "accountId": "444455556666", "region": "us-east-2",
+            "roleArn": "arn:aws:iam::444455556666:role/crossdeploy/prod/deploy/crossdeploy-prod-deploy",
+            "cluster": "c", "service": "s", "container": None,
+            "image": {"registryId": TOOLS, "repository": "team/orders", "tag": "4.0.0", "digest": None}}
+    manifest = {"version": 1, "source": "deployment.yaml", "services": [
+        good,
+        {**good, "name": "b", "line": 9, "accountId": "4444", "region": "Ohio"},
+        {**good, "name": "c", "line": 14, "roleArn": "arn:aws:iam::777788889999:role/deploy",
+         "image": {"registryId": "999999999999", "repository": "Team/Orders", "tag": None, "digest": "sha256:x"}},
+        {**good, "name": "d", "line": 20},  # the same service as a
+        "not-an-object",
+    ], "tasks": [{"name": "t", "line": 30, "accountId": "444455556666", "region": "us-east-2",
+                  "roleArn": good["roleArn"], "container": "has space",
+                  "image": {"registryId": TOOLS, "repository": "batch/cleanup"}}]}
+    with pytest.raises(release.ReleaseInputError) as raised:
+        release.validate_manifest(manifest, TOOLS, "aws")
+    message = str(raised.value)
+    for expected in ["services[1] (b, line 9): accountId '4444'", "services[1] (b, line 9): region 'Ohio'",
+                     "services[2] (c, line 14): roleArn", "services[2] (c, line 14): image.registryId",
+                     "services[2] (c, line 14): image.repository 'Team/Orders'",
+                     "services[2] (c, line 14): image.digest 'sha256:x'",
+                     "services[3] (d, line 20): same target as services[0] (a, line 3)",
+                     "services[4]: must be an object", "tasks[0] (t, line 30): ruleName must be",
+                     "tasks[0] (t, line 30): container 'has space'", "tasks[0] (t, line 30): image needs a tag"]:
+        assert expected in message, expected
+    assert release.validate_manifest({**manifest, "services": [good], "tasks": []}, TOOLS, "aws")[0] == [good]
+    for broken in (None, [], {"version": 2, "services": [good]}, {"version": 1, "services": [], "tasks": []}):
+        with pytest.raises(release.ReleaseInputError):
+            release.validate_manifest(broken, TOOLS, "aws")
+
+
+def test_deploy_role_sessions_and_clients_are_reused_until_they_expire(aws, monkeypatch):
+    role = f"arn:aws:iam::{ACCOUNTS[0]}:role{ROLE_PATH}crossdeploy-prod-deploy"
+    first = release._client("ecs", HOME, role, "crossdeploy-r1")
+    assert release._client("ecs", HOME, role, "crossdeploy-r1") is first
+    release._client("events", HOME, role, "crossdeploy-r1")  # same session, another client
+    assert aws.faults.calls["AssumeRole"] == 1
+    release._client("ecs", HOME, role, "crossdeploy-r2")  # another release: its own session name in CloudTrail
+    assert aws.faults.calls["AssumeRole"] == 2
+    ecs_arn = first.create_cluster(clusterName="probe")["cluster"]["clusterArn"]
+    assert f":{ACCOUNTS[0]}:cluster/probe" in ecs_arn
+    monkeypatch.setattr(release, "_CLIENT_TTL_SECONDS", 0.0)
+    assert release._client("ecs", HOME, role, "crossdeploy-r3") is not first
+    assert release._client("ecs", HOME, role, "crossdeploy-r3") is not release._client("ecs", HOME, role,
+                                                                                        "crossdeploy-r3")
