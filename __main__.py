@@ -16,6 +16,7 @@ from components.policies import iam_name
 from components.providers import Providers, ProvidersArgs
 from components.push_deploy import PushDeploy, PushDeployArgs, PushService, PushTarget
 from components.registry import Registry, RegistryArgs, RepositorySpec
+from components.release import Release, ReleaseArgs, ReleaseSource
 from components.rollout_notices import RolloutForwarder, RolloutForwarderArgs, RolloutNotices, RolloutNoticesArgs
 
 cfg = load()
@@ -52,7 +53,8 @@ for account in cfg.workload_accounts:
         path=naming.iam_path(cfg, "deploy"),
         tools_account_id=cfg.tools_account_id,
         trusted_principal_patterns=(naming.pipeline_role_pattern(cfg),
-                                    *([naming.push_role_arn(cfg)] if cfg.push_services else [])),
+                                    *([naming.push_role_arn(cfg)] if cfg.push_services else []),
+                                    *([naming.release_steps_role_arn(cfg)] if cfg.release else [])),
         targets=tuple(
             DeployTarget(region, naming.ecs_cluster_arn(cfg, account, region, s.cluster),
                          naming.ecs_service_arn(cfg, account, region, s))
@@ -61,6 +63,8 @@ for account in cfg.workload_accounts:
         passable_role_arns=tuple(arn for s in cfg.services for arn in naming.workload_role_arns(cfg, account, s)),
         artifact_bucket_arns=tuple(artifacts.stores[r].bucket_arn for r in regions),
         artifact_key_arns=tuple(artifacts.stores[r].key_arn for r in regions),
+        scheduled_task_regions=regions if cfg.release else (),
+        scheduled_task_role_names=tuple(cfg.release.pass_role_names) if cfg.release else (),
     ))
 
 notifications = Notifications("notifications", NotificationsArgs(
@@ -125,6 +129,36 @@ if cfg.push_services:
         # The function assumes deploy roles that must exist first.
     ), opts=pulumi.ResourceOptions(depends_on=list(deploy_roles.values())))
 
+release = None
+if cfg.release:
+    release = Release("release", ReleaseArgs(
+        provider=tools_home,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        home_region=cfg.tools_region,
+        regions=cfg.regions,
+        context={
+            "version": 1, "partition": cfg.partition, "registryId": cfg.tools_account_id,
+            "homeRegion": cfg.tools_region,
+            "environments": {env.name: {"accountId": env.account_id, "regions": list(env.regions),
+                                        "deployRoleArn": naming.deploy_role_arn(cfg, env.account_id)}
+                             for env in cfg.environments},
+        },
+        source=ReleaseSource(cfg.release.source.provider, cfg.release.source.repository, cfg.release.source.branch,
+                             cfg.release.source.connection_arn),
+        artifact_store=artifacts.stores[cfg.tools_region],
+        notification_topic_arn=notifications.topic_arn,
+        notification_key_arn=notifications.key_arn,
+        name_prefix=prefix,
+        steps_role_name=naming.release_steps_role_name(cfg),
+        notify_role_name=iam_name(prefix, "release-notify"),
+        role_path=naming.iam_path(cfg, "release"),
+        file=cfg.release.file,
+        require_approval=cfg.release.require_approval,
+        max_concurrency=cfg.release.max_concurrency,
+        service_timeout_seconds=cfg.release.service_timeout_minutes * 60,
+    ), opts=pulumi.ResourceOptions(depends_on=list(deploy_roles.values())))
+
 notices = RolloutNotices("rollout-notices", RolloutNoticesArgs(
     provider=tools_home,
     partition=cfg.partition,
@@ -155,3 +189,6 @@ pulumi.export("notificationTopicArn", notifications.topic_arn)
 if push is not None:
     pulumi.export("pushDeployFunctionArn", push.function_arn)
     pulumi.export("pushDeployDeadLetterQueueArn", push.queue_arn)
+if release is not None:
+    pulumi.export("releasePipelineName", release.pipeline_name)
+    pulumi.export("releaseStateMachineArn", release.state_machine_arn)

@@ -29,7 +29,7 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 NAMESPACE = "crossdeploy"
-TOP_LEVEL_KEYS = ("tools", "environments", "services", "notifications")
+TOP_LEVEL_KEYS = ("tools", "environments", "services", "notifications", "release")
 
 _ACCOUNT_ID = r"^[0-9]{12}$"
 _ENV_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
@@ -192,11 +192,55 @@ class NotificationsConfig(_Strict):
         return value
 
 
+class ReleaseSourceConfig(_Strict):
+    """Where ``deployment.yaml`` lives."""
+
+    provider: Literal["codecommit", "codestar"]
+    """``codecommit`` (a CodeCommit repository in the tools account) or ``codestar`` (GitHub, Bitbucket, GitLab
+    through a CodeStar/CodeConnections connection)."""
+    repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
+    """CodeCommit repository name, or ``owner/repo`` for a connection."""
+    branch: str = Field(default="main", pattern=r"^[A-Za-z0-9_./-]{1,255}$")
+    """Branch whose pushes release. Default ``main``."""
+    connection_arn: str | None = Field(default=None, alias="connectionArn",
+                                       pattern=r"^arn:aws[a-z-]*:(codestar-connections|codeconnections):")
+    """Required with ``codestar``: the connection's ARN (it must be in the tools account and available)."""
+
+
+class ReleaseConfig(_Strict):
+    """A release pipeline: ``deployment.yaml`` in git deployed as one unit, with rollback of the whole release."""
+
+    source: ReleaseSourceConfig
+    file: str = Field(default="deployment.yaml", pattern=r"^[A-Za-z0-9_./-]{1,255}$")
+    """Path of the release file in the repository. Default ``deployment.yaml``."""
+    require_approval: bool = Field(default=False, alias="requireApproval")
+    """Manual approval between validation and the release. Default false."""
+    max_concurrency: int = Field(default=10, alias="maxConcurrency", ge=1, le=40)
+    """Targets deployed at once by each Map (1-40; inline Maps never run more than 40). Default 10: ECS throttles
+    its APIs per account and region."""
+    service_timeout_minutes: int = Field(default=15, alias="serviceTimeoutMinutes", ge=1, le=120)
+    """How long one service may take to become steady before the release rolls back. Default 15."""
+    pass_role_names: list[str] = Field(default_factory=lambda: ["ecsEventsRole", "ecsTaskExecutionRole"],
+                                       alias="passRoleNames")
+    """Roles in the workload accounts that scheduled tasks use (their EventBridge role, task and execution roles):
+    the deploy role may pass exactly these when it updates a rule target. Default ``ecsEventsRole``,
+    ``ecsTaskExecutionRole``."""
+
+    @field_validator("pass_role_names")
+    @classmethod
+    def _role_names(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not re.match(_IAM_ROLE_NAME, v)]
+        if bad:
+            raise ValueError(f"not IAM role names: {', '.join(map(repr, bad))}")
+        return value
+
+
 class _RawStack(_Strict):
     tools: ToolsConfig
     environments: list[EnvironmentConfig] = Field(min_length=1)
     services: list[ServiceConfig] = Field(min_length=1)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    release: ReleaseConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +266,7 @@ class StackConfig:
     environments: tuple[EnvironmentConfig, ...]
     services: tuple[ServiceConfig, ...]
     emails: tuple[str, ...]
+    release: ReleaseConfig | None = None
 
     @property
     def partition(self) -> str:
@@ -388,6 +433,17 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
                                     "cross-partition delivery is not possible")
 
     problems.extend(_push_tag_overlaps(envs, services))
+    release = raw.get("release")
+    source = release.get("source") if isinstance(release, Mapping) else None
+    if isinstance(source, Mapping):
+        provider, connection = source.get("provider"), source.get("connectionArn")
+        if provider == "codestar" and not connection:
+            problems.append("release.source.connectionArn: required with provider codestar")
+        if provider == "codecommit" and connection:
+            problems.append(f"release.source.connectionArn: only for provider codestar, got {connection!r}")
+        if provider == "codestar" and "/" not in str(source.get("repository", "/")):
+            problems.append(f"release.source.repository: expected owner/repo for a connection, got "
+                            f"{source.get('repository')!r}")
 
     seen_svc: dict[Any, int] = {}
     seen_target: dict[tuple[Any, Any], int] = {}
@@ -452,6 +508,7 @@ def parse(raw: Mapping[str, Any], *, project: str, stack: str, aws_region: str |
         environments=tuple(model.environments),
         services=tuple(model.services),
         emails=tuple(model.notifications.emails),
+        release=model.release,
     )
 
 

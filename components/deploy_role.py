@@ -54,6 +54,11 @@ class DeployRoleArgs:
     """Task and execution roles of the targets; nothing else can be passed."""
     artifact_bucket_arns: tuple[pulumi.Input[str], ...] = field(default_factory=tuple)
     artifact_key_arns: tuple[pulumi.Input[str], ...] = field(default_factory=tuple)
+    scheduled_task_regions: tuple[str, ...] = ()
+    """Regions whose EventBridge rule targets a release may update (scheduled tasks). Default none: no rights."""
+    scheduled_task_role_names: tuple[str, ...] = ()
+    """Roles scheduled tasks use (EventBridge role, task and execution roles): passed when a rule target is
+    updated. Default none."""
     max_session_seconds: int = 3600
     """Session length. Default one hour: CodePipeline re-assumes the role per action."""
 
@@ -104,6 +109,15 @@ def deploy_role_policy(args: DeployRoleArgs) -> dict:
                    conditions={"ArnEquals": {"ecs:cluster": cluster_arns}}),
         p.pass_role("PassServiceRoles", sorted(args.passable_role_arns), ECS_TASKS),
     ]
+    if args.scheduled_task_regions:
+        rules = [p.arn(args.partition, "events", r, args.account_id, "rule/*") for r in args.scheduled_task_regions]
+        # Rule names come from deployment.yaml, which changes with every release: scoped to the account's regions.
+        statements.append(p.statement("UpdateScheduledTaskTargets", ["events:ListTargetsByRule", "events:PutTargets"],
+                                      rules))
+        if args.scheduled_task_role_names:
+            roles = sorted(p.role_arn(args.partition, args.account_id, n) for n in args.scheduled_task_role_names)
+            statements.append(p.pass_role("PassScheduledTaskRoles", roles, ["ecs-tasks.amazonaws.com",
+                                                                            "events.amazonaws.com"]))
     if args.artifact_bucket_arns:
         statements.append(p.statement("ReadArtifacts", ["s3:GetObject", "s3:GetObjectVersion"],
                                       [pulumi.Output.concat(b, "/*") for b in args.artifact_bucket_arns]))

@@ -39,6 +39,15 @@ def push_role_arn(cfg: StackConfig) -> str:
     return role_arn(cfg.partition, cfg.tools_account_id, push_function_name(cfg), iam_path(cfg, "push"))
 
 
+def release_steps_role_name(cfg: StackConfig) -> str:
+    return iam_name(cfg.project, cfg.stack, "release-steps")
+
+
+def release_steps_role_arn(cfg: StackConfig) -> str:
+    """The release step functions' role: trusted by the deploy roles when the stack has a release pipeline."""
+    return role_arn(cfg.partition, cfg.tools_account_id, release_steps_role_name(cfg), iam_path(cfg, "release"))
+
+
 def forwarder_role_arn(cfg: StackConfig, account: str) -> str:
     return role_arn(cfg.partition, account, iam_name(cfg.project, cfg.stack, "rollout-forwarder"),
                     iam_path(cfg, "notices"))

@@ -82,6 +82,15 @@ BROKEN = {
         "not a valid ECS name"),
     "dotted repository without ECS names": (
         {"crossdeploy:services": [{"name": "my.app"}]}, "services[0].containerName", "not a valid ECS name"),
+    "codestar release without connection": (
+        {"crossdeploy:release": {"source": {"provider": "codestar", "repository": "acme/releases"}}},
+        "release.source.connectionArn", "required"),
+    "unbounded release": (
+        {"crossdeploy:release": {"source": {"provider": "codecommit", "repository": "r"}, "maxConcurrency": 0}},
+        "release.maxConcurrency", "got 0"),
+    "release typo": (
+        {"crossdeploy:release": {"source": {"provider": "codecommit", "repository": "r"}, "requireAproval": True}},
+        "release.requireAproval", "unknown key"),
     "bad email": ({"crossdeploy:notifications": {"emails": ["not-an-address"]}}, "notifications.emails",
                   "'not-an-address'"),
     "missing tools account": ({"crossdeploy:tools": {"region": "us-east-2"}}, "tools.accountId", "required"),

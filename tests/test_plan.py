@@ -119,7 +119,7 @@ def test_grouping_puts_delivery_resources_in_the_tools_regions(prod_plan, prod_c
     assert list(grouped) == [*regions, "global"]
     services = [s["name"] for s in prod_config["crossdeploy:services"]]
     pipelines = [n for n in grouped[home]["codepipeline:Pipeline"]]
-    assert len(pipelines) == len(services)
+    assert len(pipelines) == len(services) + ("crossdeploy:release" in prod_config)
     for region in regions:
         assert sorted(grouped[region]["ecr:Repository"]) == sorted(services)
         assert len(grouped[region]["s3:Bucket"]) == 1
@@ -152,7 +152,8 @@ def test_text_plan(prod_plan, prod_config):
     assert lines[0] == "Offline plan: crossdeploy/prod (Pulumi mocks: no Pulumi CLI, no AWS calls)"
     assert f"tools account   {tools}, home region {regions[0]}" in lines[1]
     assert f"{envs['test']} (test)" in lines[2] and f"{envs['prod']} (prod)" in lines[2]
-    assert re.search(rf"\b{len(prod_plan.run.custom())} resources in 3 accounts and 2 regions; 3 pipelines", text)
+    assert re.search(rf"\b{len(prod_plan.run.custom())} resources in 3 accounts and 2 regions; 4 pipelines", text)
+    assert re.search(r"^  crossdeploy-prod-release +Source -> Validate -> approve -> Release$", text, re.M)
     assert f"  {envs['prod']}  workload (prod)" in text
     assert re.search(r"^      iam:Role +2  crossdeploy-prod-deploy, crossdeploy-prod-rollout-forwarder$", text, re.M)
     assert re.search(r"^  crossdeploy-prod-web-storefront +web/storefront:latest -> Build -> test\[us-east-2\] "
@@ -242,7 +243,7 @@ def test_mermaid_checker_has_teeth():
 
 def test_one_valid_mermaid_block_per_pipeline(prod_doc, prod_config):
     blocks = _blocks(prod_doc)
-    assert len(blocks) == len(prod_config["crossdeploy:services"])
+    assert len(blocks) == len(prod_config["crossdeploy:services"]) + ("crossdeploy:release" in prod_config)
     for block in blocks:
         assert mermaid_problems(block) == [], block
     assert "## crossdeploy-prod-web-storefront" in prod_doc
@@ -252,7 +253,9 @@ def test_one_valid_mermaid_block_per_pipeline(prod_doc, prod_config):
 def test_mermaid_stages_in_order_with_approval_before_prod(prod_doc, prod_config):
     _, envs, _ = _accounts(prod_config)
     prod_regions = next(e["regions"] for e in prod_config["crossdeploy:environments"] if e["name"] == "prod")
-    for block in _blocks(prod_doc):
+    service_blocks = [b for b in _blocks(prod_doc) if "ECR · " in b]
+    assert len(service_blocks) == len(prod_config["crossdeploy:services"])
+    for block in service_blocks:
         titles = re.findall(r'^\s*subgraph (\w+) \["([^"]*)"\]$', block, re.M)
         assert [t for _, t in titles] == ["Source", "Build", "Deploy-test", "Approve-prod", "Deploy-prod"]
         ids = [i for i, _ in titles]

@@ -1,0 +1,389 @@
+"""Releases: one ``deployment.yaml`` in git deploys many services and scheduled tasks, across accounts and regions,
+as one unit, with rollback of the whole release on any failure.
+
+::
+
+    Source    the release repository (CodeCommit, or a CodeStar connection to GitHub/Bitbucket/GitLab)
+    Validate  CodeBuild: handlers/release_file.py (from this repository, with PyYAML's pure-Python sources, shipped
+              as one zip in the artifact bucket: nothing is downloaded from the internet at build time) validates
+              the file — every problem with its line — and converts it to the release manifest
+    Approve   optional manual approval
+    Release   Step Functions: prepare (pin digests, snapshot) -> scheduled tasks -> services -> rollback on failure
+
+The state machine and its step handlers live in :mod:`components.release_state_machine` and
+``handlers/release.py``; this module only wires them: one Lambda per step, two roles (the steps that reach into
+workload accounts, and the notifier), the state machine and its role, and the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import yaml
+
+from components import policies as p
+from components.artifacts import ArtifactStore
+from components.release_state_machine import definition, lambda_functions, lambda_timeouts
+
+ROOT = Path(__file__).resolve().parents[1]
+HANDLERS = ROOT / "handlers"
+RUNTIME = "python3.12"
+BUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-standard:5.0"
+STEPS_THAT_NOTIFY = ("notify",)
+
+
+@dataclass(frozen=True)
+class ReleaseSource:
+    provider: str
+    """``codecommit`` or ``codestar``."""
+    repository: str
+    branch: str
+    connection_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseArgs:
+    provider: aws.Provider
+    """Tools account provider in the home region."""
+    partition: str
+    tools_account_id: str
+    home_region: str
+    regions: tuple[str, ...]
+    """Every region in use (prepare checks each target region's ECR replica)."""
+    context: dict[str, Any]
+    """The validator's release context: environments with their accounts, regions and deploy roles."""
+    source: ReleaseSource
+    artifact_store: ArtifactStore
+    """The home region's store: pipeline artifacts and the validator bundle."""
+    notification_topic_arn: pulumi.Input[str]
+    notification_key_arn: pulumi.Input[str]
+    name_prefix: str
+    steps_role_name: str
+    notify_role_name: str
+    role_path: str
+    file: str = "deployment.yaml"
+    require_approval: bool = False
+    max_concurrency: int = 10
+    """Bound of both Maps. Default 10."""
+    service_timeout_seconds: int = 900
+    log_retention_days: int = 30
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.source.provider not in ("codecommit", "codestar"):
+            problems.append(f"source.provider: codecommit or codestar, got {self.source.provider!r}")
+        if self.source.provider == "codestar" and not self.source.connection_arn:
+            problems.append("source.connection_arn: required for codestar")
+        if not 1 <= self.max_concurrency <= 40:
+            problems.append(f"max_concurrency: 1-40, got {self.max_concurrency}")
+        if self.home_region not in self.regions:
+            problems.append("regions: must include the home region")
+        if problems:
+            raise ValueError("ReleaseArgs: " + "; ".join(problems))
+
+    @property
+    def deploy_role_arns(self) -> list[str]:
+        return sorted({env["deployRoleArn"] for env in self.context["environments"].values()})
+
+
+def tools_bundle_assets(context: dict[str, Any]) -> dict[str, str]:
+    """Archive path -> file text of the validator bundle the build step runs: the validator, PyYAML's pure-Python
+    package (the pinned requirement; its C extension is left out, PyYAML falls back without it) and the context."""
+    files = {"handlers/__init__.py": (HANDLERS / "__init__.py").read_text(),
+             "handlers/release_file.py": (HANDLERS / "release_file.py").read_text(),
+             "release-context.json": json.dumps(context, indent=1, sort_keys=True)}
+    yaml_dir = Path(yaml.__file__).parent
+    files.update({f"yaml/{path.name}": path.read_text() for path in sorted(yaml_dir.glob("*.py"))})
+    return files
+
+
+def buildspec(file: str, bundle_uri: pulumi.Input[str]) -> pulumi.Output[str]:
+    """Validate and convert ``file``; the Step Functions action reads ``sfn-input.json`` (``{"manifest": …}``)."""
+    def render(uri: str) -> str:
+        spec = {
+            "version": 0.2,
+            "env": {"variables": {"RELEASE_FILE": file, "TOOLS_BUNDLE": uri}},
+            "phases": {
+                "install": {"runtime-versions": {"python": "3.12"}},
+                "build": {"commands": [
+                    # A private directory (buildspec 0.2 runs every command in one shell, so it carries over).
+                    'TOOLS_DIR="${TOOLS_DIR:-$(mktemp -d)}"',
+                    'aws s3 cp "$TOOLS_BUNDLE" "$TOOLS_DIR.zip"',
+                    'mkdir -p "$TOOLS_DIR" && python3 -m zipfile -e "$TOOLS_DIR.zip" "$TOOLS_DIR"',
+                    # -S: only the bundle's code runs, exactly as tested (no site-packages of the build image).
+                    'cd "$CODEBUILD_SRC_DIR" && PYTHONPATH="$TOOLS_DIR" python3 -S -m handlers.release_file convert '
+                    '"$RELEASE_FILE" --context "$TOOLS_DIR/release-context.json" --out release.json',
+                    'cd "$CODEBUILD_SRC_DIR" && python3 -S -c "import json; json.dump({\'manifest\': '
+                    "json.load(open('release.json'))}, open('sfn-input.json', 'w'))\"",
+                ]},
+            },
+            "artifacts": {"files": ["sfn-input.json", "release.json"]},
+        }
+        return yaml.safe_dump(spec, sort_keys=False, width=1000)
+
+    return pulumi.Output.from_input(bundle_uri).apply(render)
+
+
+def steps_policy(args: ReleaseArgs, log_group_arns: list[pulumi.Output[str]]) -> dict:
+    return p.document([
+        p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    [pulumi.Output.concat(a, ":*") for a in log_group_arns]),
+        # Releases may name any repository of the tools registry: prepare resolves tags and checks replicas.
+        p.statement("ResolveDigests", ["ecr:DescribeImages"],
+                    [p.arn(args.partition, "ecr", r, args.tools_account_id, "repository/*") for r in args.regions]),
+        p.statement("AssumeDeployRoles", ["sts:AssumeRole"], args.deploy_role_arns),
+    ])
+
+
+def notify_policy(args: ReleaseArgs, log_group_arn: pulumi.Output[str]) -> dict:
+    return p.document([
+        p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    [pulumi.Output.concat(log_group_arn, ":*")]),
+        p.statement("Notify", ["sns:Publish"], [args.notification_topic_arn]),
+        p.statement("EncryptNotices", ["kms:Decrypt", "kms:GenerateDataKey"], [args.notification_key_arn]),
+    ])
+
+
+def _function_code() -> pulumi.AssetArchive:
+    return pulumi.AssetArchive({f"handlers/{path.name}": pulumi.FileAsset(str(path))
+                                for path in sorted(HANDLERS.glob("*.py"))})
+
+
+class Release(pulumi.ComponentResource):
+    """The release pipeline, its validation build, the state machine and one Lambda per step."""
+
+    def __init__(self, name: str, args: ReleaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("crossdeploy:release:Release", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        store = args.artifact_store
+        prefix = args.name_prefix
+        functions, timeouts = lambda_functions(), lambda_timeouts()
+
+        log_groups = {step: aws.cloudwatch.LogGroup(
+            f"{name}-{step}-logs", name=f"/aws/lambda/{p.iam_name(prefix, 'release', step)}",
+            retention_in_days=args.log_retention_days, opts=child) for step in functions}
+        steps_role = self._role(f"{name}-steps", args.steps_role_name, args, "lambda.amazonaws.com", steps_policy(
+            args, [g.arn for s, g in log_groups.items() if s not in STEPS_THAT_NOTIFY]), child)
+        notify_role = self._role(f"{name}-notify", args.notify_role_name, args, "lambda.amazonaws.com",
+                                 notify_policy(args, log_groups["notify"].arn), child)
+        environment = {
+            "CROSSDEPLOY_REGISTRY_ID": args.tools_account_id,
+            "CROSSDEPLOY_HOME_REGION": args.home_region,
+            "CROSSDEPLOY_PARTITION": args.partition,
+            "CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS": str(args.service_timeout_seconds),
+        }
+        code = _function_code()
+        arns: dict[str, pulumi.Output[str]] = {}
+        for step, handler in functions.items():
+            notify = step in STEPS_THAT_NOTIFY
+            variables = {**environment, "CROSSDEPLOY_TOPIC_ARN": args.notification_topic_arn} if notify else environment
+            arns[step] = aws.lambda_.Function(
+                f"{name}-{step}",
+                name=p.iam_name(prefix, "release", step),
+                description=f"crossdeploy release step: {step}",
+                runtime=RUNTIME, architectures=["arm64"], handler=handler, code=code,
+                role=(notify_role if notify else steps_role).arn, timeout=timeouts[step], memory_size=512,
+                environment=aws.lambda_.FunctionEnvironmentArgs(variables=variables),
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[log_groups[step]])),
+            ).arn
+
+        machine_role = aws.iam.Role(
+            f"{name}-machine-role", name=p.iam_name(prefix, "release-machine"), path=args.role_path,
+            assume_role_policy=p.to_json(p.service_trust("states.amazonaws.com", args.tools_account_id)), opts=child)
+        machine_policy = aws.iam.RolePolicy(
+            f"{name}-machine-policy", role=machine_role.name,
+            policy=p.to_json(p.document([p.statement(
+                "InvokeSteps", ["lambda:InvokeFunction"],
+                [*arns.values(), *(pulumi.Output.concat(a, ":*") for a in arns.values())])])),
+            opts=child)
+        machine = aws.sfn.StateMachine(
+            f"{name}-machine", name=p.iam_name(prefix, "release", max_len=80), type="STANDARD",
+            role_arn=machine_role.arn,
+            definition=pulumi.Output.all(**arns).apply(
+                lambda resolved: json.dumps(definition(dict(resolved), max_concurrency=args.max_concurrency))),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[machine_policy])))
+
+        assets = tools_bundle_assets(args.context)
+        digest = hashlib.sha256(json.dumps(assets, sort_keys=True).encode()).hexdigest()[:16]
+        bundle_key = f"release-tools/{digest}.zip"
+        bundle = aws.s3.BucketObjectv2(
+            f"{name}-tools", bucket=store.bucket, key=bundle_key,
+            source=pulumi.AssetArchive({k: pulumi.StringAsset(v) for k, v in assets.items()}), opts=child)
+        bundle_uri = pulumi.Output.concat("s3://", store.bucket, "/", bundle.key)
+
+        build_logs = aws.cloudwatch.LogGroup(
+            f"{name}-build-logs", name=f"/aws/codebuild/{p.iam_name(prefix, 'release-validate')}",
+            retention_in_days=args.log_retention_days, opts=child)
+        build_role = self._role(f"{name}-build", p.iam_name(prefix, "release-build"), args,
+                                "codebuild.amazonaws.com", p.document([
+                                    p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                                                [pulumi.Output.concat(build_logs.arn, ":*")]),
+                                    p.statement("ArtifactsAndBundle", ["s3:GetObject", "s3:GetObjectVersion",
+                                                                       "s3:PutObject"],
+                                                [pulumi.Output.concat(store.bucket_arn, "/*")]),
+                                    p.statement("ArtifactKey", ["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt",
+                                                                "kms:GenerateDataKey"], [store.key_arn]),
+                                ]), child)
+        project = aws.codebuild.Project(
+            f"{name}-validate", name=p.iam_name(prefix, "release-validate", allowed=r"A-Za-z0-9_-"),
+            description="Validates deployment.yaml and converts it to the release manifest",
+            service_role=build_role.arn,
+            environment=aws.codebuild.ProjectEnvironmentArgs(
+                type="LINUX_CONTAINER", compute_type="BUILD_GENERAL1_SMALL", image=BUILD_IMAGE),
+            source=aws.codebuild.ProjectSourceArgs(type="CODEPIPELINE", buildspec=buildspec(args.file, bundle_uri)),
+            artifacts=aws.codebuild.ProjectArtifactsArgs(type="CODEPIPELINE"),
+            encryption_key=store.key_arn, build_timeout=10,
+            logs_config=aws.codebuild.ProjectLogsConfigArgs(
+                cloudwatch_logs=aws.codebuild.ProjectLogsConfigCloudwatchLogsArgs(
+                    status="ENABLED", group_name=build_logs.name)),
+            opts=child)
+
+        pipeline_name = p.iam_name(prefix, "release", max_len=100)
+        pipeline_role = self._role(
+            f"{name}-pipeline", p.iam_name(prefix, "release-pipeline"), args, "codepipeline.amazonaws.com",
+            self._pipeline_policy(args, project.arn, machine.arn, machine.name), child)
+        pipeline = aws.codepipeline.Pipeline(
+            f"{name}-pipeline", name=pipeline_name, pipeline_type="V2", execution_mode="QUEUED",
+            role_arn=pipeline_role.arn,
+            artifact_stores=[aws.codepipeline.PipelineArtifactStoreArgs(
+                location=store.bucket, type="S3",
+                encryption_key=aws.codepipeline.PipelineArtifactStoreEncryptionKeyArgs(id=store.key_arn,
+                                                                                        type="KMS"))],
+            stages=self._stages(args, project.name, machine.arn),
+            triggers=self._triggers(args),
+            tags=args.tags,
+            opts=child)
+        if args.source.provider == "codecommit":
+            self._codecommit_trigger(name, args, pipeline, child)
+        aws.codestarnotifications.NotificationRule(
+            f"{name}-notices", name=p.iam_name(pipeline_name, max_len=64, allowed=r"A-Za-z0-9_-"),
+            resource=pipeline.arn, detail_type="FULL",
+            event_type_ids=["codepipeline-pipeline-pipeline-execution-failed",
+                            "codepipeline-pipeline-manual-approval-needed"],
+            targets=[aws.codestarnotifications.NotificationRuleTargetArgs(address=args.notification_topic_arn,
+                                                                           type="SNS")],
+            opts=child)
+
+        self.state_machine_arn = machine.arn
+        self.pipeline_name = pipeline.name
+        self.steps_role_arn = steps_role.arn
+        self.register_outputs({"pipelineName": pipeline.name, "stateMachineArn": machine.arn})
+
+    @staticmethod
+    def _role(name: str, role_name: str, args: ReleaseArgs, service: str, policy: dict,
+              opts: pulumi.ResourceOptions) -> aws.iam.Role:
+        role = aws.iam.Role(f"{name}-role", name=role_name, path=args.role_path,
+                            assume_role_policy=p.to_json(p.service_trust(service, args.tools_account_id)), opts=opts)
+        aws.iam.RolePolicy(f"{name}-role-policy", role=role.name, policy=p.to_json(policy), opts=opts)
+        return role
+
+    @staticmethod
+    def _pipeline_policy(args: ReleaseArgs, project_arn: pulumi.Output[str], machine_arn: pulumi.Output[str],
+                         machine_name: pulumi.Output[str]) -> dict:
+        store = args.artifact_store
+        statements = [
+            p.statement("ArtifactObjects", ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"],
+                        [pulumi.Output.concat(store.bucket_arn, "/*")]),
+            p.statement("ArtifactBucket", ["s3:GetBucketLocation", "s3:GetBucketVersioning"], [store.bucket_arn]),
+            p.statement("ArtifactKey", ["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"],
+                        [store.key_arn]),
+            p.statement("Validate", ["codebuild:BatchGetBuilds", "codebuild:StartBuild"], [project_arn]),
+            p.statement("StartRelease", ["states:DescribeStateMachine", "states:StartExecution"], [machine_arn]),
+            p.statement("FollowRelease", ["states:DescribeExecution", "states:StopExecution"], [
+                pulumi.Output.concat(p.arn(args.partition, "states", args.home_region, args.tools_account_id,
+                                           "execution:"), machine_name, ":*")]),
+        ]
+        if args.source.provider == "codecommit":
+            statements.append(p.statement(
+                "ReadReleaseRepository", ["codecommit:CancelUploadArchive", "codecommit:GetBranch",
+                                          "codecommit:GetCommit", "codecommit:GetUploadArchiveStatus",
+                                          "codecommit:UploadArchive"],
+                [p.arn(args.partition, "codecommit", args.home_region, args.tools_account_id,
+                       args.source.repository)]))
+        else:
+            statements.append(p.statement("UseConnection", ["codeconnections:UseConnection",
+                                                            "codestar-connections:UseConnection"],
+                                          [args.source.connection_arn]))
+        if args.require_approval:
+            statements.append(p.statement("NotifyApprovers", ["sns:Publish"], [args.notification_topic_arn]))
+            statements.append(p.statement("EncryptApprovalNotices", ["kms:Decrypt", "kms:GenerateDataKey"],
+                                          [args.notification_key_arn]))
+        return p.document(statements)
+
+    @staticmethod
+    def _stages(args: ReleaseArgs, project_name: pulumi.Output[str], machine_arn: pulumi.Output[str]) -> list:
+        if args.source.provider == "codecommit":
+            source = aws.codepipeline.PipelineStageActionArgs(
+                name="Source", category="Source", owner="AWS", provider="CodeCommit", version="1",
+                output_artifacts=["ReleaseSource"],
+                # An EventBridge rule starts the pipeline; polling is slower and deprecated.
+                configuration={"RepositoryName": args.source.repository, "BranchName": args.source.branch,
+                               "PollForSourceChanges": "false"})
+        else:
+            source = aws.codepipeline.PipelineStageActionArgs(
+                name="Source", category="Source", owner="AWS", provider="CodeStarSourceConnection", version="1",
+                output_artifacts=["ReleaseSource"],
+                configuration={"ConnectionArn": args.source.connection_arn,
+                               "FullRepositoryId": args.source.repository, "BranchName": args.source.branch,
+                               "DetectChanges": "false"})
+        stages = [
+            aws.codepipeline.PipelineStageArgs(name="Source", actions=[source]),
+            aws.codepipeline.PipelineStageArgs(name="Validate", actions=[aws.codepipeline.PipelineStageActionArgs(
+                name="ValidateAndConvert", category="Build", owner="AWS", provider="CodeBuild", version="1",
+                input_artifacts=["ReleaseSource"], output_artifacts=["ReleaseManifest"],
+                configuration={"ProjectName": project_name})]),
+        ]
+        if args.require_approval:
+            stages.append(aws.codepipeline.PipelineStageArgs(name="Approve", actions=[
+                aws.codepipeline.PipelineStageActionArgs(
+                    name="Approve", category="Approval", owner="AWS", provider="Manual", version="1",
+                    configuration={"NotificationArn": args.notification_topic_arn,
+                                   "CustomData": f"Approve the release in {args.file}"})]))
+        stages.append(aws.codepipeline.PipelineStageArgs(name="Release", actions=[
+            aws.codepipeline.PipelineStageActionArgs(
+                name="Release", category="Invoke", owner="AWS", provider="StepFunctions", version="1",
+                input_artifacts=["ReleaseManifest"],
+                configuration={"StateMachineArn": machine_arn, "InputType": "FilePath", "Input": "sfn-input.json",
+                               "ExecutionNamePrefix": "release"})]))
+        return stages
+
+    @staticmethod
+    def _triggers(args: ReleaseArgs) -> list | None:
+        if args.source.provider != "codestar":
+            return None
+        # Only pushes that touch the release file start a release.
+        return [aws.codepipeline.PipelineTriggerArgs(
+            provider_type="CodeStarSourceConnection",
+            git_configuration=aws.codepipeline.PipelineTriggerGitConfigurationArgs(
+                source_action_name="Source",
+                pushes=[aws.codepipeline.PipelineTriggerGitConfigurationPushArgs(
+                    branches=aws.codepipeline.PipelineTriggerGitConfigurationPushBranchesArgs(
+                        includes=[args.source.branch]),
+                    file_paths=aws.codepipeline.PipelineTriggerGitConfigurationPushFilePathsArgs(
+                        includes=[args.file]))]))]
+
+    @staticmethod
+    def _codecommit_trigger(name: str, args: ReleaseArgs, pipeline: aws.codepipeline.Pipeline,
+                            opts: pulumi.ResourceOptions) -> None:
+        repo_arn = p.arn(args.partition, "codecommit", args.home_region, args.tools_account_id, args.source.repository)
+        role = Release._role(f"{name}-trigger", p.iam_name(args.name_prefix, "release-trigger"), args,
+                             "events.amazonaws.com", p.document([p.statement(
+                                 "StartReleasePipeline", ["codepipeline:StartPipelineExecution"], [pipeline.arn])]),
+                             opts)
+        rule = aws.cloudwatch.EventRule(
+            f"{name}-trigger", description="A push to the release branch starts the release pipeline",
+            event_pattern=json.dumps({
+                "source": ["aws.codecommit"], "detail-type": ["CodeCommit Repository State Change"],
+                "resources": [repo_arn],
+                "detail": {"event": ["referenceCreated", "referenceUpdated"], "referenceType": ["branch"],
+                           "referenceName": [args.source.branch]}}),
+            opts=opts)
+        aws.cloudwatch.EventTarget(f"{name}-trigger-target", rule=rule.name, arn=pipeline.arn, role_arn=role.arn,
+                                   opts=opts)

@@ -1,0 +1,221 @@
+"""The release pipeline on the Pulumi side: stages, the validation build run for real from its bundle, the state
+machine as registered (statelint, bounded Maps), the step Lambdas and every role's least privilege."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PROD, QA, SAMPLES, TOOLS, by_output, config, role_policy
+from iam import allows
+
+from components.release_state_machine import definition, lambda_functions
+from offline.mocks import run_program
+
+CODECOMMIT = {"source": {"provider": "codecommit", "repository": "platform-releases"}, "requireApproval": True,
+              "maxConcurrency": 7, "passRoleNames": ["ecsEventsRole", "cleanup-task"]}
+CODESTAR = {"source": {"provider": "codestar", "repository": "acme/releases", "branch": "release",
+                       "connectionArn": "arn:aws:codeconnections:us-east-2:111111111111:connection/abc"},
+            "file": "releases/deployment.yaml"}
+
+
+@pytest.fixture(scope="module")
+def release_run():
+    return run_program(config(**{"crossdeploy:release": CODECOMMIT}), stack="rel")
+
+
+def release_pipeline(run):
+    return by_output(run, "name", "crossdeploy-rel-release", "aws:codepipeline/pipeline:Pipeline")
+
+
+def test_stages_validate_approve_then_release(release_run) -> None:
+    pipeline = release_pipeline(release_run)
+    stages = pipeline.inputs["stages"]
+    assert [s["name"] for s in stages] == ["Source", "Validate", "Approve", "Release"]
+    source = stages[0]["actions"][0]
+    assert (source["provider"], source["configuration"]) == ("CodeCommit", {
+        "RepositoryName": "platform-releases", "BranchName": "main", "PollForSourceChanges": "false"})
+    invoke = stages[3]["actions"][0]
+    machine = release_run.of_type("aws:sfn/stateMachine:StateMachine")[0]
+    assert (invoke["category"], invoke["provider"]) == ("Invoke", "StepFunctions")
+    assert invoke["configuration"]["StateMachineArn"] == machine.outputs["arn"]
+    assert invoke["configuration"]["InputType"] == "FilePath"
+    assert invoke["configuration"]["Input"] == "sfn-input.json"
+    assert invoke["inputArtifacts"] == stages[1]["actions"][0]["outputArtifacts"]
+    # A push to the release branch starts it.
+    rule = next(r for r in release_run.of_type("aws:cloudwatch/eventRule:EventRule") if "release" in r.name)
+    pattern = json.loads(rule.inputs["eventPattern"])
+    assert pattern["resources"] == [f"arn:aws:codecommit:us-east-2:{TOOLS}:platform-releases"]
+    assert pattern["detail"]["referenceName"] == ["main"]
+
+
+def test_codestar_source_with_a_file_filter() -> None:
+    run = run_program(config(**{"crossdeploy:release": CODESTAR}), stack="rel")
+    pipeline = release_pipeline(run)
+    source = pipeline.inputs["stages"][0]["actions"][0]
+    assert source["provider"] == "CodeStarSourceConnection"
+    assert source["configuration"]["FullRepositoryId"] == "acme/releases"
+    assert [s["name"] for s in pipeline.inputs["stages"]] == ["Source", "Validate", "Release"]
+    push = pipeline.inputs["triggers"][0]["gitConfiguration"]["pushes"][0]
+    assert push == {"branches": {"includes": ["release"]}, "filePaths": {"includes": ["releases/deployment.yaml"]}}
+    policy = role_policy(run, by_output(run, "arn", pipeline.inputs["roleArn"]))
+    assert allows(policy, "codestar-connections:UseConnection", CODESTAR["source"]["connectionArn"])
+    assert not allows(policy, "codecommit:GetBranch", f"arn:aws:codecommit:us-east-2:{TOOLS}:anything")
+
+
+def test_registered_state_machine_is_the_tested_definition_with_the_configured_bound(release_run, tmp_path) -> None:
+    machine = release_run.of_type("aws:sfn/stateMachine:StateMachine")[0]
+    functions = {r.inputs["handler"]: r.outputs["arn"] for r in release_run.of_type("aws:lambda/function:Function")
+                 if r.inputs["handler"].startswith("handlers.release.")}
+    arns = {step: functions[handler] for step, handler in lambda_functions().items()}
+    registered = json.loads(machine.inputs["definition"])
+    assert registered == definition(arns, max_concurrency=7)
+    maps = [s for s in _states(registered) if s.get("Type") == "Map"]
+    assert maps and all(m["MaxConcurrency"] == 7 for m in maps)
+    path = tmp_path / "release.asl.json"
+    path.write_text(machine.inputs["definition"])
+    statelint = Path(sys.executable).with_name("statelint")
+    result = subprocess.run([str(statelint), str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _states(machine: dict) -> list[dict]:
+    found = []
+    for state in machine["States"].values():
+        found.append(state)
+        for sub in ("Iterator", "ItemProcessor"):
+            if sub in state:
+                found.extend(_states(state[sub]))
+    return found
+
+
+def test_every_step_is_a_lambda_running_the_handler_the_tests_run(release_run) -> None:
+    functions = [r for r in release_run.of_type("aws:lambda/function:Function")
+                 if r.inputs["handler"].startswith("handlers.release.")]
+    assert sorted(f.inputs["handler"] for f in functions) == sorted(lambda_functions().values())
+    for function in functions:
+        module, attribute = function.inputs["handler"].rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), attribute))
+        assert "handlers/release.py" in function.inputs["code"].assets
+        variables = function.inputs["environment"]["variables"]
+        assert variables["CROSSDEPLOY_REGISTRY_ID"] == TOOLS and variables["CROSSDEPLOY_HOME_REGION"] == "us-east-2"
+        assert ("CROSSDEPLOY_TOPIC_ARN" in variables) == function.inputs["handler"].endswith(".notify")
+
+
+def test_roles_have_exactly_what_their_steps_use(release_run) -> None:
+    functions = {r.inputs["handler"].rsplit(".", 1)[1]: r for r in release_run.of_type("aws:lambda/function:Function")
+                 if r.inputs["handler"].startswith("handlers.release.")}
+    steps = role_policy(release_run, by_output(release_run, "arn", functions["prepare"].inputs["role"]))
+    notify = role_policy(release_run, by_output(release_run, "arn", functions["notify"].inputs["role"]))
+    deploy_roles = [r for r in release_run.of_type("aws:iam/role:Role") if "/deploy/" in r.outputs["arn"]]
+    steps_role_arn = functions["prepare"].inputs["role"]
+    for deploy in deploy_roles:
+        assert allows(steps, "sts:AssumeRole", deploy.outputs["arn"])
+        assert allows(deploy.inputs["assumeRolePolicy"], "sts:AssumeRole", principal_arn=steps_role_arn)
+        assert not allows(deploy.inputs["assumeRolePolicy"], "sts:AssumeRole",
+                          principal_arn=functions["notify"].inputs["role"])
+    assert allows(steps, "ecr:DescribeImages", f"arn:aws:ecr:eu-west-1:{TOOLS}:repository/any/repo")
+    assert not allows(steps, "sns:Publish", "arn:aws:sns:us-east-2:111111111111:x")
+    topic = release_run.of_type("aws:sns/topic:Topic")[0].outputs["arn"]
+    assert allows(notify, "sns:Publish", topic)
+    assert not allows(notify, "sts:AssumeRole", deploy_roles[0].outputs["arn"])
+    machine = release_run.of_type("aws:sfn/stateMachine:StateMachine")[0]
+    machine_policy = role_policy(release_run, by_output(release_run, "arn", machine.inputs["roleArn"]))
+    for function in functions.values():
+        assert allows(machine_policy, "lambda:InvokeFunction", function.outputs["arn"])
+    assert not allows(machine_policy, "lambda:InvokeFunction", "arn:aws:lambda:us-east-2:111111111111:function:x")
+    pipeline = release_pipeline(release_run)
+    pipeline_policy = role_policy(release_run, by_output(release_run, "arn", pipeline.inputs["roleArn"]))
+    assert allows(pipeline_policy, "states:StartExecution", machine.outputs["arn"])
+    assert allows(pipeline_policy, "states:DescribeExecution",
+                  f"arn:aws:states:us-east-2:{TOOLS}:execution:crossdeploy-rel-release:release-1")
+    assert not allows(pipeline_policy, "states:StartExecution", "arn:aws:states:us-east-2:111111111111:stateMachine:x")
+
+
+def test_deploy_roles_gain_only_the_scheduled_task_rights(release_run, base_run) -> None:
+    for run, with_release in ((release_run, True), (base_run, False)):
+        for deploy in (r for r in run.of_type("aws:iam/role:Role") if "/deploy/" in r.outputs["arn"]):
+            policy = role_policy(run, deploy)
+            account = deploy.account
+            rule = f"arn:aws:events:us-east-2:{account}:rule/nightly-cleanup"
+            assert allows(policy, "events:PutTargets", rule) is with_release
+            assert not allows(policy, "events:PutRule", rule)
+            assert not allows(policy, "events:PutTargets", "arn:aws:events:us-east-2:999999999999:rule/x")
+            events_role = f"arn:aws:iam::{account}:role/ecsEventsRole"
+            assert allows(policy, "iam:PassRole", events_role,
+                          context={"iam:PassedToService": "events.amazonaws.com"}) is with_release
+            assert not allows(policy, "iam:PassRole", f"arn:aws:iam::{account}:role/Admin",
+                              context={"iam:PassedToService": "events.amazonaws.com"})
+
+
+def _bundle(run) -> dict[str, str]:
+    [bundle] = run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    return {name: asset.text for name, asset in bundle.inputs["source"].assets.items()}
+
+
+def test_bundle_context_names_the_deploy_roles(release_run) -> None:
+    context = json.loads(_bundle(release_run)["release-context.json"])
+    roles = {r.account: r.outputs["arn"] for r in release_run.of_type("aws:iam/role:Role")
+             if "/deploy/" in r.outputs["arn"]}
+    assert context["registryId"] == TOOLS and context["homeRegion"] == "us-east-2"
+    assert {n: (e["accountId"], e["regions"], e["deployRoleArn"]) for n, e in context["environments"].items()} == {
+        "qa": (QA, ["us-east-2"], roles[QA]), "prod": (PROD, ["us-east-2", "eu-west-1"], roles[PROD])}
+    assert not any(name.endswith(".so") for name in _bundle(release_run)), "pure Python only"
+
+
+def _run_build(run, tmp_path: Path, release_text: str) -> subprocess.CompletedProcess:
+    """Run the registered buildspec's commands (after the S3 download, which the zip below stands in for)."""
+    project = by_output(run, "name", "crossdeploy-rel-release-validate", "aws:codebuild/project:Project")
+    spec = yaml.safe_load(project.inputs["source"]["buildspec"])
+    tools_dir = tmp_path / "tools"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in _bundle(run).items():
+            archive.writestr(name, text)
+    Path(f"{tools_dir}.zip").write_bytes(buffer.getvalue())
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / spec["env"]["variables"]["RELEASE_FILE"]).write_text(release_text)
+    commands = spec["phases"]["build"]["commands"]
+    download = [c for c in commands if c.startswith('aws s3 cp "$TOOLS_BUNDLE"')]
+    assert len(download) == 1
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "CODEBUILD_SRC_DIR": str(src),
+           "RELEASE_FILE": spec["env"]["variables"]["RELEASE_FILE"], "TOOLS_DIR": str(tools_dir),
+           "HOME": str(tmp_path)}
+    return subprocess.run(["bash", "-e", "-c", "\n".join(c for c in commands if c not in download)], env=env,
+                          capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+
+
+def _extended_seed() -> str:
+    seed = (SAMPLES / "deployment.yaml").read_text().replace("11111111111.dkr", f"{TOOLS}.dkr")
+    seed = seed.replace("    cwRuleName:", "    environment: qa\n    cwRuleName:")
+    return seed.replace("    clusterName:", "    environment: prod\n    clusterName:")
+
+
+def test_the_build_validates_and_converts_with_only_the_bundled_code(release_run, tmp_path) -> None:
+    if not os.path.exists(Path(sys.executable).with_name("python3")):
+        pytest.skip("no python3 next to the interpreter")
+    result = _run_build(release_run, tmp_path, _extended_seed())
+    assert result.returncode == 0, result.stdout + result.stderr
+    payload = json.loads((tmp_path / "src" / "sfn-input.json").read_text())
+    from handlers.release import validate_manifest
+
+    services, tasks = validate_manifest(payload["manifest"], TOOLS, "aws")
+    assert [(s["accountId"], s["region"]) for s in services] == [(PROD, "us-east-2"), (PROD, "eu-west-1")]
+    assert [(t["accountId"], t["ruleName"]) for t in tasks] == [(QA, "test-rating-cleanup")]
+
+
+def test_the_build_fails_on_a_bad_release_file_and_writes_nothing(release_run, tmp_path) -> None:
+    result = _run_build(release_run, tmp_path, (SAMPLES / "deployment.yaml").read_text())
+    assert result.returncode != 0
+    assert "deployment.yaml:2:" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "src" / "sfn-input.json").exists()
