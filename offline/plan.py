@@ -404,6 +404,15 @@ def render_push_mermaid(targets: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def release_context(run: ProgramRun) -> str | None:
+    """The release context exactly as the release pipeline's validation bundle carries it."""
+    for bundle in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2"):
+        assets = getattr(bundle.inputs.get("source"), "assets", None) or {}
+        if "release-context.json" in assets:
+            return assets["release-context.json"].text
+    return None
+
+
 @dataclass
 class Plan:
     project: str
@@ -571,6 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--detail", action="store_true", help="list every resource instead of counts per type")
     parser.add_argument("--out", type=Path, help="Markdown file for the Mermaid diagrams "
                                                  "(default: build/plan-<stack>.md in the repository root)")
+    parser.add_argument("--release-context", type=Path, metavar="PATH",
+                        help="also write the release context (environments, accounts, regions, deploy roles) that "
+                             "`python -m handlers.release_file validate` needs, e.g. in a release repository's CI")
     args = parser.parse_args(argv)
 
     try:
@@ -587,6 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     plan = build_plan(run, project, stack)
+    if args.release_context:
+        context = release_context(run)
+        if context is None:
+            print(f"plan: {path} has no crossdeploy:release, so there is no release context", file=sys.stderr)
+            return 2
+        args.release_context.write_text(context)
     # The diagrams are written before anything is printed, so `... | head` still leaves a complete file.
     out = args.out or ROOT / "build" / f"plan-{stack}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -355,3 +355,13 @@ def test_push_delivery_is_shown_in_text_and_diagram():
     assert diagram.startswith("flowchart LR\n") and "fn --> t0" in diagram and "fn --> t1" in diagram
     assert "-#gt; prod" in diagram, "labels are escaped like the pipeline diagrams"
     assert [p_.outputs["name"] for p_ in plan.pipelines] == ["crossdeploy-push-orders"]
+
+
+def test_release_context_is_written_for_pull_request_validation(tmp_path):
+    out = tmp_path / "release-context.json"
+    assert p.main(["prod", "--out", str(tmp_path / "plan.md"), "--release-context", str(out)]) == 0
+    from handlers.release_file import load_context
+
+    context = load_context(__import__("json").loads(out.read_text()))
+    assert context is not None
+    assert p.main(["dev", "--out", str(tmp_path / "dev.md"), "--release-context", str(out)]) == 2
