@@ -32,6 +32,7 @@ import pulumi_aws as aws
 from components import policies as p
 from components.artifacts import ArtifactStore
 from components.buildspec import artifact_file, render_buildspec
+from components.service_role import service_role
 
 LAMBDA_BUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-lambda-standard:python3.12"
 SOURCE_ARTIFACT = "SourceImage"
@@ -223,13 +224,10 @@ class ServicePipeline(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-build-logs", name=f"/aws/codebuild/{args.build_project_name}",
             retention_in_days=args.log_retention_days, opts=child)
-        build_role = aws.iam.Role(
-            f"{name}-build-role", name=args.build_role_name, path=args.build_role_path,
-            assume_role_policy=p.to_json(p.service_trust("codebuild.amazonaws.com", args.tools_account_id)),
-            opts=child)
-        build_policy = aws.iam.RolePolicy(
-            f"{name}-build-policy", role=build_role.name,
-            policy=p.to_json(build_role_policy(args, log_group.arn)), opts=child)
+        build_role, build_policy = service_role(
+            f"{name}-build", role_name=args.build_role_name, path=args.build_role_path,
+            service="codebuild.amazonaws.com", account_id=args.tools_account_id,
+            policy=build_role_policy(args, log_group.arn), opts=child)
         project = aws.codebuild.Project(
             f"{name}-build",
             name=args.build_project_name,
@@ -249,13 +247,10 @@ class ServicePipeline(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[build_policy])),
         )
 
-        role = aws.iam.Role(
-            f"{name}-role", name=args.pipeline_role_name, path=args.pipeline_role_path,
-            assume_role_policy=p.to_json(p.service_trust("codepipeline.amazonaws.com", args.tools_account_id)),
-            opts=child)
-        role_policy = aws.iam.RolePolicy(
-            f"{name}-role-policy", role=role.name, policy=p.to_json(pipeline_role_policy(args, project.arn)),
-            opts=child)
+        role, role_policy = service_role(
+            name, role_name=args.pipeline_role_name, path=args.pipeline_role_path,
+            service="codepipeline.amazonaws.com", account_id=args.tools_account_id,
+            policy=pipeline_role_policy(args, project.arn), opts=child)
 
         single_region = args.store_regions == [args.home_region]
         pipeline = aws.codepipeline.Pipeline(
@@ -280,15 +275,11 @@ class ServicePipeline(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[role_policy])),
         )
 
-        trigger_role = aws.iam.Role(
-            f"{name}-trigger-role", name=args.trigger_role_name,
-            path=args.build_role_path,
-            assume_role_policy=p.to_json(p.service_trust("events.amazonaws.com", args.tools_account_id)),
-            opts=child)
-        aws.iam.RolePolicy(
-            f"{name}-trigger-policy", role=trigger_role.name,
-            policy=p.to_json(p.document([p.statement("StartOwnPipeline", ["codepipeline:StartPipelineExecution"],
-                                                     [pipeline.arn])])),
+        trigger_role, _ = service_role(
+            f"{name}-trigger", role_name=args.trigger_role_name, path=args.build_role_path,
+            service="events.amazonaws.com", account_id=args.tools_account_id,
+            policy=p.document([p.statement("StartOwnPipeline", ["codepipeline:StartPipelineExecution"],
+                                           [pipeline.arn])]),
             opts=child)
         rule = aws.cloudwatch.EventRule(
             f"{name}-trigger", description=f"Push of {args.repository_name}:{args.trigger_tag} starts its pipeline",

@@ -26,6 +26,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import policies as p
+from components.service_role import service_role
 
 HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
 RUNTIME = "python3.12"
@@ -185,13 +186,9 @@ class PushDeploy(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs", name=f"/aws/lambda/{args.function_name}", retention_in_days=args.log_retention_days,
             opts=child)
-        role = aws.iam.Role(
-            f"{name}-role", name=args.role_name, path=args.role_path,
-            assume_role_policy=p.to_json(p.service_trust("lambda.amazonaws.com", args.tools_account_id)),
-            opts=child)
-        role_policy = aws.iam.RolePolicy(
-            f"{name}-role-policy", role=role.name,
-            policy=p.to_json(function_policy(args, log_group.arn, queue.arn)), opts=child)
+        role, role_policy = service_role(
+            name, role_name=args.role_name, path=args.role_path, service="lambda.amazonaws.com",
+            account_id=args.tools_account_id, policy=function_policy(args, log_group.arn, queue.arn), opts=child)
         function = aws.lambda_.Function(
             f"{name}-function",
             name=args.function_name,

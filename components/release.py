@@ -30,6 +30,7 @@ import yaml
 from components import policies as p
 from components.artifacts import ArtifactStore
 from components.release_state_machine import definition, lambda_functions, lambda_timeouts
+from components.service_role import service_role
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLERS = ROOT / "handlers"
@@ -194,14 +195,12 @@ class Release(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[log_groups[step]])),
             ).arn
 
-        machine_role = aws.iam.Role(
-            f"{name}-machine-role", name=p.iam_name(prefix, "release-machine"), path=args.role_path,
-            assume_role_policy=p.to_json(p.service_trust("states.amazonaws.com", args.tools_account_id)), opts=child)
-        machine_policy = aws.iam.RolePolicy(
-            f"{name}-machine-policy", role=machine_role.name,
-            policy=p.to_json(p.document([p.statement(
+        machine_role, machine_policy = service_role(
+            f"{name}-machine", role_name=p.iam_name(prefix, "release-machine"), path=args.role_path,
+            service="states.amazonaws.com", account_id=args.tools_account_id,
+            policy=p.document([p.statement(
                 "InvokeSteps", ["lambda:InvokeFunction"],
-                [*arns.values(), *(pulumi.Output.concat(a, ":*") for a in arns.values())])])),
+                [*arns.values(), *(pulumi.Output.concat(a, ":*") for a in arns.values())])]),
             opts=child)
         machine = aws.sfn.StateMachine(
             f"{name}-machine", name=p.iam_name(prefix, "release", max_len=80), type="STANDARD",
@@ -279,10 +278,8 @@ class Release(pulumi.ComponentResource):
     @staticmethod
     def _role(name: str, role_name: str, args: ReleaseArgs, service: str, policy: dict,
               opts: pulumi.ResourceOptions) -> aws.iam.Role:
-        role = aws.iam.Role(f"{name}-role", name=role_name, path=args.role_path,
-                            assume_role_policy=p.to_json(p.service_trust(service, args.tools_account_id)), opts=opts)
-        aws.iam.RolePolicy(f"{name}-role-policy", role=role.name, policy=p.to_json(policy), opts=opts)
-        return role
+        return service_role(name, role_name=role_name, path=args.role_path, service=service,
+                            account_id=args.tools_account_id, policy=policy, opts=opts)[0]
 
     @staticmethod
     def _pipeline_policy(args: ReleaseArgs, project_arn: pulumi.Output[str], machine_arn: pulumi.Output[str],

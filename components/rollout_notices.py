@@ -18,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import policies as p
+from components.service_role import service_role
 
 FAILED_EVENTS = ("SERVICE_DEPLOYMENT_FAILED",)
 
@@ -96,13 +97,10 @@ class RolloutForwarder(pulumi.ComponentResource):
     def __init__(self, name: str, args: RolloutForwarderArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("crossdeploy:rollout_notices:RolloutForwarder", name, None, opts)
         first = next(iter(args.providers.values()))
-        role = aws.iam.Role(
-            f"{name}-role", name=args.role_name, path=args.role_path,
-            assume_role_policy=p.to_json(p.service_trust("events.amazonaws.com", args.account_id)),
-            opts=pulumi.ResourceOptions(parent=self, provider=first))
-        policy = aws.iam.RolePolicy(
-            f"{name}-role-policy", role=role.name,
-            policy=p.to_json(p.document([p.statement("ForwardToTools", ["events:PutEvents"], [args.bus_arn])])),
+        role, policy = service_role(
+            name, role_name=args.role_name, path=args.role_path, service="events.amazonaws.com",
+            account_id=args.account_id,
+            policy=p.document([p.statement("ForwardToTools", ["events:PutEvents"], [args.bus_arn])]),
             opts=pulumi.ResourceOptions(parent=self, provider=first))
         for region, provider in args.providers.items():
             opts = pulumi.ResourceOptions(parent=self, provider=provider)

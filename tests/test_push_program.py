@@ -39,7 +39,7 @@ def sample_event(**detail: str) -> dict:
 
 
 def delivered(pattern: dict, events: list[dict]) -> list[dict]:
-    """Put events through moto's EventBridge with an SQS target; return the details that arrived."""
+    """Put events through moto's EventBridge with an SQS target; return the events that arrived."""
     with mock_aws():
         events_client = boto3.client("events", region_name="us-east-2")
         sqs = boto3.client("sqs", region_name="us-east-2")
@@ -50,9 +50,10 @@ def delivered(pattern: dict, events: list[dict]) -> list[dict]:
         for event in events:
             events_client.put_events(Entries=[{
                 "Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(event["detail"]),
+                "Resources": event.get("resources", []),
             }])
         messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        return [json.loads(m["Body"])["detail"] for m in messages]
+        return [json.loads(m["Body"]) for m in messages]
 
 
 def test_only_push_services_get_the_rule_and_pipelines_stay_for_the_others(push_run) -> None:
@@ -80,7 +81,7 @@ def test_the_rule_pattern_delivers_exactly_configured_successful_pushes(push_run
         "failed push": (sample_event(**{"repository-name": "billing", "image-tag": "qa-1", "result": "FAILURE"}),
                         False),
     }
-    arrived = delivered(pattern, [event for event, _ in cases.values()])
+    arrived = [e["detail"] for e in delivered(pattern, [event for event, _ in cases.values()])]
     expected = [event["detail"] for event, wanted in cases.values() if wanted]
     assert sorted(arrived, key=json.dumps) == sorted(expected, key=json.dumps)
 
@@ -226,19 +227,8 @@ def test_forwarded_failure_pattern_matches_a_real_ecs_event() -> None:
               "resources": [f"arn:aws:ecs:us-east-2:{QA}:service/crossdeploy/billing"],
               "detail": {"eventType": "ERROR", "eventName": "SERVICE_DEPLOYMENT_FAILED",
                          "deploymentId": "ecs-svc/123", "reason": "ECS deployment circuit breaker: rolling back"}}
-    with mock_aws():
-        events_client = boto3.client("events", region_name="us-east-2")
-        sqs = boto3.client("sqs", region_name="us-east-2")
-        queue = sqs.create_queue(QueueName="probe")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        events_client.put_rule(Name="probe", EventPattern=json.dumps(pattern))
-        events_client.put_targets(Rule="probe", Targets=[{"Id": "q", "Arn": arn}])
-        completed = {**failed, "detail": {**failed["detail"], "eventName": "SERVICE_DEPLOYMENT_COMPLETED"}}
-        other_cluster = {**failed, "resources": [f"arn:aws:ecs:us-east-2:{QA}:service/other/billing"]}
-        for event in (failed, completed, other_cluster):
-            events_client.put_events(Entries=[{"Source": event["source"], "DetailType": event["detail-type"],
-                                               "Resources": event["resources"], "Detail": json.dumps(event["detail"])}])
-        bodies = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
-                  .get("Messages", [])]
+    completed = {**failed, "detail": {**failed["detail"], "eventName": "SERVICE_DEPLOYMENT_COMPLETED"}}
+    other_cluster = {**failed, "resources": [f"arn:aws:ecs:us-east-2:{QA}:service/other/billing"]}
+    bodies = delivered(pattern, [failed, completed, other_cluster])
     assert [(b["resources"], b["detail"]["eventName"]) for b in bodies] == [
         (failed["resources"], "SERVICE_DEPLOYMENT_FAILED")]
