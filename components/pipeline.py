@@ -37,9 +37,12 @@ from components.service_role import service_role
 LAMBDA_BUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-lambda-standard:python3.12"
 SOURCE_ARTIFACT = "SourceImage"
 BUILD_ARTIFACT = "ImageDefinitions"
-FAILURE_EVENTS = (
+# The approval *request* reaches approvers through the approval action's own SNS notice (it carries the review
+# link); the rule adds failures and the approval decisions, so every approve/reject is on record in the topic.
+NOTICE_EVENTS = (
     "codepipeline-pipeline-pipeline-execution-failed",
     "codepipeline-pipeline-manual-approval-failed",
+    "codepipeline-pipeline-manual-approval-succeeded",
 )
 
 
@@ -291,7 +294,7 @@ class ServicePipeline(pulumi.ComponentResource):
             aws.codestarnotifications.NotificationRule(
                 f"{name}-notices", name=p.iam_name(args.pipeline_name, max_len=64, allowed=r"A-Za-z0-9_-"),
                 resource=pipeline.arn, detail_type="FULL",
-                event_type_ids=list(FAILURE_EVENTS),
+                event_type_ids=list(NOTICE_EVENTS),
                 targets=[aws.codestarnotifications.NotificationRuleTargetArgs(
                     address=args.notification_topic_arn, type="SNS")],
                 opts=child)

@@ -29,6 +29,7 @@ import yaml
 
 from components import policies as p
 from components.artifacts import ArtifactStore
+from components.pipeline import NOTICE_EVENTS
 from components.release_state_machine import definition, lambda_functions, lambda_timeouts
 from components.service_role import service_role
 
@@ -264,8 +265,7 @@ class Release(pulumi.ComponentResource):
         aws.codestarnotifications.NotificationRule(
             f"{name}-notices", name=p.iam_name(pipeline_name, max_len=64, allowed=r"A-Za-z0-9_-"),
             resource=pipeline.arn, detail_type="FULL",
-            event_type_ids=["codepipeline-pipeline-pipeline-execution-failed",
-                            "codepipeline-pipeline-manual-approval-needed"],
+            event_type_ids=list(NOTICE_EVENTS),
             targets=[aws.codestarnotifications.NotificationRuleTargetArgs(address=args.notification_topic_arn,
                                                                            type="SNS")],
             opts=child)

@@ -131,7 +131,9 @@ def test_failures_are_notified_to_the_topic(base_run) -> None:
     rules = base_run.of_type("aws:codestarnotifications/notificationRule:NotificationRule")
     assert {r.inputs["resource"] for r in rules} == {p.outputs["arn"] for p in pipelines(base_run)}
     for rule in rules:
-        assert "codepipeline-pipeline-pipeline-execution-failed" in rule.inputs["eventTypeIds"]
+        assert set(rule.inputs["eventTypeIds"]) == {"codepipeline-pipeline-pipeline-execution-failed",
+                                                    "codepipeline-pipeline-manual-approval-failed",
+                                                    "codepipeline-pipeline-manual-approval-succeeded"}
         assert rule.inputs["targets"] == [{"address": topic.outputs["arn"], "type": "SNS"}]
     subs = base_run.of_type("aws:sns/topicSubscription:TopicSubscription")
     assert [(s.inputs["protocol"], s.inputs["endpoint"]) for s in subs] == [("email", "ops@example.com")]
