@@ -84,9 +84,6 @@ def render_buildspec(
     buildspec. `timeout_seconds` bounds the wait for ECR replication to all non-home regions together.
     """
     _validate(container_name, target_regions, home_region, timeout_seconds)
-    d = HEREDOC_DELIMITER
-    # One command item: the heredoc, the write and the run must share a shell, and its status is python's.
-    command = f'script="$(mktemp)"\ncat > "$script" <<\'{d}\'\n{handler_source()}{d}\npython3 "$script"\n'
     spec = {
         "version": 0.2,
         "env": {
@@ -97,8 +94,31 @@ def render_buildspec(
                 "REPLICATION_TIMEOUT_SECONDS": str(timeout_seconds),
             }
         },
-        "phases": {"build": {"commands": [command]}},
+        "phases": {"build": {"commands": [_COMMAND_PLACEHOLDER]}},
         # The deploy actions name these files; discard-paths keeps them at the artifact root.
         "artifacts": {"files": [artifact_file(r) for r in target_regions], "discard-paths": True},
     }
-    return yaml.dump(spec, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)
+    # The small per-service part goes through the YAML emitter; the large command block (the whole handler) is
+    # emitted once and reused: emitting ~8 KB of literal block per service was the program's main cost at scale.
+    text = yaml.dump(spec, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)
+    line = f"    - {_COMMAND_PLACEHOLDER}\n"
+    if text.count(line) != 1:
+        raise RuntimeError("the buildspec placeholder was not emitted where the command block belongs")
+    return text.replace(line, _command_item(), 1)
+
+
+_COMMAND_PLACEHOLDER = "CROSSDEPLOY_COMMAND_PLACEHOLDER"
+
+
+@functools.lru_cache(maxsize=1)
+def _command_item() -> str:
+    """The single command item as emitted YAML (at the indentation ``phases.build.commands`` uses)."""
+    d = HEREDOC_DELIMITER
+    # One command item: the heredoc, the write and the run must share a shell, and its status is python's.
+    command = f'script="$(mktemp)"\ncat > "$script" <<\'{d}\'\n{handler_source()}{d}\npython3 "$script"\n'
+    emitted = yaml.dump({"phases": {"build": {"commands": [command]}}}, Dumper=_Dumper, sort_keys=False,
+                        width=1000, allow_unicode=False)
+    item = emitted.split("commands:\n", 1)[1]
+    if not item.startswith("    - ") or yaml.safe_load(emitted)["phases"]["build"]["commands"] != [command]:
+        raise RuntimeError("the buildspec command block did not round-trip through YAML")
+    return item
