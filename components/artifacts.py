@@ -63,10 +63,8 @@ class ArtifactStore:
 def key_policy(partition: str, tools_account: str, reader_role_arns: dict[str, list[str]]) -> dict:
     """The key policy shared by the primary key and every replica ("Resource": "*" means this key)."""
     statements = [
-        # Root delegation: lets IAM policies in the tools account (pipeline and build roles) use the key, and keeps
-        # the account able to manage it. Actions are listed: no "kms:*".
-        p.statement("ToolsAccountAdministersAndDelegates", p.KMS_ADMIN_ACTIONS + p.KMS_USE_ACTIONS, "*",
-                    principals={"AWS": p.account_root(partition, tools_account)}),
+        # Lets IAM policies in the tools account (pipeline and build roles) use the key.
+        p.key_owner_statement(partition, tools_account),
     ]
     roles = [arn for arns in reader_role_arns.values() for arn in arns]
     if roles:

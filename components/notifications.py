@@ -35,8 +35,7 @@ class NotificationsArgs:
 
 def topic_key_policy(args: NotificationsArgs) -> dict:
     return p.document([
-        p.statement("ToolsAccountAdministersAndDelegates", p.KMS_ADMIN_ACTIONS + p.KMS_USE_ACTIONS, "*",
-                    principals={"AWS": p.account_root(args.partition, args.account_id)}),
+        p.key_owner_statement(args.partition, args.account_id),
         p.statement("ServicesPublishThroughSns", ["kms:Decrypt", "kms:GenerateDataKey"], "*",
                     principals={"Service": sorted(args.publisher_services)},
                     # Only through SNS in this region; the topic policy pins the publishing account.

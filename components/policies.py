@@ -160,3 +160,10 @@ KMS_ADMIN_ACTIONS = [
 KMS_USE_ACTIONS = ["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncryptFrom",
                    "kms:ReEncryptTo"]
 KMS_DECRYPT_ACTIONS = ["kms:Decrypt", "kms:DescribeKey"]
+
+
+def key_owner_statement(partition: str, account: str) -> Statement:
+    """Root delegation for a key policy ("Resource": "*" there means this key): IAM policies in the owning account
+    may use the key, and the account can always manage it. Actions are listed: no "kms:*"."""
+    return statement("ToolsAccountAdministersAndDelegates", KMS_ADMIN_ACTIONS + KMS_USE_ACTIONS, "*",
+                     principals={"AWS": account_root(partition, account)})
