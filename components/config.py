@@ -13,10 +13,17 @@ Namespace ``crossdeploy:`` (the Pulumi project name). Keys:
 ``environments``     ordered list (promotion order), at least one; see :class:`EnvironmentConfig`.
 ``services``         list, at least one; see :class:`ServiceConfig`.
 ``notifications``    optional; ``emails`` (list of addresses subscribed to the pipeline topic).
+``release``          optional; see :class:`ReleaseConfig`.
+
+Workloads (the VPC, load balancer, cluster and Fargate services in each environment and region) are described by
+the same keys: environment-level ``network``, ``certificateArns`` and ``blueGreen``, service-level sizing, port,
+routing, health check, environment, secrets, autoscaling, or ``existing: true`` for services crossdeploy only
+deploys to.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -40,6 +47,8 @@ _ECS_NAME = r"^[A-Za-z0-9_-]{1,255}$"
 _ECR_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 _TAG_PATTERN = r"^[A-Za-z0-9_.*-]{1,128}$"
 _IAM_ROLE_NAME = r"^[\w+=,.@-]{1,64}$"
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+                      3288, 3653)
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
 
@@ -88,6 +97,101 @@ class ToolsConfig(_Strict):
     _region = field_validator("region")(lambda v: v if v is None else _check_region(v))
 
 
+_VPC_ID = r"^vpc-[0-9a-f]{8,17}$"
+_SUBNET_ID = r"^subnet-[0-9a-f]{8,17}$"
+_CERTIFICATE_ARN = r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$"
+_CIDR = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$"
+
+
+def _cidr(value: str, *, min_prefix: int = 0, max_prefix: int = 32) -> str:
+    network = ipaddress.ip_network(value, strict=False)  # the pattern already made it parseable in shape
+    if str(network) != value:
+        raise ValueError(f"not a network address (did you mean {str(network)!r}?)")
+    if not min_prefix <= network.prefixlen <= max_prefix:
+        raise ValueError(f"prefix length must be /{min_prefix} to /{max_prefix}")
+    return value
+
+
+class ExistingVpcConfig(_Strict):
+    """A VPC crossdeploy adopts in one region instead of creating one: nothing in it is modified."""
+
+    vpc_id: str = Field(alias="vpcId", pattern=_VPC_ID)
+    public_subnet_ids: list[str] = Field(alias="publicSubnetIds", min_length=2)
+    """At least two, in different availability zones (an ALB needs two). The load balancer goes here."""
+    private_subnet_ids: list[str] = Field(alias="privateSubnetIds", min_length=1)
+    """Where tasks run, with a route to the internet (NAT) or VPC endpoints for ECR, S3, Logs and Secrets."""
+
+    @field_validator("public_subnet_ids", "private_subnet_ids")
+    @classmethod
+    def _subnets(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not isinstance(v, str) or not re.match(_SUBNET_ID, v)]
+        if bad:
+            raise ValueError(f"not subnet ids (subnet-<hex>): {', '.join(map(repr, bad))}")
+        if len(set(value)) != len(value):
+            raise ValueError("subnet ids must be unique")
+        return value
+
+
+class NetworkConfig(_Strict):
+    """The network of an environment's workloads, per region."""
+
+    cidr: str = Field(default="10.0.0.0/16", pattern=_CIDR)
+    """Address range of each VPC crossdeploy creates (/16 to /24). Default ``10.0.0.0/16``. Every region of the
+    environment gets its own VPC with this range: they are never peered."""
+    nat_gateways: Literal["per-az", "single"] = Field(default="per-az", alias="natGateways")
+    """``per-az`` (one NAT gateway per availability zone: an AZ outage does not cut the other AZ's tasks off ECR)
+    or ``single`` (one, cheaper, for non-production). Default ``per-az``."""
+    existing_vpcs: dict[str, ExistingVpcConfig] = Field(default_factory=dict, alias="existingVpcs")
+    """Region -> a VPC to adopt there. Regions not listed get a new VPC. Default: none."""
+
+    _cidr_check = field_validator("cidr")(lambda v: _cidr(v, min_prefix=16, max_prefix=24))
+
+
+class TrafficShiftConfig(_Strict):
+    """How CodeDeploy moves production traffic to the new task set."""
+
+    type: Literal["all-at-once", "canary", "linear"] = "all-at-once"
+    """``all-at-once`` (default), ``canary`` (``percent`` first, the rest after ``intervalMinutes``) or ``linear``
+    (``percent`` every ``intervalMinutes``)."""
+    percent: int | None = Field(default=None, ge=1, le=99)
+    """Canary/linear only: percent of traffic per step (1-99). Default 10."""
+    interval_minutes: int | None = Field(default=None, alias="intervalMinutes", ge=1, le=2880)
+    """Canary/linear only: minutes between steps. Default 5."""
+
+
+class RollbackAlarmConfig(_Strict):
+    """The 5xx alarm that stops a blue/green deployment and rolls it back."""
+
+    threshold: int = Field(default=10, ge=1)
+    """Target 5xx responses per minute (both target groups together) that count as failing. Default 10."""
+    evaluation_periods: int = Field(default=2, alias="evaluationPeriods", ge=1, le=60)
+    """Consecutive failing minutes before the alarm fires. Default 2."""
+
+
+class BlueGreenConfig(_Strict):
+    """Settings of ``strategy: blue-green`` environments."""
+
+    traffic_shift: TrafficShiftConfig = Field(default_factory=TrafficShiftConfig, alias="trafficShift")
+    termination_wait_minutes: int = Field(default=5, alias="terminationWaitMinutes", ge=0, le=2880)
+    """How long the old (blue) tasks keep running after the shift, ready for a rollback. Default 5."""
+    test_listener_port: int = Field(default=8443, alias="testListenerPort", ge=1, le=65535)
+    """Port of the test listener that reaches the new tasks before production traffic does. Default 8443."""
+    test_traffic_cidrs: list[str] = Field(default_factory=list, alias="testTrafficCidrs")
+    """Address ranges allowed to reach the test listener. Default none: CodeDeploy needs no access to it, and
+    unreleased code stays unreachable until someone opens it (e.g. to a VPN range)."""
+    rollback_alarm: RollbackAlarmConfig = Field(default_factory=RollbackAlarmConfig, alias="rollbackAlarm")
+
+    @field_validator("test_traffic_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not isinstance(v, str) or not re.match(_CIDR, v)]
+        if bad:
+            raise ValueError(f"not IPv4 CIDR ranges: {', '.join(map(repr, bad))}")
+        for v in value:
+            _cidr(v)
+        return value
+
+
 class EnvironmentConfig(_Strict):
     """One deployment target, in promotion order."""
 
@@ -109,6 +213,19 @@ class EnvironmentConfig(_Strict):
     push_tags: list[str] | None = Field(default=None, alias="pushTags", min_length=1)
     """Tag patterns (``*`` matches any run of characters) whose push to a push-delivery service's repository
     deploys that image here, in every region of this environment. Default ``["<name>-*"]``."""
+
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    """VPCs of this environment's workloads: created (default) or adopted per region. See :class:`NetworkConfig`."""
+    certificate_arns: dict[str, str] = Field(default_factory=dict, alias="certificateArns")
+    """Region -> ACM certificate ARN (in this account and region). With one, the load balancer serves HTTPS on 443
+    and redirects HTTP to it; without, it serves HTTP on 80. Default: none."""
+    blue_green: BlueGreenConfig | None = Field(default=None, alias="blueGreen")
+    """Only with ``strategy: blue-green``. Default: all-at-once shift, 5-minute termination wait, test listener on
+    8443 reachable from nowhere, rollback on 10 target 5xx per minute for 2 minutes."""
+
+    @property
+    def blue_green_settings(self) -> BlueGreenConfig:
+        return self.blue_green or BlueGreenConfig()
 
     @field_validator("push_tags")
     @classmethod
@@ -132,15 +249,73 @@ class EnvironmentConfig(_Strict):
             raise ValueError("regions must be unique")
         return value
 
-    @field_validator("strategy")
+
+# Fargate's task sizes (ECS developer guide, "Task CPU and memory"): cpu units -> allowed memory in MiB.
+FARGATE_SIZES: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4097, 1024)),
+    1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)),
+    4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)),
+    16384: tuple(range(32768, 122881, 8192)),
+}
+_ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+# Secrets Manager secret names and SSM parameter names (the ``ssm:`` prefix picks Parameter Store).
+_VALUE_FROM_NAME = r"^(ssm:/?[A-Za-z0-9_.\-/]{1,1011}|[A-Za-z0-9/_+=.@-]{1,512})$"
+_ROLE_REF = r"^([\w+=,.@-]+/)*[\w+=,.@-]{1,64}$"
+_HOST = r"^[A-Za-z0-9*?.-]{1,128}$"
+_PATH = r"^/[A-Za-z0-9_\-.$/~\"'@:+*?&]{0,127}$"
+
+
+class RoutingConfig(_Strict):
+    """How the environment's load balancer routes requests to the service (one listener rule)."""
+
+    paths: list[str] | None = Field(default=None, min_length=1)
+    """Path patterns (``*`` and ``?`` wildcards). Default ``["/<service>", "/<service>/*"]`` unless ``hosts`` is
+    given."""
+    hosts: list[str] | None = Field(default=None, min_length=1)
+    """Host header patterns. Default: any host."""
+    priority: int | None = Field(default=None, ge=1, le=50000)
+    """Listener rule priority (unique per load balancer; lower wins). Default ``10 × (position among the services
+    crossdeploy creates + 1)``: set it explicitly before reordering services."""
+
+    @field_validator("paths")
     @classmethod
-    def _strategy(cls, value: str) -> str:
-        if value == "blue-green":
-            raise ValueError(
-                "blue-green deployments are not available yet (they arrive with the workloads/blue-green "
-                "issue); use strategy: rolling"
-            )
+    def _paths(cls, value: list[str] | None) -> list[str] | None:
+        bad = [v for v in value or [] if not isinstance(v, str) or not re.match(_PATH, v)]
+        if bad:
+            raise ValueError(f"not path patterns (start with '/', at most 128 characters): {', '.join(map(repr, bad))}")
         return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        bad = [v for v in value or [] if not isinstance(v, str) or not re.match(_HOST, v)]
+        if bad:
+            raise ValueError(f"not host patterns: {', '.join(map(repr, bad))}")
+        return value
+
+
+class HealthCheckConfig(_Strict):
+    path: str = Field(default="/", pattern=r"^/[\x21-\x7e]{0,1023}$")
+    """Path the load balancer's target group probes. Default ``/``."""
+    matcher: str = Field(default="200-399", pattern=r"^[0-9]{3}([-,][0-9]{3})*$")
+    """HTTP codes that count as healthy. Default ``200-399``."""
+    grace_period_seconds: int = Field(default=60, alias="gracePeriodSeconds", ge=0, le=2147483647)
+    """How long ECS ignores failing load balancer checks of a new task. Default 60."""
+    command: list[str] | None = Field(default=None, min_length=1)
+    """Container health check (``["CMD-SHELL", "curl -f http://localhost:8080/ || exit 1"]``). Default none: the
+    image may have no shell or curl, and the target group already checks the service."""
+
+
+class AutoscalingConfig(_Strict):
+    """CPU target tracking on the service's desired count."""
+
+    min: int = Field(ge=0, le=5000)
+    max: int = Field(ge=1, le=5000)
+    cpu_target: int = Field(default=60, alias="cpuTarget", ge=10, le=90)
+    """Average CPU utilisation (percent) to track. Default 60."""
 
 
 class ServiceConfig(_Strict):
@@ -163,6 +338,65 @@ class ServiceConfig(_Strict):
     """Push delivery only: ``revision`` registers a task definition revision pinned by digest, then updates the
     service (reproducible, can be rolled back); ``force`` forces a new deployment of what the task definition
     names (for teams on mutable tags). Default ``revision``."""
+
+    existing: bool = False
+    """``true``: the service already runs in every environment; crossdeploy creates nothing for it in workload
+    accounts and only deploys to ``cluster``/``serviceName``. Default false: crossdeploy creates it."""
+    execution_role_name: str | None = Field(default=None, alias="executionRoleName", pattern=_ROLE_REF)
+    """Existing services only, required there: the execution role its task definition names (``[path/]name``, the
+    same in every workload account). The deploy role may pass exactly this role and the task role."""
+    task_role_name: str | None = Field(default=None, alias="taskRoleName", pattern=_ROLE_REF)
+    """Existing services only: the task role its task definition names, if any."""
+    cpu: int = 256
+    """Fargate CPU units (256, 512, 1024, 2048, 4096, 8192, 16384). Default 256."""
+    memory: int = 512
+    """MiB, one of the sizes Fargate allows for ``cpu``. Default 512."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """Port the container listens on (the target group forwards there). Default 8080."""
+    desired_count: int = Field(default=2, alias="desiredCount", ge=0, le=5000)
+    """Tasks at creation, spread over two availability zones. Default 2. The pipeline and autoscaling own it
+    afterwards: later changes here are not applied (so a ``pulumi up`` never scales a service back)."""
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig, alias="healthCheck")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    environment: dict[str, str] = Field(default_factory=dict)
+    """Plain environment variables of the container. Never put secrets here: use ``secrets``."""
+    secrets: dict[str, str] = Field(default_factory=dict)
+    """Variable -> secret *name*, looked up in each environment's account and region: a Secrets Manager secret
+    name, or ``ssm:/parameter/name`` for Parameter Store. The execution role may read exactly these."""
+    autoscaling: AutoscalingConfig | None = None
+    """Default none: the service keeps ``desiredCount`` tasks."""
+    log_retention_days: int = Field(default=30, alias="logRetentionDays")
+    """Retention of the service's log group. Default 30 (one of CloudWatch's allowed values)."""
+
+    @field_validator("environment", "secrets")
+    @classmethod
+    def _variables(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.match(_ENV_VAR, k)]
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [v for v in value.values() if not isinstance(v, str) or not re.match(_VALUE_FROM_NAME, v)]
+        if bad:
+            raise ValueError("not secret names (a Secrets Manager name, or ssm:/parameter/name): "
+                             + ", ".join(map(repr, bad)))
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"CloudWatch Logs accepts only {', '.join(map(str, LOG_RETENTION_DAYS))} days")
+        return value
+
+    @property
+    def route_paths(self) -> list[str]:
+        if self.routing.paths:
+            return list(self.routing.paths)
+        return [] if self.routing.hosts else [f"/{self.service}", f"/{self.service}/*"]
 
     @property
     def mode(self) -> str:
@@ -307,6 +541,21 @@ class StackConfig:
     def name_prefix(self) -> str:
         return f"{self.project}-{self.stack}"
 
+    @property
+    def workload_services(self) -> tuple[ServiceConfig, ...]:
+        """Services crossdeploy creates in every environment (all but ``existing: true``)."""
+        return tuple(s for s in self.services if not s.existing)
+
+    def rule_priority(self, service: ServiceConfig) -> int:
+        """The service's listener rule priority: explicit, or 10 x its position among created services."""
+        if service.routing.priority is not None:
+            return service.routing.priority
+        return 10 * (self.workload_services.index(service) + 1)
+
+    @property
+    def uses_blue_green(self) -> bool:
+        return any(e.strategy == "blue-green" for e in self.environments)
+
 
 def _path(loc: Iterable[Any]) -> str:
     out = ""
@@ -390,6 +639,135 @@ def _push_tag_overlaps(envs: list, services: list) -> list[str]:
     return problems
 
 
+_WORKLOAD_KEYS = ("cpu", "memory", "port", "desiredCount", "healthCheck", "routing", "environment", "secrets",
+                  "autoscaling", "logRetentionDays")
+# An ALB rule holds at most five condition values in total (Elastic Load Balancing quotas).
+_MAX_RULE_VALUES = 5
+
+
+def _environment_workload_checks(i: int, env: Mapping[str, Any], seen_places: dict[tuple[Any, Any], str]) -> list[str]:
+    problems: list[str] = []
+    regions = env.get("regions") if isinstance(env.get("regions"), list) else []
+    strategy = env.get("strategy", "rolling")
+    for j, region in enumerate(regions):
+        place = (env.get("accountId"), region)
+        if isinstance(region, str) and place in seen_places:
+            problems.append(f"environments[{i}].regions[{j}]: {region!r} of account {place[0]!r} is already used by "
+                            f"environment {seen_places[place]!r}; each account and region holds one environment "
+                            "(its services, load balancer and VPC would collide)")
+        seen_places.setdefault(place, str(env.get("name")))
+    if "blueGreen" in env and strategy != "blue-green":
+        problems.append(f"environments[{i}].blueGreen: only applies to strategy: blue-green, got strategy "
+                        f"{strategy!r}")
+    certs = env.get("certificateArns")
+    if isinstance(certs, Mapping):
+        for region, value in certs.items():
+            if region not in regions:
+                problems.append(f"environments[{i}].certificateArns.{region}: not a region of this environment "
+                                f"({', '.join(map(str, regions))})")
+            elif isinstance(value, str) and value.count(":") >= 5:
+                cert_region, cert_account = value.split(":")[3:5]
+                if (cert_region, cert_account) != (region, env.get("accountId")):
+                    problems.append(f"environments[{i}].certificateArns.{region}: {value!r} is in {cert_region} "
+                                    f"of account {cert_account}; a load balancer can only use a certificate of "
+                                    f"its own account and region ({env.get('accountId')}, {region})")
+    network = env.get("network")
+    vpcs = network.get("existingVpcs") if isinstance(network, Mapping) else None
+    if isinstance(vpcs, Mapping):
+        for region in vpcs:
+            if region not in regions:
+                problems.append(f"environments[{i}].network.existingVpcs.{region}: not a region of this environment "
+                                f"({', '.join(map(str, regions))})")
+    blue_green = env.get("blueGreen")
+    if isinstance(blue_green, Mapping):
+        shift = blue_green.get("trafficShift")
+        if isinstance(shift, Mapping) and shift.get("type", "all-at-once") == "all-at-once":
+            for key in ("percent", "intervalMinutes"):
+                if key in shift:
+                    problems.append(f"environments[{i}].blueGreen.trafficShift.{key}: only for canary and linear, "
+                                    f"got {shift[key]!r} with type 'all-at-once'")
+        port = blue_green.get("testListenerPort")
+        if port in (80, 443):
+            problems.append(f"environments[{i}].blueGreen.testListenerPort: {port!r} is a production listener port")
+    return problems
+
+
+def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: list[str]) -> list[str]:
+    problems: list[str] = []
+    existing = svc.get("existing") is True
+    if existing:
+        for key in _WORKLOAD_KEYS:
+            if key in svc:
+                problems.append(f"services[{i}].{key}: only for services crossdeploy creates, but this one is "
+                                "existing: true")
+        if "executionRoleName" not in svc:
+            problems.append(f"services[{i}].executionRoleName: required with existing: true (the deploy role may "
+                            "pass only the roles named here when it registers a new revision)")
+        if blue_green_envs:
+            problems.append(f"services[{i}].existing: blue-green environments ({', '.join(blue_green_envs)}) deploy "
+                            "a task definition crossdeploy generates, which it cannot for a service it did not "
+                            "create; create the service with crossdeploy or deploy those environments rolling")
+    else:
+        for key in ("executionRoleName", "taskRoleName"):
+            if key in svc:
+                problems.append(f"services[{i}].{key}: only for existing: true (crossdeploy names the roles of the "
+                                f"services it creates), got {svc[key]!r}")
+    if svc.get("delivery") == "push" and blue_green_envs:
+        problems.append(f"services[{i}].delivery: push deploys update the ECS service directly, which CodeDeploy "
+                        f"controls in blue-green environments ({', '.join(blue_green_envs)}); use delivery: "
+                        "pipeline or rolling environments")
+    cpu, memory = svc.get("cpu", 256), svc.get("memory", 512)
+    if isinstance(cpu, int) and isinstance(memory, int):
+        if cpu not in FARGATE_SIZES:
+            problems.append(f"services[{i}].cpu: Fargate accepts {', '.join(map(str, FARGATE_SIZES))} CPU units, "
+                            f"got {cpu!r}")
+        elif memory not in FARGATE_SIZES[cpu]:
+            sizes = FARGATE_SIZES[cpu]
+            problems.append(f"services[{i}].memory: with cpu {cpu} Fargate accepts {sizes[0]}-{sizes[-1]} MiB in "
+                            f"steps of {sizes[1] - sizes[0]}, got {memory!r}")
+    scaling = svc.get("autoscaling")
+    if isinstance(scaling, Mapping) and isinstance(scaling.get("min"), int) and isinstance(scaling.get("max"), int):
+        if scaling["min"] > scaling["max"]:
+            problems.append(f"services[{i}].autoscaling.min: {scaling['min']!r} is above max {scaling['max']!r}")
+    routing = svc.get("routing")
+    if isinstance(routing, Mapping):
+        values = [v for key in ("paths", "hosts") if isinstance(routing.get(key), list) for v in routing[key]]
+        if len(values) > _MAX_RULE_VALUES:
+            problems.append(f"services[{i}].routing: {len(values)} paths and hosts, but a load balancer rule holds "
+                            f"at most {_MAX_RULE_VALUES}")
+    hc = svc.get("healthCheck")
+    if isinstance(hc, Mapping) and isinstance(hc.get("command"), list) and hc["command"]:
+        if hc["command"][0] not in ("CMD", "CMD-SHELL"):
+            problems.append(f"services[{i}].healthCheck.command: must start with 'CMD' or 'CMD-SHELL', got "
+                            f"{hc['command'][0]!r}")
+    return problems
+
+
+def _priorities(services: list) -> list[str]:
+    """Listener rule priorities must be unique on a load balancer; defaults follow the order of created services."""
+    problems: list[str] = []
+    seen: dict[Any, int] = {}
+    for i, priority in _rule_priorities(services):
+        if priority in seen:
+            problems.append(f"services[{i}].routing.priority: {priority!r} is also the listener rule priority of "
+                            f"services[{seen[priority]}]; set routing.priority explicitly on one of them")
+        seen.setdefault(priority, i)
+    return problems
+
+
+def _rule_priorities(services: list) -> list[tuple[int, Any]]:
+    """(index in ``services``, listener rule priority) of every service crossdeploy creates."""
+    out = []
+    position = 0
+    for i, svc in enumerate(services):
+        if not isinstance(svc, Mapping) or svc.get("existing") is True:
+            continue
+        position += 1
+        routing = svc.get("routing") if isinstance(svc.get("routing"), Mapping) else {}
+        out.append((i, routing.get("priority", 10 * position)))
+    return out
+
+
 def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
     """Rules spanning several keys, checked on the raw data so they are reported alongside field errors."""
     problems: list[str] = []
@@ -433,6 +811,15 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
                                     "cross-partition delivery is not possible")
 
     problems.extend(_push_tag_overlaps(envs, services))
+    seen_places: dict[tuple[Any, Any], str] = {}
+    for i, env in enumerate(envs):
+        if isinstance(env, Mapping):
+            problems.extend(_environment_workload_checks(i, env, seen_places))
+    blue_green_envs = [str(e.get("name")) for e in envs if isinstance(e, Mapping) and e.get("strategy") == "blue-green"]
+    for i, svc in enumerate(services):
+        if isinstance(svc, Mapping):
+            problems.extend(_service_workload_checks(i, svc, blue_green_envs))
+    problems.extend(_priorities(services))
     release = raw.get("release")
     source = release.get("source") if isinstance(release, Mapping) else None
     if isinstance(source, Mapping):

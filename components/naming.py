@@ -54,14 +54,60 @@ def forwarder_role_arn(cfg: StackConfig, account: str) -> str:
 
 
 def workload_role_names(cfg: StackConfig, service: ServiceConfig) -> tuple[str, str]:
-    """(task role, execution role) names of a service in every workload account."""
+    """(task role, execution role) names of a service crossdeploy creates, in every workload account."""
     return (iam_name(cfg.stack, service.service, "task"), iam_name(cfg.stack, service.service, "execution"))
 
 
+def _role_ref_arn(cfg: StackConfig, account: str, ref: str) -> str:
+    path, _, name = ref.rpartition("/")
+    return role_arn(cfg.partition, account, name, f"/{path}/" if path else "/")
+
+
+def task_role_arn(cfg: StackConfig, account: str, service: ServiceConfig) -> str | None:
+    if service.existing:
+        return _role_ref_arn(cfg, account, service.task_role_name) if service.task_role_name else None
+    return role_arn(cfg.partition, account, workload_role_names(cfg, service)[0], iam_path(cfg, "workload"))
+
+
+def execution_role_arn(cfg: StackConfig, account: str, service: ServiceConfig) -> str:
+    if service.existing:
+        return _role_ref_arn(cfg, account, service.execution_role_name or "")
+    return role_arn(cfg.partition, account, workload_role_names(cfg, service)[1], iam_path(cfg, "workload"))
+
+
 def workload_role_arns(cfg: StackConfig, account: str, service: ServiceConfig) -> list[str]:
-    """The only roles the deploy role may pass to ECS for this service: its task and execution roles."""
-    path = iam_path(cfg, "workload")
-    return [role_arn(cfg.partition, account, name, path) for name in workload_role_names(cfg, service)]
+    """The only roles the deploy role may pass to ECS for this service: its task and execution roles (those
+    crossdeploy creates, or those an existing service names)."""
+    task = task_role_arn(cfg, account, service)
+    return [*([task] if task else []), execution_role_arn(cfg, account, service)]
+
+
+def workload_role_pattern(cfg: StackConfig, account: str) -> str:
+    """Every task and execution role crossdeploy creates in `account` lives under this path."""
+    return role_arn(cfg.partition, account, "*", iam_path(cfg, "workload"))
+
+
+def log_group_name(cfg: StackConfig, service: ServiceConfig) -> str:
+    """The service's log group in every environment and region (log groups are regional, names can repeat)."""
+    return f"/ecs/{cfg.project}/{cfg.stack}/{service.service}"
+
+
+def codedeploy_application_name(cfg: StackConfig, environment: str) -> str:
+    """One CodeDeploy application per blue/green environment (per region: CodeDeploy is regional)."""
+    return iam_name(cfg.name_prefix, environment, max_len=100)
+
+
+def deployment_group_name(cfg: StackConfig, service: ServiceConfig) -> str:
+    return iam_name(service.service, max_len=100)
+
+
+def codedeploy_role_name(cfg: StackConfig) -> str:
+    return iam_name(cfg.project, cfg.stack, "codedeploy")
+
+
+def task_family(cfg: StackConfig, service: ServiceConfig) -> str:
+    """Task definition family: per stack, so two stacks in one account never interleave revisions."""
+    return iam_name(cfg.stack, service.service, max_len=255, allowed=r"A-Za-z0-9_-")
 
 
 def ecs_service_arn(cfg: StackConfig, account: str, region: str, service: ServiceConfig) -> str:

@@ -39,6 +39,8 @@ class Recorded:
     provider: str | None
     account: str | None = None
     region: str | None = None
+    ignore_changes: tuple[str, ...] = ()
+    """Engine property names (camelCase) the registration asked Pulumi to leave alone after creation."""
 
     @property
     def service(self) -> str:
@@ -162,9 +164,12 @@ class AwsMocks(pulumi.runtime.Mocks):
         self.run = ProgramRun()
         self.providers: dict[str, tuple[str, str]] = {}
         self._parents: dict[tuple[str, str], str | None] = {}
+        self._ignored: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def note_parent(self, type_: str, name: str, parent: str | None) -> None:
+    def note_parent(self, type_: str, name: str, parent: str | None, ignore_changes: tuple[str, ...] = ()) -> None:
         self._parents[(type_, name)] = parent or None
+        if ignore_changes:
+            self._ignored[(type_, name)] = ignore_changes
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
         inputs = dict(args.inputs)
@@ -185,7 +190,8 @@ class AwsMocks(pulumi.runtime.Mocks):
                                         region or "us-east-1", _partition(region))
         self.run.resources.append(Recorded(args.typ, args.name, inputs, outputs, True, parent, provider_id,
                                            account, None if args.typ.startswith("aws:iam/") else
-                                           outputs.get("region", region)))
+                                           outputs.get("region", region),
+                                           self._ignored.get((args.typ, args.name), ())))
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
@@ -204,7 +210,7 @@ def _partition(region: str | None) -> str:
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # gRPC method name, fixed by the base class
-        self.mocks.note_parent(request.type, request.name, request.parent)
+        self.mocks.note_parent(request.type, request.name, request.parent, tuple(request.ignoreChanges))
         return super().RegisterResource(request)
 
 

@@ -49,8 +49,9 @@ BROKEN = {
         {"crossdeploy:environments": [env(accountId=TOOLS)]}, "environments[0].accountId", "tools account"),
     "unknown strategy": (
         {"crossdeploy:environments": [env(strategy="canary")]}, "environments[0].strategy", "'canary'"),
-    "blue-green not yet": (
-        {"crossdeploy:environments": [env(strategy="blue-green")]}, "environments[0].strategy", "not available yet"),
+    "blueGreen settings on a rolling environment": (
+        {"crossdeploy:environments": [env(blueGreen={"terminationWaitMinutes": 1})]}, "environments[0].blueGreen",
+        "strategy: blue-green"),
     "approval as string": (
         {"crossdeploy:environments": [env(requireApproval="yes")]}, "environments[0].requireApproval", "'yes'"),
     "bad provision role": (

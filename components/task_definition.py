@@ -1,0 +1,93 @@
+"""The task definition of a service crossdeploy creates: one function, two consumers.
+
+The workload component registers it (through ``aws.ecs.TaskDefinition``) and the blue/green build step writes it
+as ``taskdef.json`` for CodeDeploy, with the image replaced by the ``<IMAGE1_NAME>`` placeholder. Both come from
+:func:`task_definition`, so what CodeDeploy registers on every release is exactly what ``pulumi up`` created, and
+a change to the config changes both at once. The dict is the ``RegisterTaskDefinition`` request (camelCase, ECS
+API shape); a test validates it against botocore's model of that request.
+
+How a new service starts: its first task definition names the tools account's regional repository at the trigger
+tag (``<tools>.dkr.ecr.<region>.amazonaws.com/<repo>:<triggerTag>``). ``pulumi up`` does not wait for the service
+to be steady, so it succeeds on empty accounts; until the first image is pushed, ECS cannot start tasks (the
+service shows 0 running, the circuit breaker may mark that first deployment failed). The first push starts the
+pipeline, which deploys the image pinned by digest. No public bootstrap image: the ECS deploy action copies the
+service's current task definition, so a bootstrap image's command or port would leak into every later revision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components import naming
+from components.config import ServiceConfig, StackConfig
+
+IMAGE_PLACEHOLDER = "<IMAGE1_NAME>"
+"""What CodeDeployToECS replaces with the image of ``imageDetail.json`` (``Image1ContainerName: IMAGE1_NAME``)."""
+DNS_SUFFIX = {"aws": "amazonaws.com", "aws-cn": "amazonaws.com.cn", "aws-us-gov": "amazonaws.com"}
+LOG_STREAM_PREFIX = "ecs"
+HEALTH_CHECK = {"interval": 30, "timeout": 5, "retries": 3}
+"""Container health check timing (ECS's defaults, written out so the template is explicit)."""
+MAX_START_PERIOD = 300  # ECS caps a container health check's startPeriod at 300 seconds
+
+
+def bootstrap_image(cfg: StackConfig, region: str, service: ServiceConfig) -> str:
+    """The image a new service's first task definition names: the regional replica at the trigger tag."""
+    dns = DNS_SUFFIX.get(cfg.partition, "amazonaws.com")
+    return f"{cfg.tools_account_id}.dkr.ecr.{region}.{dns}/{service.name}:{service.trigger_tag}"
+
+
+def secret_arn(cfg: StackConfig, account: str, region: str, ref: str) -> str:
+    """``valueFrom`` of a secret: a Parameter Store parameter (``ssm:/name``) or a Secrets Manager secret by its
+    partial ARN (no random suffix: the name is the same in every account, the suffix is not)."""
+    if ref.startswith("ssm:"):
+        return f"arn:{cfg.partition}:ssm:{region}:{account}:parameter/{ref[4:].lstrip('/')}"
+    return f"arn:{cfg.partition}:secretsmanager:{region}:{account}:secret:{ref}"
+
+
+def secret_grant_arn(cfg: StackConfig, account: str, region: str, ref: str) -> str:
+    """The resource the execution role is granted for a secret: Secrets Manager appends ``-`` and six random
+    characters to every secret ARN, hence ``-??????`` (exactly six, so ``db`` does not also grant ``db-admin``)."""
+    value_from = secret_arn(cfg, account, region, ref)
+    return value_from if ref.startswith("ssm:") else f"{value_from}-??????"
+
+
+def container_definition(cfg: StackConfig, account: str, region: str, service: ServiceConfig,
+                         image: str) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": service.container,
+        "image": image,
+        "essential": True,
+        "portMappings": [{"containerPort": service.port, "protocol": "tcp"}],
+        "environment": [{"name": k, "value": v} for k, v in sorted(service.environment.items())],
+        "secrets": [{"name": k, "valueFrom": secret_arn(cfg, account, region, v)}
+                    for k, v in sorted(service.secrets.items())],
+        "logConfiguration": {"logDriver": "awslogs", "options": {
+            "awslogs-group": naming.log_group_name(cfg, service),
+            "awslogs-region": region,
+            "awslogs-stream-prefix": LOG_STREAM_PREFIX,
+        }},
+    }
+    if service.health_check.command:
+        container["healthCheck"] = {"command": list(service.health_check.command), **HEALTH_CHECK,
+                                    "startPeriod": min(service.health_check.grace_period_seconds, MAX_START_PERIOD)}
+    return container
+
+
+def task_definition(cfg: StackConfig, account: str, region: str, service: ServiceConfig,
+                    image: str) -> dict[str, Any]:
+    """The ``RegisterTaskDefinition`` request for `service` in `account`/`region`, running `image`."""
+    if service.existing:
+        raise ValueError(f"{service.name}: crossdeploy does not know the task definition of an existing service")
+    request: dict[str, Any] = {
+        "family": naming.task_family(cfg, service),
+        "networkMode": "awsvpc",
+        "requiresCompatibilities": ["FARGATE"],
+        "cpu": str(service.cpu),
+        "memory": str(service.memory),
+        "executionRoleArn": naming.execution_role_arn(cfg, account, service),
+        "containerDefinitions": [container_definition(cfg, account, region, service, image)],
+    }
+    task_role = naming.task_role_arn(cfg, account, service)
+    if task_role:
+        request["taskRoleArn"] = task_role
+    return request
