@@ -7,7 +7,7 @@ derived here and nowhere else.
 
 from __future__ import annotations
 
-from components.config import ServiceConfig, StackConfig
+from components.config import EnvironmentConfig, ServiceConfig, StackConfig
 from components.policies import arn, iam_name, role_arn
 
 
@@ -121,3 +121,33 @@ def ecs_cluster_arn(cfg: StackConfig, account: str, region: str, cluster: str) -
 def safe(name: str) -> str:
     """A service name made safe for resource names that forbid '/' (ECR allows it in repository names)."""
     return name.replace("/", "-")
+
+
+# CodeDeploy's predefined ECS configurations: (type, percent, minutes) -> name. Anything else gets a custom one.
+PREDEFINED_ECS_CONFIGS = {
+    ("all-at-once", None, None): "CodeDeployDefault.ECSAllAtOnce",
+    ("canary", 10, 5): "CodeDeployDefault.ECSCanary10Percent5Minutes",
+    ("canary", 10, 15): "CodeDeployDefault.ECSCanary10Percent15Minutes",
+    ("linear", 10, 1): "CodeDeployDefault.ECSLinear10PercentEvery1Minutes",
+    ("linear", 10, 3): "CodeDeployDefault.ECSLinear10PercentEvery3Minutes",
+}
+DEFAULT_SHIFT_PERCENT = 10
+DEFAULT_SHIFT_MINUTES = 5
+
+
+def traffic_shift(env: EnvironmentConfig) -> tuple[str, int | None, int | None]:
+    """(type, percent, minutes) of an environment's blue/green traffic shift, defaults applied."""
+    shift = env.blue_green_settings.traffic_shift
+    if shift.type == "all-at-once":
+        return ("all-at-once", None, None)
+    return (shift.type, shift.percent or DEFAULT_SHIFT_PERCENT, shift.interval_minutes or DEFAULT_SHIFT_MINUTES)
+
+
+def deployment_config_name(cfg: StackConfig, env: EnvironmentConfig) -> str:
+    """The CodeDeploy deployment configuration of a blue/green environment: predefined where one matches, else the
+    custom one crossdeploy creates in each of the environment's regions under this name."""
+    key = traffic_shift(env)
+    if key in PREDEFINED_ECS_CONFIGS:
+        return PREDEFINED_ECS_CONFIGS[key]
+    kind, percent, minutes = key
+    return iam_name(cfg.name_prefix, env.name, f"{kind}-{percent}pct-{minutes}min", max_len=100)
