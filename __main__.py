@@ -10,14 +10,24 @@ from components import naming
 from components.artifacts import ArtifactStores, ArtifactStoresArgs
 from components.config import load
 from components.deploy_role import DeployRole, DeployRoleArgs, DeployTarget
+from components.network import NetworkArgs
 from components.notifications import Notifications, NotificationsArgs
 from components.pipeline import EnvironmentStage, ServicePipeline, ServicePipelineArgs
-from components.policies import iam_name
+from components.policies import iam_name, role_arn
 from components.providers import Providers, ProvidersArgs
 from components.push_deploy import PushDeploy, PushDeployArgs, PushService, PushTarget
 from components.registry import Registry, RegistryArgs, RepositorySpec
 from components.release import Release, ReleaseArgs, ReleaseSource
 from components.rollout_notices import RolloutForwarder, RolloutForwarderArgs, RolloutNotices, RolloutNoticesArgs
+from components.workload import (
+    BlueGreenSettings,
+    Workload,
+    WorkloadArgs,
+    WorkloadRoles,
+    WorkloadRolesArgs,
+    service_roles,
+    workload_services,
+)
 
 cfg = load()
 prefix = cfg.name_prefix
@@ -40,6 +50,12 @@ registry = Registry("registry", RegistryArgs(
     regions=cfg.regions,
     repositories=tuple(RepositorySpec(s.name, s.trigger_tag) for s in cfg.services),
     pull_account_ids=tuple(cfg.workload_accounts),
+    # ECS pulls with execution roles: crossdeploy's, existing services' and scheduled tasks' (release).
+    pull_principal_arns=tuple(
+        arn for account in cfg.workload_accounts for arn in (
+            naming.workload_role_pattern(cfg, account),
+            *(naming.execution_role_arn(cfg, account, s) for s in cfg.services if s.existing),
+            *(role_arn(cfg.partition, account, n) for n in (cfg.release.pass_role_names if cfg.release else ())))),
 ))
 
 deploy_roles = {}
@@ -66,6 +82,44 @@ for account in cfg.workload_accounts:
         scheduled_task_regions=regions if cfg.release else (),
         scheduled_task_role_names=tuple(cfg.release.pass_role_names) if cfg.release else (),
     ))
+
+workload_roles = {}
+for account in cfg.workload_accounts if cfg.workload_services else ():
+    uses_blue_green = any(e.strategy == "blue-green" for e in cfg.environments if e.account_id == account)
+    workload_roles[account] = WorkloadRoles(f"workload-roles-{account}", WorkloadRolesArgs(
+        provider=providers.get(account, cfg.account_regions(account)[0]),
+        partition=cfg.partition,
+        account_id=account,
+        path=naming.iam_path(cfg, "workload"),
+        services=service_roles(cfg, account),
+        codedeploy_role_name=naming.codedeploy_role_name(cfg) if uses_blue_green else None,
+        codedeploy_role_path=naming.iam_path(cfg, "codedeploy"),
+    ))
+
+workloads = {}
+if cfg.workload_services:
+    for env in cfg.environments:
+        for region in env.regions:
+            provider = providers.get(env.account_id, region)
+            roles = workload_roles[env.account_id]
+            workloads[(env.name, region)] = Workload(f"workload-{env.name}-{region}", WorkloadArgs(
+                provider=provider,
+                environment=env.name,
+                region=region,
+                network=NetworkArgs(provider=provider, cidr=env.network.cidr, nat_gateways=env.network.nat_gateways,
+                                    existing=env.network.existing_vpcs.get(region),
+                                    name=iam_name(prefix, env.name)),
+                services=workload_services(cfg, env, region),
+                certificate_arn=env.certificate_arns.get(region),
+                blue_green=BlueGreenSettings(
+                    application_name=naming.codedeploy_application_name(cfg, env.name),
+                    deployment_config_name=naming.deployment_config_name(cfg, env),
+                    traffic_shift=naming.traffic_shift(env),
+                    settings=env.blue_green_settings,
+                    service_role_arn=roles.codedeploy_role_arn,
+                ) if env.strategy == "blue-green" else None,
+                name=iam_name(prefix, env.name),
+            ), opts=pulumi.ResourceOptions(depends_on=roles.execution_role_policies))
 
 notifications = Notifications("notifications", NotificationsArgs(
     provider=tools_home, partition=cfg.partition, account_id=cfg.tools_account_id, region=cfg.tools_region,
@@ -186,6 +240,7 @@ pulumi.export("pipelineNames", {name: p.pipeline_name for name, p in pipelines.i
 pulumi.export("deployRoleArns", {account: role.role_arn for account, role in deploy_roles.items()})
 pulumi.export("artifactBuckets", {region: store.bucket for region, store in artifacts.stores.items()})
 pulumi.export("notificationTopicArn", notifications.topic_arn)
+pulumi.export("loadBalancers", {f"{env}/{region}": w.load_balancer_dns for (env, region), w in workloads.items()})
 if push is not None:
     pulumi.export("pushDeployFunctionArn", push.function_arn)
     pulumi.export("pushDeployDeadLetterQueueArn", push.queue_arn)

@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
@@ -216,7 +216,8 @@ class EnvironmentConfig(_Strict):
 
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     """VPCs of this environment's workloads: created (default) or adopted per region. See :class:`NetworkConfig`."""
-    certificate_arns: dict[str, str] = Field(default_factory=dict, alias="certificateArns")
+    certificate_arns: dict[str, Annotated[str, Field(pattern=_CERTIFICATE_ARN)]] = Field(
+        default_factory=dict, alias="certificateArns")
     """Region -> ACM certificate ARN (in this account and region). With one, the load balancer serves HTTPS on 443
     and redirects HTTP to it; without, it serves HTTP on 80. Default: none."""
     blue_green: BlueGreenConfig | None = Field(default=None, alias="blueGreen")
@@ -582,6 +583,8 @@ def _describe(error: Mapping[str, Any]) -> str:
             _ECS_NAME: "letters, digits, '-' and '_', at most 255 characters",
             _ECR_TAG: "a valid image tag (letters, digits, '_.-', at most 128 characters)",
             _IAM_ROLE_NAME: "a valid IAM role name",
+            _CERTIFICATE_ARN: "an ACM certificate ARN (arn:aws:acm:<region>:<account>:certificate/<id>)",
+            _ROLE_REF: "an IAM role name, optionally with its path (path/name)",
         }.get(error.get("ctx", {}).get("pattern"), "a value of the documented form")
         return f"expected {hint}, got {value!r}"
     if kind in ("string_too_short", "string_too_long"):
@@ -595,7 +598,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         wanted = "a list" if kind == "list_type" else "a mapping of keys"
         return f"expected {wanted}, got {value!r}"
     if kind == "too_short":
-        return f"must not be empty, got {value!r}"
+        minimum = error.get("ctx", {}).get("min_length", 1)
+        return f"needs at least {minimum} items, got {value!r}" if minimum > 1 else f"must not be empty, got {value!r}"
     if kind == "literal_error":
         return f"expected one of {error['ctx']['expected']}, got {value!r}"
     if kind == "value_error":
@@ -743,6 +747,26 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
     return problems
 
 
+def _unique_service_names(services: list) -> list[str]:
+    """A CodeDeploy application holds one deployment group per service name, whatever the cluster."""
+    problems: list[str] = []
+    seen: dict[Any, int] = {}
+    for i, svc in enumerate(services):
+        if not isinstance(svc, Mapping):
+            continue
+        name = svc.get("serviceName") or svc.get("name")
+        if name in seen and svc.get("cluster", "crossdeploy") != _cluster_of(services[seen[name]]):
+            problems.append(f"services[{i}].serviceName: {name!r} is also the ECS service name of "
+                            f"services[{seen[name]}] (another cluster); blue-green environments name deployment "
+                            "groups after the service, so names must be unique across clusters")
+        seen.setdefault(name, i)
+    return problems
+
+
+def _cluster_of(svc: Any) -> Any:
+    return svc.get("cluster", "crossdeploy") if isinstance(svc, Mapping) else None
+
+
 def _priorities(services: list) -> list[str]:
     """Listener rule priorities must be unique on a load balancer; defaults follow the order of created services."""
     problems: list[str] = []
@@ -820,6 +844,8 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
         if isinstance(svc, Mapping):
             problems.extend(_service_workload_checks(i, svc, blue_green_envs))
     problems.extend(_priorities(services))
+    if blue_green_envs:
+        problems.extend(_unique_service_names(services))
     release = raw.get("release")
     source = release.get("source") if isinstance(release, Mapping) else None
     if isinstance(source, Mapping):

@@ -48,6 +48,10 @@ class RegistryArgs:
     repositories: tuple[RepositorySpec, ...]
     pull_account_ids: tuple[str, ...] = field(default_factory=tuple)
     """Workload accounts allowed to pull. Their execution roles still need their own ECR rights."""
+    pull_principal_arns: tuple[str, ...] = field(default_factory=tuple)
+    """``aws:PrincipalArn`` patterns (``ArnLike``) that narrow the pull grant to the roles ECS pulls with: the
+    workload role path of each account, existing services' execution roles, scheduled tasks' roles. Default
+    none: every principal of the pull accounts that its own IAM allows."""
     untagged_images_kept: int = 50
     """Untagged images (old digests the trigger tag pointed at) kept per repository. Default 50: counted, not aged,
     so a service nobody pushed to for months can still scale out on the digest it runs."""
@@ -71,12 +75,17 @@ class RepositoryRefs:
     arns: dict[str, pulumi.Output[str]]
 
 
-def repository_policy(partition: str, tools_account: str, pull_accounts: tuple[str, ...]) -> dict:
+def repository_policy(partition: str, tools_account: str, pull_accounts: tuple[str, ...],
+                      pull_principals: tuple[str, ...] = ()) -> dict:
     statements = []
     if pull_accounts:
+        # Account roots narrowed by aws:PrincipalArn rather than role principals: a role named in a resource
+        # policy turns into a stale unique id when it is re-created, and the workload roles may not exist yet.
         statements.append(p.statement(
             "WorkloadAccountsPull", PULL_ACTIONS, None, principals={
-                "AWS": sorted(p.account_root(partition, a) for a in pull_accounts)}))
+                "AWS": sorted(p.account_root(partition, a) for a in pull_accounts)},
+            conditions=p.principal_arn_condition(sorted(set(pull_principals)), operator="ArnLike")
+            if pull_principals else None))
     # Only the tools account may write, whatever a grant elsewhere might say.
     statements.append(p.statement(
         "DenyPushFromOutsideToolsAccount", [*PUSH_ACTIONS, "ecr:BatchDeleteImage"], None, effect="Deny",
@@ -110,7 +119,8 @@ class Registry(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("crossdeploy:registry:Registry", name, None, opts)
-        policy = p.to_json(repository_policy(args.partition, args.tools_account_id, args.pull_account_ids))
+        policy = p.to_json(repository_policy(args.partition, args.tools_account_id, args.pull_account_ids,
+                                             args.pull_principal_arns))
         lifecycle = p.to_json(lifecycle_policy(args.untagged_images_kept))
         home, *replicas = args.regions
 

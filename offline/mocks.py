@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import runpy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,23 @@ class Recorded:
     region: str | None = None
     ignore_changes: tuple[str, ...] = ()
     """Engine property names (camelCase) the registration asked Pulumi to leave alone after creation."""
+    dependencies: tuple[str, ...] = ()
+    """URNs of the resources it waits for: those its inputs come from and its ``depends_on``."""
 
     @property
     def service(self) -> str:
         return self.type.split(":")[1].split("/")[0] if self.type.count(":") >= 2 else self.type
+
+
+@dataclass
+class Invoked:
+    """One data-source call, with the account and region of the provider it went through."""
+
+    token: str
+    args: dict[str, Any]
+    provider: str | None
+    account: str | None
+    region: str | None
 
 
 @dataclass
@@ -53,6 +67,7 @@ class ProgramRun:
 
     resources: list[Recorded] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    invokes: list[Invoked] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[Recorded]:
         return [r for r in self.resources if r.type == type_]
@@ -104,6 +119,238 @@ def _iam_outputs(type_: str, name: str, inputs: dict[str, Any], account: str, ar
     return physical, out
 
 
+# Workload side: VPCs, load balancers, ECS, CodeDeploy, alarms and scaling. Ids, ARNs and names follow AWS's formats;
+# where AWS makes up random digits, a hash of the registration stands in so plans and benchmarks stay reproducible.
+
+ELB_NAME_MAX = 32
+"""Load balancer and target group names: at most 32 characters (ELB API reference)."""
+_LB_KINDS = {"application": "app", "network": "net", "gateway": "gwy"}
+_COMPASS = {"northeast": "ne", "northwest": "nw", "southeast": "se", "southwest": "sw"}
+# type -> (id prefix, resource type in the ARN); EC2 ids carry 17 hex digits.
+_EC2_KINDS = {
+    "aws:ec2/vpc:Vpc": ("vpc", "vpc"),
+    "aws:ec2/subnet:Subnet": ("subnet", "subnet"),
+    "aws:ec2/internetGateway:InternetGateway": ("igw", "internet-gateway"),
+    "aws:ec2/eip:Eip": ("eipalloc", "elastic-ip"),
+    "aws:ec2/natGateway:NatGateway": ("nat", "natgateway"),
+    "aws:ec2/routeTable:RouteTable": ("rtb", "route-table"),
+    "aws:ec2/securityGroup:SecurityGroup": ("sg", "security-group"),
+}
+
+
+@dataclass(frozen=True)
+class _Registration:
+    """A custom resource registration: everything its outputs are derived from."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    account: str
+    region: str
+    partition: str
+
+    def arn(self, service: str, resource: str) -> str:
+        return f"arn:{self.partition}:{service}:{self.region}:{self.account}:{resource}"
+
+    def hex(self, length: int, *salt: str) -> str:
+        """Hex digits unique to this registration (and ``salt``), where AWS would use random ones."""
+        return _short_hash(self.account, self.region, self.type, self.name, *salt, length=length)
+
+    def uuid(self) -> str:
+        h = self.hex(32, "uuid")
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def zone_id(region: str, zone: str) -> str:
+    """The zone id of a zone name (``us-east-2b`` -> ``use2-az2``). AWS shuffles letters against ids per account;
+    the mocks pair them in order."""
+    parts = region.split("-")
+    short = parts[0] + "".join(_COMPASS.get(p, p[0]) for p in parts[1:-1]) + parts[-1]
+    return f"{short}-az{ord(zone[len(region)]) - ord('a') + 1}"
+
+
+def _default_security_group_id(account: str, region: str, vpc_id: str) -> str:
+    return f"sg-{_short_hash(account, region, vpc_id, 'default', length=17)}"
+
+
+def _ec2(r: _Registration, out: dict) -> str:
+    prefix, kind = _EC2_KINDS[r.type]
+    resource_id = f"{prefix}-{r.hex(17)}"
+    out.update(arn=r.arn("ec2", f"{kind}/{resource_id}"), ownerId=r.account)
+    if r.type == "aws:ec2/vpc:Vpc":
+        out.update(defaultSecurityGroupId=_default_security_group_id(r.account, r.region, resource_id),
+                   mainRouteTableId=f"rtb-{r.hex(17, 'main')}", defaultNetworkAclId=f"acl-{r.hex(17, 'acl')}")
+    elif r.type == "aws:ec2/subnet:Subnet" and re.fullmatch(rf"{r.region}[a-z]", str(r.inputs.get("availabilityZone"))):
+        out["availabilityZoneId"] = zone_id(r.region, r.inputs["availabilityZone"])
+    elif r.type == "aws:ec2/eip:Eip":
+        octets = bytes.fromhex(r.hex(6, "ip"))
+        out.update(allocationId=resource_id, domain=r.inputs.get("domain", "vpc"),
+                   publicIp=f"3.{octets[0]}.{octets[1]}.{octets[2] or 1}")
+    elif r.type == "aws:ec2/securityGroup:SecurityGroup":
+        out["name"] = _physical_name(r.name, r.inputs)
+    return resource_id
+
+
+def _default_security_group(r: _Registration, out: dict) -> str:
+    """Not created but adopted: its id is the one the VPC reported."""
+    resource_id = _default_security_group_id(r.account, r.region, str(r.inputs.get("vpcId")))
+    out.update(name="default", arn=r.arn("ec2", f"security-group/{resource_id}"), ownerId=r.account)
+    return resource_id
+
+
+def _elb_name(r: _Registration) -> str:
+    given = r.inputs.get("name")
+    if given:
+        if len(given) > ELB_NAME_MAX:
+            raise ValueError(f"{r.type} {r.name}: name {given!r} is {len(given)} characters, AWS allows "
+                             f"{ELB_NAME_MAX}")
+        return given
+    if r.inputs.get("namePrefix"):
+        return f"{r.inputs['namePrefix']}{_short_hash(r.name, length=26)}"[:ELB_NAME_MAX]
+    # Pulumi auto-names with a random suffix, shortening the logical name to stay within the limit.
+    suffix = _short_hash(r.name)
+    return f"{r.name[: ELB_NAME_MAX - len(suffix) - 1]}-{suffix}"
+
+
+def _load_balancer(r: _Registration, out: dict) -> str:
+    name = _elb_name(r)
+    kind = _LB_KINDS.get(r.inputs.get("loadBalancerType") or "application", "app")
+    suffix = f"{kind}/{name}/{r.hex(16)}"
+    domain = "amazonaws.com.cn" if r.partition == "aws-cn" else "amazonaws.com"
+    internal = "internal-" if r.inputs.get("internal") else ""
+    if kind == "app":
+        dns = f"{internal}{name}-{int(r.hex(10, 'dns'), 16) % 10**10}.{r.region}.elb.{domain}"
+    else:
+        dns = f"{name}-{r.hex(16, 'dns')}.elb.{r.region}.{domain}"
+    resource_arn = r.arn("elasticloadbalancing", f"loadbalancer/{suffix}")
+    # One canonical hosted zone per region, like AWS's (not its real values).
+    out.update(name=name, arn=resource_arn, arnSuffix=suffix, dnsName=dns,
+               zoneId=f"Z{_short_hash('elb', r.region, length=13).upper()}")
+    return resource_arn
+
+
+def _target_group(r: _Registration, out: dict) -> str:
+    name = _elb_name(r)
+    suffix = f"targetgroup/{name}/{r.hex(16)}"
+    resource_arn = r.arn("elasticloadbalancing", suffix)
+    out.update(name=name, arn=resource_arn, arnSuffix=suffix)
+    return resource_arn
+
+
+def _listener(r: _Registration, out: dict) -> str:
+    lb = str(r.inputs.get("loadBalancerArn", ""))
+    lb_part = lb.split(":loadbalancer/", 1)[1] if ":loadbalancer/" in lb else f"app/{r.name}/{r.hex(16, 'lb')}"
+    out["arn"] = r.arn("elasticloadbalancing", f"listener/{lb_part}/{r.hex(16)}")
+    return out["arn"]
+
+
+def _listener_rule(r: _Registration, out: dict) -> str:
+    listener = str(r.inputs.get("listenerArn", ""))
+    listener_part = (listener.split(":listener/", 1)[1] if ":listener/" in listener
+                     else f"app/{r.name}/{r.hex(16, 'lb')}/{r.hex(16, 'listener')}")
+    out["arn"] = r.arn("elasticloadbalancing", f"listener-rule/{listener_part}/{r.hex(16)}")
+    return out["arn"]
+
+
+def _ecs_service(r: _Registration, out: dict) -> str:
+    name = _physical_name(r.name, r.inputs)
+    cluster = str(r.inputs.get("cluster") or "default")  # an ARN or a name; ECS's default cluster without one
+    cluster_name = cluster.rsplit("/", 1)[-1] if cluster.startswith("arn:") else cluster
+    out.update(name=name, arn=r.arn("ecs", f"service/{cluster_name}/{name}"))
+    return out["arn"]
+
+
+def _task_definition(r: _Registration, out: dict) -> str:
+    family = str(r.inputs["family"])
+    base = r.arn("ecs", f"task-definition/{family}")
+    out.update(arn=f"{base}:1", arnWithoutRevision=base, revision=1)
+    return family
+
+
+def _codedeploy_application(r: _Registration, out: dict) -> str:
+    name = _physical_name(r.name, r.inputs)
+    app_id = r.uuid()
+    out.update(name=name, arn=r.arn("codedeploy", f"application:{name}"), applicationId=app_id)
+    return f"{app_id}:{name}"
+
+
+def _deployment_group(r: _Registration, out: dict) -> str:
+    group_id = r.uuid()
+    out.update(arn=r.arn("codedeploy", f"deploymentgroup:{r.inputs['appName']}/{r.inputs['deploymentGroupName']}"),
+               deploymentGroupId=group_id)
+    return group_id
+
+
+def _deployment_config(r: _Registration, out: dict) -> str:
+    name = str(r.inputs["deploymentConfigName"])
+    out.update(arn=r.arn("codedeploy", f"deploymentconfig:{name}"), deploymentConfigId=r.uuid())
+    return name
+
+
+def _metric_alarm(r: _Registration, out: dict) -> str:
+    name = _physical_name(r.name, r.inputs)
+    out.update(name=name, arn=r.arn("cloudwatch", f"alarm:{name}"))
+    return name
+
+
+def _scaling_target(r: _Registration, out: dict) -> str:
+    out["arn"] = r.arn("application-autoscaling", f"scalable-target/{r.hex(36)}")
+    return str(r.inputs.get("resourceId"))
+
+
+def _scaling_policy(r: _Registration, out: dict) -> str:
+    name = _physical_name(r.name, r.inputs)
+    resource = f"{r.inputs.get('serviceNamespace')}/{r.inputs.get('resourceId')}"
+    out.update(name=name, arn=r.arn("autoscaling", f"scalingPolicy:{r.uuid()}:resource/{resource}:policyName/{name}"))
+    return name
+
+
+_WORKLOAD_OUTPUTS: dict[str, Callable[[_Registration, dict], str]] = {
+    **dict.fromkeys(_EC2_KINDS, _ec2),
+    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": _default_security_group,
+    "aws:lb/loadBalancer:LoadBalancer": _load_balancer,
+    "aws:lb/targetGroup:TargetGroup": _target_group,
+    "aws:lb/listener:Listener": _listener,
+    "aws:lb/listenerRule:ListenerRule": _listener_rule,
+    "aws:ecs/service:Service": _ecs_service,
+    "aws:ecs/taskDefinition:TaskDefinition": _task_definition,
+    "aws:codedeploy/application:Application": _codedeploy_application,
+    "aws:codedeploy/deploymentGroup:DeploymentGroup": _deployment_group,
+    "aws:codedeploy/deploymentConfig:DeploymentConfig": _deployment_config,
+    "aws:cloudwatch/metricAlarm:MetricAlarm": _metric_alarm,
+    "aws:appautoscaling/target:Target": _scaling_target,
+    "aws:appautoscaling/policy:Policy": _scaling_policy,
+}
+"""Resource type -> builder: fills in the outputs (a copy of the inputs) and returns the resource id."""
+
+AVAILABILITY_ZONES_INVOKE = "aws:index/getAvailabilityZones:getAvailabilityZones"
+_ZONE_FILTERS = ("zone-name", "zone-id", "state", "opt-in-status", "region-name", "group-name", "zone-type")
+AVAILABILITY_ZONE_LETTERS: dict[str, str] = {}
+"""Region -> letters of the zones the mocked accounts see there, in the order AWS lists them. Default ``abc``.
+Tests set a region to, say, ``cb`` to prove nothing assumes letters (AWS maps them per account)."""
+
+
+def availability_zones(region: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``getAvailabilityZones`` returns in ``region``: all zones available and without opt-in."""
+    zones = []
+    for letter in AVAILABILITY_ZONE_LETTERS.get(region, "abc"):
+        name = f"{region}{letter}"
+        zones.append({"zone-name": name, "zone-id": zone_id(region, name), "state": "available",
+                      "opt-in-status": "opt-in-not-required", "region-name": region, "group-name": region,
+                      "zone-type": "availability-zone"})
+    for flt in args.get("filters") or ():
+        if flt["name"] not in _ZONE_FILTERS:
+            raise AssertionError(f"getAvailabilityZones: AWS rejects the filter name {flt['name']!r}")
+        zones = [z for z in zones if z[flt["name"]] in flt["values"]]
+    zones = [z for z in zones if z["state"] == (args.get("state") or "available")
+             and z["zone-name"] not in (args.get("excludeNames") or ())
+             and z["zone-id"] not in (args.get("excludeZoneIds") or ())]
+    return {"id": region, "region": region, "names": [z["zone-name"] for z in zones],
+            "zoneIds": [z["zone-id"] for z in zones], "groupNames": sorted({z["group-name"] for z in zones}),
+            "state": args.get("state"), "filters": args.get("filters"),
+            "excludeNames": args.get("excludeNames"), "excludeZoneIds": args.get("excludeZoneIds")}
+
+
 def _outputs(
     type_: str, name: str, inputs: dict[str, Any], account: str, region: str, partition: str
 ) -> tuple[str, dict]:
@@ -153,6 +400,10 @@ def _outputs(
             out["url"] = f"https://sqs.{region}.amazonaws.com/{account}/{physical}"
             return out["url"], out
         return resource_arn, out
+    if type_ in _WORKLOAD_OUTPUTS:
+        # Bridged providers report the id among the outputs too (``outputs["id"]``), as in a stack export.
+        out["id"] = _WORKLOAD_OUTPUTS[type_](_Registration(type_, name, inputs, account, region, partition), out)
+        return out["id"], out
     out.setdefault("arn", f"{arn_prefix}:{type_.split(':')[1].split('/')[0]}:{region}:{account}:{name}")
     return f"{name}-{_short_hash(name, type_)}", out
 
@@ -165,11 +416,15 @@ class AwsMocks(pulumi.runtime.Mocks):
         self.providers: dict[str, tuple[str, str]] = {}
         self._parents: dict[tuple[str, str], str | None] = {}
         self._ignored: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._dependencies: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def note_parent(self, type_: str, name: str, parent: str | None, ignore_changes: tuple[str, ...] = ()) -> None:
+    def note_parent(self, type_: str, name: str, parent: str | None, ignore_changes: tuple[str, ...] = (),
+                    dependencies: tuple[str, ...] = ()) -> None:
         self._parents[(type_, name)] = parent or None
         if ignore_changes:
             self._ignored[(type_, name)] = ignore_changes
+        if dependencies:
+            self._dependencies[(type_, name)] = dependencies
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
         inputs = dict(args.inputs)
@@ -191,13 +446,22 @@ class AwsMocks(pulumi.runtime.Mocks):
         self.run.resources.append(Recorded(args.typ, args.name, inputs, outputs, True, parent, provider_id,
                                            account, None if args.typ.startswith("aws:iam/") else
                                            outputs.get("region", region),
-                                           self._ignored.get((args.typ, args.name), ())))
+                                           self._ignored.get((args.typ, args.name), ()),
+                                           self._dependencies.get((args.typ, args.name), ())))
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
-        # The program makes no data-source calls: every fact it needs comes from the stack config. Failing loudly
-        # here keeps it that way (a lookup would need credentials during preview in a pull request).
-        raise AssertionError(f"unexpected invoke {args.token}")
+        # The program makes one data-source call, for the availability zones of a region it creates a VPC in (their
+        # letters differ per account); every other fact comes from the stack config. Failing loudly on anything
+        # else keeps it that way (a lookup needs credentials during preview in a pull request).
+        provider_id = (args.provider or "").rsplit("::", 1)[-1] or None
+        account, region = self.providers.get(provider_id or "", (None, None))
+        self.run.invokes.append(Invoked(args.token, dict(args.args), provider_id, account, region))
+        if args.token != AVAILABILITY_ZONES_INVOKE:
+            raise AssertionError(f"unexpected invoke {args.token}")
+        if region is None:
+            raise AssertionError(f"{args.token} without an explicit provider: it would ask the default credentials")
+        return availability_zones(args.args.get("region") or region, args.args), []
 
 
 def _partition(region: str | None) -> str:
@@ -210,7 +474,8 @@ def _partition(region: str | None) -> str:
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # gRPC method name, fixed by the base class
-        self.mocks.note_parent(request.type, request.name, request.parent, tuple(request.ignoreChanges))
+        self.mocks.note_parent(request.type, request.name, request.parent, tuple(request.ignoreChanges),
+                               tuple(sorted(request.dependencies)))
         return super().RegisterResource(request)
 
 
@@ -228,6 +493,10 @@ def run_program(
     mocks = AwsMocks()
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=_RecordingMonitor(mocks))
+    # A run that failed leaves its failed outputs and RPCs behind; without this the next run re-raises their errors
+    # (the same reset pulumi.runtime.test does).
+    pulumi_settings.SETTINGS.rpc_manager.clear()
+    pulumi_settings.SETTINGS.outputs.clear()
     pulumi.runtime.set_all_config(
         {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}, []
     )

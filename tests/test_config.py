@@ -94,6 +94,100 @@ BROKEN = {
         "release.requireAproval", "unknown key"),
     "bad email": ({"crossdeploy:notifications": {"emails": ["not-an-address"]}}, "notifications.emails",
                   "'not-an-address'"),
+    # --- workloads and blue/green
+    "two environments in one account and region": (
+        {"crossdeploy:environments": [env(), env(name="qa2")]}, "environments[1].regions[0]",
+        "already used by environment 'qa'"),
+    "Fargate cpu": ({"crossdeploy:services": [{"name": "orders", "cpu": 300}]}, "services[0].cpu", "300"),
+    "Fargate memory for cpu": ({"crossdeploy:services": [{"name": "orders", "cpu": 1024, "memory": 512}]},
+                               "services[0].memory", "with cpu 1024"),
+    "port out of range": ({"crossdeploy:services": [{"name": "orders", "port": 70000}]}, "services[0].port",
+                          "70000"),
+    "secret value that is no name": (
+        {"crossdeploy:services": [{"name": "orders", "secrets": {"DB": "has space"}}]}, "services[0].secrets",
+        "'has space'"),
+    "bad environment variable name": (
+        {"crossdeploy:services": [{"name": "orders", "environment": {"1X": "v"}}]}, "services[0].environment",
+        "'1X'"),
+    "autoscaling min above max": (
+        {"crossdeploy:services": [{"name": "orders", "autoscaling": {"min": 5, "max": 2}}]},
+        "services[0].autoscaling.min", "above max"),
+    "retention CloudWatch refuses": (
+        {"crossdeploy:services": [{"name": "orders", "logRetentionDays": 10}]}, "services[0].logRetentionDays",
+        "10"),
+    "too many routing values": (
+        {"crossdeploy:services": [{"name": "orders", "routing": {"paths": ["/a", "/b", "/c", "/d"],
+                                                                 "hosts": ["x.example.com", "y.example.com"]}}]},
+        "services[0].routing", "at most 5"),
+    "duplicate rule priority": (
+        {"crossdeploy:services": [{"name": "orders"}, {"name": "billing", "routing": {"priority": 10}}]},
+        "services[1].routing.priority", "services[0]"),
+    "health check command kind": (
+        {"crossdeploy:services": [{"name": "orders", "healthCheck": {"command": ["curl", "x"]}}]},
+        "services[0].healthCheck.command", "CMD-SHELL"),
+    "existing service without its execution role": (
+        {"crossdeploy:services": [{"name": "orders", "existing": True}]}, "services[0].executionRoleName",
+        "required with existing"),
+    "existing service with workload keys": (
+        {"crossdeploy:services": [{"name": "orders", "existing": True, "executionRoleName": "r", "port": 80}]},
+        "services[0].port", "existing: true"),
+    "role names on a created service": (
+        {"crossdeploy:services": [{"name": "orders", "executionRoleName": "r"}]}, "services[0].executionRoleName",
+        "only for existing"),
+    "existing service in a blue-green environment": (
+        {"crossdeploy:environments": [env(strategy="blue-green")],
+         "crossdeploy:services": [{"name": "orders", "existing": True, "executionRoleName": "r"}]},
+        "services[0].existing", "blue-green environments (qa)"),
+    "push delivery into blue-green": (
+        {"crossdeploy:environments": [env(strategy="blue-green")],
+         "crossdeploy:services": [{"name": "orders", "delivery": "push"}]}, "services[0].delivery", "CodeDeploy"),
+    "certificate of another region": (
+        {"crossdeploy:environments": [env(certificateArns={
+            "us-east-2": f"arn:aws:acm:us-west-2:{QA}:certificate/abc"})]},
+        "environments[0].certificateArns.us-east-2", "in us-west-2"),
+    "certificate for a region the environment lacks": (
+        {"crossdeploy:environments": [env(certificateArns={
+            "eu-west-1": f"arn:aws:acm:eu-west-1:{QA}:certificate/abc"})]},
+        "environments[0].certificateArns.eu-west-1", "not a region of this environment"),
+    "not a certificate ARN": (
+        {"crossdeploy:environments": [env(certificateArns={"us-east-2": "my-cert"})]},
+        "environments[0].certificateArns.us-east-2", "'my-cert'"),
+    "existing VPC with one public subnet": (
+        {"crossdeploy:environments": [env(network={"existingVpcs": {"us-east-2": {
+            "vpcId": "vpc-0123456789abcdef0", "publicSubnetIds": ["subnet-0123456789abcdef0"],
+            "privateSubnetIds": ["subnet-0123456789abcdef1"]}}})]},
+        "environments[0].network.existingVpcs.us-east-2.publicSubnetIds", "at least 2"),
+    "existing VPC in another region": (
+        {"crossdeploy:environments": [env(network={"existingVpcs": {"eu-west-1": {
+            "vpcId": "vpc-0123456789abcdef0",
+            "publicSubnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef2"],
+            "privateSubnetIds": ["subnet-0123456789abcdef1"]}}})]},
+        "environments[0].network.existingVpcs.eu-west-1", "not a region of this environment"),
+    "VPC range too small": (
+        {"crossdeploy:environments": [env(network={"cidr": "10.0.0.0/26"})]}, "environments[0].network.cidr",
+        "/16 to /24"),
+    "VPC range with host bits": (
+        {"crossdeploy:environments": [env(network={"cidr": "10.0.0.1/16"})]}, "environments[0].network.cidr",
+        "10.0.0.0/16"),
+    "NAT option": ({"crossdeploy:environments": [env(network={"natGateways": "none"})]},
+                   "environments[0].network.natGateways", "'none'"),
+    "percent with all-at-once": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"trafficShift": {"percent": 10}})]},
+        "environments[0].blueGreen.trafficShift.percent", "only for canary and linear"),
+    "test listener on a production port": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"testListenerPort": 443})]},
+        "environments[0].blueGreen.testListenerPort", "production listener port"),
+    "test traffic range": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"testTrafficCidrs": ["anywhere"]})]},
+        "environments[0].blueGreen.testTrafficCidrs", "'anywhere'"),
+    "termination wait beyond CodeDeploy's two days": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"terminationWaitMinutes": 3000})]},
+        "environments[0].blueGreen.terminationWaitMinutes", "3000"),
+    "one service name in two clusters with blue/green": (
+        {"crossdeploy:environments": [env(strategy="blue-green")],
+         "crossdeploy:services": [{"name": "orders"}, {"name": "orders2", "serviceName": "orders", "cluster": "b",
+                                                       "routing": {"priority": 99}}]},
+        "services[1].serviceName", "deployment groups"),
     "missing tools account": ({"crossdeploy:tools": {"region": "us-east-2"}}, "tools.accountId", "required"),
     "no region anywhere": ({"aws:region": None, "crossdeploy:tools": {"accountId": TOOLS}}, "tools.region",
                            "not set"),

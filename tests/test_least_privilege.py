@@ -14,7 +14,7 @@ import components.naming
 from offline.mocks import ProgramRun, run_program
 
 # Actions for which the Service Authorization Reference lists no resource type: the only ones allowed on "*".
-UNSCOPABLE = {"ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "ecs:ListTasks"}
+UNSCOPABLE = {"ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "ecs:ListTasks", "ecr:GetAuthorizationToken"}
 POLICY_FIELDS = {"policy", "assumeRolePolicy"}
 
 
@@ -82,8 +82,12 @@ def test_service_roles_trust_only_their_service_in_this_account(run) -> None:
         for stmt in statements(role.inputs["assumeRolePolicy"]):
             principal = stmt["Principal"]
             if "Service" in principal:
-                # The service acts for this role's own account (confused-deputy guard).
-                assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": role.account}}, role.name
+                # The service acts for this role's own account (confused-deputy guard); ECS task roles also
+                # narrow the source to this account's ECS resources.
+                assert stmt["Condition"]["StringEquals"] == {"aws:SourceAccount": role.account}, role.name
+                assert set(stmt["Condition"]) <= {"StringEquals", "ArnLike"}, role.name
+                for pattern in stmt["Condition"].get("ArnLike", {}).values():
+                    assert pattern.split(":")[4] == role.account, role.name
             else:
                 assert principal == {"AWS": f"arn:aws:iam::{tools}:root"} and "ArnLike" in stmt["Condition"]
 

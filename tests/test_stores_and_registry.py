@@ -105,8 +105,11 @@ def test_every_regional_copy_carries_the_same_pull_policy_and_lifecycle(base_run
     assert len({p.inputs["policy"] for p in policies}) == 1
     policy = policies[0].inputs["policy"]
     for account in (QA, PROD):
-        assert allows(policy, "ecr:BatchGetImage", principal_arn=f"arn:aws:iam::{account}:role/exec")
-        assert not allows(policy, "ecr:PutImage", principal_arn=f"arn:aws:iam::{account}:role/exec")
+        execution = f"arn:aws:iam::{account}:role/crossdeploy/test/workload/test-orders-execution"
+        assert allows(policy, "ecr:BatchGetImage", principal_arn=execution)
+        assert not allows(policy, "ecr:PutImage", principal_arn=execution)
+        # Pulls are for the roles ECS pulls with, not every principal of the workload account.
+        assert not allows(policy, "ecr:BatchGetImage", principal_arn=f"arn:aws:iam::{account}:role/exec")
     assert not allows(policy, "ecr:BatchGetImage", principal_arn="arn:aws:iam::999999999999:role/x")
     # Nobody outside the tools account pushes, whatever else grants it.
     assert not allows(policy, "ecr:PutImage", principal_arn="arn:aws:iam::999999999999:role/x")

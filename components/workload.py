@@ -1,0 +1,496 @@
+"""Workloads: the Fargate services themselves, in each workload account, environment and region.
+
+Two components:
+
+:class:`WorkloadRoles` (one per workload account; IAM is global)
+    per service a task role and an execution role under ``/<project>/<stack>/workload/`` (the names
+    :mod:`components.naming` fixes, which the deploy role may pass), and the CodeDeploy service role where an
+    environment of the account deploys blue/green. The execution role can pull exactly the service's repository
+    from the tools account in each of the account's regions (the repository policy grants the other half), write
+    its own log group and read the secrets the service names, nothing else.
+
+:class:`Workload` (one per environment x region)
+    the network (:mod:`components.network`), one cluster per cluster name with Container Insights, an internet-
+    facing ALB (HTTPS with HTTP->HTTPS redirect when the environment gives a certificate for the region, HTTP
+    otherwise; unmatched requests get a 404), security groups so tasks accept traffic only from the ALB, and per
+    service: log group, task definition (:mod:`components.task_definition`), target group(s), listener rule(s),
+    the ECS service in the private subnets and optional CPU target-tracking autoscaling. Blue/green environments
+    add a test listener, a second target group per service and CodeDeploy (:mod:`components.blue_green`).
+
+Ownership after creation (``ignore_changes``), so a later ``pulumi up`` never reverts a deployment:
+
+* every service: ``taskDefinition`` (the pipeline registers a new revision per release) and ``desiredCount``
+  (autoscaling and operators own it);
+* blue/green services: also ``loadBalancers`` (CodeDeploy swaps the target group the service's task set uses),
+  and their listener rules' ``actions`` (CodeDeploy swaps the forward target on the production and test rules).
+
+A rolling service's later task definitions are copies of the one it runs, with the image replaced (that is what
+the ECS deploy action does): changes to its sizing, environment or secrets are registered by ``pulumi up`` but
+reach the running service only through a blue/green release or a manual update (see the README).
+
+Services marked ``existing`` get nothing here: the pipeline and the deploy role target them by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from components import naming
+from components import policies as p
+from components.blue_green import (
+    BlueGreenApplication,
+    BlueGreenApplicationArgs,
+    BlueGreenDeployment,
+    BlueGreenDeploymentArgs,
+)
+from components.config import BlueGreenConfig, EnvironmentConfig, ServiceConfig, StackConfig
+from components.network import Network, NetworkArgs
+from components.task_definition import bootstrap_image, secret_grant_arn, task_definition
+
+ECS_TASKS = "ecs-tasks.amazonaws.com"
+CODEDEPLOY_ECS_POLICY = "AWSCodeDeployRoleForECS"
+# TLS 1.3 with 1.2 fallback: AWS's recommended policy for new HTTPS listeners.
+SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+DEREGISTRATION_DELAY_SECONDS = 30  # AWS's 300-second default makes every rollout wait five minutes per old task
+# Faster than AWS's target group defaults (30 s x 5 healthy checks = 2.5 min before a new task gets traffic).
+HEALTH_CHECK_TIMING = {"interval": 15, "timeout": 5, "healthy_threshold": 2, "unhealthy_threshold": 3}
+PULL_ACTIONS = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+
+
+# --------------------------------------------------------------------------------------------------- roles
+
+
+@dataclass(frozen=True)
+class ServiceRoles:
+    """What one service's roles are called and may reach in one account."""
+
+    task_role_name: str
+    execution_role_name: str
+    repository_arns: tuple[str, ...]
+    """The service's repository in the tools account, in every region of this account."""
+    log_group_arns: tuple[str, ...]
+    """The service's log group in every region of this account."""
+    secret_arns: tuple[str, ...] = ()
+    """Secrets Manager secrets (grant ARNs, ``-??????`` suffixed) in every region of this account."""
+    parameter_arns: tuple[str, ...] = ()
+    """Parameter Store parameters in every region of this account."""
+
+
+@dataclass(frozen=True)
+class WorkloadRolesArgs:
+    provider: aws.Provider
+    """A provider for the workload account (any region: IAM is global)."""
+    partition: str
+    account_id: str
+    path: str
+    """IAM path of the task and execution roles, e.g. ``/crossdeploy/prod/workload/``."""
+    services: tuple[ServiceRoles, ...]
+    codedeploy_role_name: str | None = None
+    """The CodeDeploy service role, when an environment of the account deploys blue/green. Default none."""
+    codedeploy_role_path: str = "/"
+
+    def __post_init__(self) -> None:
+        names = [n for s in self.services for n in (s.task_role_name, s.execution_role_name)]
+        problems = []
+        if len(set(names)) != len(names):
+            problems.append("services: role names must be unique")
+        if not self.path.startswith("/") or not self.path.endswith("/"):
+            problems.append(f"path: must start and end with '/', got {self.path!r}")
+        for s in self.services:
+            if not s.repository_arns or not s.log_group_arns:
+                problems.append(f"services: {s.execution_role_name} needs its repositories and log groups")
+        if problems:
+            raise ValueError("WorkloadRolesArgs: " + "; ".join(problems))
+
+
+def execution_role_policy(spec: ServiceRoles) -> dict:
+    statements = [
+        p.unscoped("RegistryToken", ["ecr:GetAuthorizationToken"],
+                   why="GetAuthorizationToken supports no resource-level permissions"),
+        # The tools account's repository policy is the other half of this cross-account pull (DESIGN.md pitfall 6).
+        p.statement("PullOwnImage", PULL_ACTIONS, sorted(spec.repository_arns)),
+        p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    sorted(f"{arn}:*" for arn in spec.log_group_arns)),
+    ]
+    if spec.secret_arns:
+        statements.append(p.statement("ReadOwnSecrets", ["secretsmanager:GetSecretValue"], sorted(spec.secret_arns)))
+    if spec.parameter_arns:
+        statements.append(p.statement("ReadOwnParameters", ["ssm:GetParameters"], sorted(spec.parameter_arns)))
+    return p.document(statements)
+
+
+def task_trust_policy(partition: str, account_id: str) -> dict:
+    """ECS tasks of this account only (``aws:SourceAccount`` and ``aws:SourceArn``: the confused-deputy guard)."""
+    return p.assume_role_trust({"Service": ECS_TASKS}, {
+        "StringEquals": {"aws:SourceAccount": account_id},
+        "ArnLike": {"aws:SourceArn": p.arn(partition, "ecs", "*", account_id, "*")},
+    })
+
+
+class WorkloadRoles(pulumi.ComponentResource):
+    """Task, execution and CodeDeploy roles of one workload account."""
+
+    def __init__(self, name: str, args: WorkloadRolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("crossdeploy:workload:WorkloadRoles", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        trust = p.to_json(task_trust_policy(args.partition, args.account_id))
+        self.execution_role_policies: list[aws.iam.RolePolicy] = []
+        for spec in args.services:
+            aws.iam.Role(f"{name}-{spec.task_role_name}", name=spec.task_role_name, path=args.path,
+                         description="crossdeploy: the service's own AWS permissions (none by default)",
+                         assume_role_policy=trust, opts=child)
+            role = aws.iam.Role(f"{name}-{spec.execution_role_name}", name=spec.execution_role_name, path=args.path,
+                                description="crossdeploy: lets ECS pull the image, write logs, read secrets",
+                                assume_role_policy=trust, opts=child)
+            self.execution_role_policies.append(aws.iam.RolePolicy(
+                f"{name}-{spec.execution_role_name}-policy", role=role.name,
+                policy=p.to_json(execution_role_policy(spec)), opts=child))
+
+        self.codedeploy_role_arn: pulumi.Output[str] | None = None
+        if args.codedeploy_role_name:
+            role = aws.iam.Role(
+                f"{name}-codedeploy", name=args.codedeploy_role_name, path=args.codedeploy_role_path,
+                description="crossdeploy: CodeDeploy blue/green deployments of ECS services",
+                assume_role_policy=p.to_json(p.service_trust("codedeploy.amazonaws.com", args.account_id)),
+                opts=child)
+            aws.iam.RolePolicyAttachment(
+                f"{name}-codedeploy-ecs", role=role.name,
+                policy_arn=f"arn:{args.partition}:iam::aws:policy/{CODEDEPLOY_ECS_POLICY}", opts=child)
+            self.codedeploy_role_arn = role.arn
+        self.register_outputs({"codedeployRoleArn": self.codedeploy_role_arn})
+
+
+# ------------------------------------------------------------------------------------------------ workload
+
+
+@dataclass(frozen=True)
+class WorkloadService:
+    """One service crossdeploy creates, as it runs in this environment and region."""
+
+    config: ServiceConfig
+    task_definition: dict[str, Any]
+    """The ``RegisterTaskDefinition`` request (:func:`components.task_definition.task_definition`)."""
+    priority: int
+    """Listener rule priority, unique on the load balancer."""
+    log_group_name: str
+    deployment_group_name: str = ""
+    """CodeDeploy deployment group (blue/green environments only)."""
+
+
+@dataclass(frozen=True)
+class BlueGreenSettings:
+    application_name: str
+    deployment_config_name: str
+    traffic_shift: tuple[str, int | None, int | None]
+    settings: BlueGreenConfig
+    service_role_arn: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class WorkloadArgs:
+    provider: aws.Provider
+    """The workload account's provider in this region."""
+    environment: str
+    region: str
+    network: NetworkArgs
+    services: tuple[WorkloadService, ...]
+    certificate_arn: str | None = None
+    """ACM certificate for HTTPS. Default none: HTTP on port 80."""
+    blue_green: BlueGreenSettings | None = None
+    """Set for ``strategy: blue-green`` environments. Default none: rolling."""
+    name: str = ""
+    """Prefix of Name tags and generated names, e.g. ``crossdeploy-prod-prod``."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.services:
+            problems.append("services: at least one service is required")
+        priorities = [s.priority for s in self.services]
+        if len(set(priorities)) != len(priorities):
+            problems.append(f"services: listener rule priorities must be unique, got {priorities}")
+        names = [(s.config.cluster, s.config.service) for s in self.services]
+        if len(set(names)) != len(names):
+            problems.append("services: two services with the same cluster and name")
+        if self.blue_green and not all(s.deployment_group_name for s in self.services):
+            problems.append("services: blue/green needs a deployment group name for every service")
+        if self.certificate_arn and f":{self.region}:" not in self.certificate_arn:
+            problems.append(f"certificate_arn: not in {self.region}: {self.certificate_arn}")
+        if problems:
+            raise ValueError("WorkloadArgs: " + "; ".join(problems))
+
+    @property
+    def https(self) -> bool:
+        return self.certificate_arn is not None
+
+    @property
+    def protocol(self) -> str:
+        return "HTTPS" if self.https else "HTTP"
+
+
+def _fixed_404() -> aws.lb.ListenerDefaultActionArgs:
+    # Requests no rule matches get a plain 404 instead of reaching some service by accident.
+    return aws.lb.ListenerDefaultActionArgs(
+        type="fixed-response", fixed_response=aws.lb.ListenerDefaultActionFixedResponseArgs(
+            content_type="text/plain", message_body="not found", status_code="404"))
+
+
+def _conditions(service: ServiceConfig) -> list[aws.lb.ListenerRuleConditionArgs]:
+    conditions = []
+    if service.route_paths:
+        conditions.append(aws.lb.ListenerRuleConditionArgs(
+            path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=service.route_paths)))
+    if service.routing.hosts:
+        conditions.append(aws.lb.ListenerRuleConditionArgs(
+            host_header=aws.lb.ListenerRuleConditionHostHeaderArgs(values=list(service.routing.hosts))))
+    return conditions
+
+
+class Workload(pulumi.ComponentResource):
+    """Network, load balancer, clusters and Fargate services of one environment in one region."""
+
+    def __init__(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("crossdeploy:workload:Workload", name, None, opts)
+        self._name = name
+        self._args = args
+        self._child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        network = Network(f"{name}-network", args.network, opts=pulumi.ResourceOptions(parent=self))
+        self.network = network
+
+        self.clusters = {
+            cluster: aws.ecs.Cluster(
+                f"{name}-cluster-{cluster}", name=cluster,
+                settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")], opts=self._child)
+            for cluster in dict.fromkeys(s.config.cluster for s in args.services)
+        }
+        alb_sg, task_sg = self._security_groups(network)
+        alb = aws.lb.LoadBalancer(
+            f"{name}-alb", load_balancer_type="application", internal=False,
+            subnets=network.public_subnet_ids, security_groups=[alb_sg.id],
+            # Requests with malformed headers are dropped at the edge instead of reaching the services.
+            drop_invalid_header_fields=True, opts=self._child)
+        self.load_balancer = alb
+        prod = self._production_listener(alb)
+        test = None
+        application = None
+        if args.blue_green:
+            bg = args.blue_green
+            test = aws.lb.Listener(
+                f"{name}-test-listener", load_balancer_arn=alb.arn, port=bg.settings.test_listener_port,
+                protocol=args.protocol, certificate_arn=args.certificate_arn,
+                ssl_policy=SSL_POLICY if args.https else None, default_actions=[_fixed_404()], opts=self._child)
+            application = BlueGreenApplication(f"{name}-codedeploy", BlueGreenApplicationArgs(
+                provider=args.provider, application_name=bg.application_name,
+                deployment_config_name=bg.deployment_config_name, traffic_shift=bg.traffic_shift),
+                opts=pulumi.ResourceOptions(parent=self))
+
+        self.services: dict[str, aws.ecs.Service] = {}
+        for spec in args.services:
+            self.services[spec.config.name] = self._service(spec, network, task_sg, alb, prod, test, application)
+
+        self.load_balancer_dns = alb.dns_name
+        self.register_outputs({"loadBalancerDns": alb.dns_name, "vpcId": network.vpc_id})
+
+    def _security_groups(self, network: Network) -> tuple[aws.ec2.SecurityGroup, aws.ec2.SecurityGroup]:
+        name, args, child = self._name, self._args, self._child
+        alb_sg = aws.ec2.SecurityGroup(f"{name}-alb-sg", vpc_id=network.vpc_id,
+                                       description="crossdeploy: load balancer", opts=child)
+        task_sg = aws.ec2.SecurityGroup(f"{name}-tasks-sg", vpc_id=network.vpc_id,
+                                        description="crossdeploy: Fargate tasks, reachable only from the ALB",
+                                        opts=child)
+        public_ports = [443, 80] if args.https else [80]
+        for port in public_ports:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-alb-in-{port}", security_group_id=alb_sg.id, ip_protocol="tcp", from_port=port,
+                to_port=port, cidr_ipv4="0.0.0.0/0", description="public listener", opts=child)
+        if args.blue_green:
+            test_port = args.blue_green.settings.test_listener_port
+            for i, cidr in enumerate(args.blue_green.settings.test_traffic_cidrs):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-alb-in-test-{i}", security_group_id=alb_sg.id, ip_protocol="tcp", from_port=test_port,
+                    to_port=test_port, cidr_ipv4=cidr, description="blue/green test listener", opts=child)
+        for port in sorted({s.config.port for s in args.services}):
+            # Separate rule resources: the two groups reference each other, which inline rules cannot express.
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-alb-out-{port}", security_group_id=alb_sg.id, ip_protocol="tcp", from_port=port,
+                to_port=port, referenced_security_group_id=task_sg.id, description="to the tasks", opts=child)
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-tasks-in-{port}", security_group_id=task_sg.id, ip_protocol="tcp", from_port=port,
+                to_port=port, referenced_security_group_id=alb_sg.id, description="from the ALB only", opts=child)
+        # Tasks reach ECR, Logs and Secrets Manager over HTTPS through NAT, and their own dependencies (databases,
+        # other APIs) on ports crossdeploy cannot know: outbound stays open, inbound is the ALB only.
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-tasks-out", security_group_id=task_sg.id, ip_protocol="-1", cidr_ipv4="0.0.0.0/0",
+            description="outbound", opts=child)
+        return alb_sg, task_sg
+
+    def _production_listener(self, alb: aws.lb.LoadBalancer) -> aws.lb.Listener:
+        name, args, child = self._name, self._args, self._child
+        if not args.https:
+            return aws.lb.Listener(f"{name}-http", load_balancer_arn=alb.arn, port=80, protocol="HTTP",
+                                   default_actions=[_fixed_404()], opts=child)
+        aws.lb.Listener(f"{name}-http-redirect", load_balancer_arn=alb.arn, port=80, protocol="HTTP",
+                        default_actions=[aws.lb.ListenerDefaultActionArgs(
+                            type="redirect", redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                                port="443", protocol="HTTPS", status_code="HTTP_301"))], opts=child)
+        return aws.lb.Listener(f"{name}-https", load_balancer_arn=alb.arn, port=443, protocol="HTTPS",
+                               certificate_arn=args.certificate_arn, ssl_policy=SSL_POLICY,
+                               default_actions=[_fixed_404()], opts=child)
+
+    def _target_group(self, logical: str, spec: WorkloadService, network: Network) -> aws.lb.TargetGroup:
+        hc = spec.config.health_check
+        return aws.lb.TargetGroup(
+            logical, port=spec.config.port, protocol="HTTP", target_type="ip", vpc_id=network.vpc_id,
+            deregistration_delay=str(DEREGISTRATION_DELAY_SECONDS),
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                enabled=True, path=hc.path, matcher=hc.matcher, protocol="HTTP", **HEALTH_CHECK_TIMING),
+            opts=self._child)
+
+    def _rule(self, logical: str, listener: aws.lb.Listener, spec: WorkloadService, target: aws.lb.TargetGroup,
+              owned_by_codedeploy: bool) -> aws.lb.ListenerRule:
+        opts = self._child
+        if owned_by_codedeploy:
+            # CodeDeploy moves the forward between the blue and green groups on every deployment.
+            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["actions"]))
+        return aws.lb.ListenerRule(
+            logical, listener_arn=listener.arn, priority=spec.priority, conditions=_conditions(spec.config),
+            actions=[aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=target.arn)], opts=opts)
+
+    def _service(self, spec: WorkloadService, network: Network, task_sg: aws.ec2.SecurityGroup,
+                 alb: aws.lb.LoadBalancer, prod: aws.lb.Listener, test: aws.lb.Listener | None,
+                 application: BlueGreenApplication | None) -> aws.ecs.Service:
+        args, child = self._args, self._child
+        svc = spec.config
+        base = f"{self._name}-{svc.name.replace('/', '-')}"
+        aws.cloudwatch.LogGroup(f"{base}-logs", name=spec.log_group_name, retention_in_days=svc.log_retention_days,
+                                opts=child)
+        td = spec.task_definition
+        task_definition = aws.ecs.TaskDefinition(
+            f"{base}-task", family=td["family"], cpu=td["cpu"], memory=td["memory"], network_mode=td["networkMode"],
+            requires_compatibilities=td["requiresCompatibilities"], execution_role_arn=td["executionRoleArn"],
+            task_role_arn=td.get("taskRoleArn"), container_definitions=json.dumps(td["containerDefinitions"]),
+            # Older revisions stay registered: a revision the pipeline or a rollback may still need is never
+            # deregistered by a stack change.
+            skip_destroy=True, opts=child)
+
+        blue_green = args.blue_green is not None
+        blue = self._target_group(f"{base}-tg" if not blue_green else f"{base}-tg-blue", spec, network)
+        rules = [self._rule(f"{base}-rule", prod, spec, blue, blue_green)]
+        green = None
+        if blue_green and test is not None:
+            green = self._target_group(f"{base}-tg-green", spec, network)
+            rules.append(self._rule(f"{base}-test-rule", test, spec, blue, True))
+
+        owned = ["task_definition", "desired_count"]
+        common: dict[str, Any] = {}
+        if blue_green:
+            owned.append("load_balancers")  # CodeDeploy swaps the target group of the service's task set
+            common["deployment_controller"] = aws.ecs.ServiceDeploymentControllerArgs(type="CODE_DEPLOY")
+        else:
+            common.update(
+                deployment_controller=aws.ecs.ServiceDeploymentControllerArgs(type="ECS"),
+                # A rollout whose tasks keep failing stops and returns to the last good revision; the pipeline's
+                # DeploymentTimeout then fails the action instead of waiting an hour.
+                deployment_circuit_breaker=aws.ecs.ServiceDeploymentCircuitBreakerArgs(enable=True, rollback=True),
+                # Full capacity throughout: new tasks start before old ones stop.
+                deployment_minimum_healthy_percent=100, deployment_maximum_percent=200)
+        service = aws.ecs.Service(
+            f"{base}-service", name=svc.service, cluster=self.clusters[svc.cluster].arn,
+            task_definition=task_definition.arn, desired_count=svc.desired_count, launch_type="FARGATE",
+            network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
+                subnets=network.private_subnet_ids, security_groups=[task_sg.id], assign_public_ip=False),
+            load_balancers=[aws.ecs.ServiceLoadBalancerArgs(
+                target_group_arn=blue.arn, container_name=svc.container, container_port=svc.port)],
+            health_check_grace_period_seconds=svc.health_check.grace_period_seconds,
+            propagate_tags="SERVICE", enable_ecs_managed_tags=True,
+            # `pulumi up` on empty accounts must not wait for tasks that cannot start before the first image push.
+            wait_for_steady_state=False,
+            **common,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                ignore_changes=owned,
+                # ECS refuses a target group that no listener uses yet.
+                depends_on=rules)),
+        )
+        if svc.autoscaling:
+            self._autoscaling(base, spec, service)
+        if blue_green and green is not None and test is not None and application is not None:
+            bg = args.blue_green
+            BlueGreenDeployment(f"{base}-bluegreen", BlueGreenDeploymentArgs(
+                provider=args.provider, application_name=application.application_name,
+                deployment_group_name=spec.deployment_group_name,
+                deployment_config_name=application.deployment_config_name,
+                service_role_arn=bg.service_role_arn, cluster_name=svc.cluster, service_name=service.name,
+                target_group_names=(blue.name, green.name),
+                target_group_arn_suffixes=(blue.arn_suffix, green.arn_suffix),
+                load_balancer_arn_suffix=alb.arn_suffix,
+                prod_listener_arns=(prod.arn,), test_listener_arns=(test.arn,),
+                termination_wait_minutes=bg.settings.termination_wait_minutes,
+                alarm_threshold=bg.settings.rollback_alarm.threshold,
+                alarm_evaluation_periods=bg.settings.rollback_alarm.evaluation_periods,
+            ), opts=pulumi.ResourceOptions(parent=self, depends_on=[service]))
+        return service
+
+    def _autoscaling(self, base: str, spec: WorkloadService, service: aws.ecs.Service) -> None:
+        svc, child = spec.config, self._child
+        scaling = svc.autoscaling
+        assert scaling is not None
+        target = aws.appautoscaling.Target(
+            f"{base}-scaling", service_namespace="ecs", scalable_dimension="ecs:service:DesiredCount",
+            resource_id=f"service/{svc.cluster}/{svc.service}", min_capacity=scaling.min, max_capacity=scaling.max,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[service])))
+        tracking = aws.appautoscaling
+        aws.appautoscaling.Policy(
+            f"{base}-scaling-cpu", policy_type="TargetTrackingScaling", service_namespace=target.service_namespace,
+            scalable_dimension=target.scalable_dimension, resource_id=target.resource_id,
+            target_tracking_scaling_policy_configuration=tracking.PolicyTargetTrackingScalingPolicyConfigurationArgs(
+                target_value=scaling.cpu_target,
+                predefined_metric_specification=(
+                    tracking.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
+                        predefined_metric_type="ECSServiceAverageCPUUtilization")),
+                # Out fast, in slowly: a brief dip should not remove capacity the next spike needs.
+                scale_out_cooldown=60, scale_in_cooldown=300),
+            opts=child)
+
+
+
+# ------------------------------------------------------------------------------------- from the stack config
+
+
+def service_roles(cfg: StackConfig, account: str) -> tuple[ServiceRoles, ...]:
+    """The roles of every service crossdeploy creates, as they are in `account` (all of its regions)."""
+    regions = cfg.account_regions(account)
+    specs = []
+    for svc in cfg.workload_services:
+        task_name, execution_name = naming.workload_role_names(cfg, svc)
+        secrets = [ref for ref in svc.secrets.values() if not ref.startswith("ssm:")]
+        parameters = [ref for ref in svc.secrets.values() if ref.startswith("ssm:")]
+        specs.append(ServiceRoles(
+            task_role_name=task_name,
+            execution_role_name=execution_name,
+            repository_arns=tuple(p.arn(cfg.partition, "ecr", r, cfg.tools_account_id, f"repository/{svc.name}")
+                                  for r in regions),
+            log_group_arns=tuple(p.arn(cfg.partition, "logs", r, account,
+                                       f"log-group:{naming.log_group_name(cfg, svc)}") for r in regions),
+            secret_arns=tuple(secret_grant_arn(cfg, account, r, ref) for r in regions for ref in sorted(secrets)),
+            parameter_arns=tuple(secret_grant_arn(cfg, account, r, ref) for r in regions
+                                 for ref in sorted(parameters)),
+        ))
+    return tuple(specs)
+
+
+def workload_services(cfg: StackConfig, env: EnvironmentConfig, region: str) -> tuple[WorkloadService, ...]:
+    """The services crossdeploy creates, as they run in `env` and `region`."""
+    return tuple(
+        WorkloadService(
+            config=svc,
+            task_definition=task_definition(cfg, env.account_id, region, svc, bootstrap_image(cfg, region, svc)),
+            priority=cfg.rule_priority(svc),
+            log_group_name=naming.log_group_name(cfg, svc),
+            deployment_group_name=naming.deployment_group_name(cfg, svc) if env.strategy == "blue-green" else "",
+        )
+        for svc in cfg.workload_services
+    )
