@@ -9,10 +9,10 @@ import pulumi
 from components import naming
 from components.artifacts import ArtifactStores, ArtifactStoresArgs
 from components.config import load
-from components.deploy_role import DeployRole, DeployRoleArgs, DeployTarget
+from components.deploy_role import DeployRole, DeployRoleArgs, DeployTarget, codedeploy_targets
 from components.network import NetworkArgs
 from components.notifications import Notifications, NotificationsArgs
-from components.pipeline import EnvironmentStage, ServicePipeline, ServicePipelineArgs
+from components.pipeline import EnvironmentStage, ServicePipeline, ServicePipelineArgs, blue_green_targets
 from components.policies import iam_name, role_arn
 from components.providers import Providers, ProvidersArgs
 from components.push_deploy import PushDeploy, PushDeployArgs, PushService, PushTarget
@@ -81,6 +81,7 @@ for account in cfg.workload_accounts:
         artifact_key_arns=tuple(artifacts.stores[r].key_arn for r in regions),
         scheduled_task_regions=regions if cfg.release else (),
         scheduled_task_role_names=tuple(cfg.release.pass_role_names) if cfg.release else (),
+        codedeploy_targets=codedeploy_targets(cfg, account),
     ))
 
 workload_roles = {}
@@ -141,7 +142,8 @@ for service in cfg.pipeline_services:
         stages=tuple(
             EnvironmentStage(name=env.name, account_id=env.account_id, regions=tuple(env.regions),
                              deploy_role_arn=deploy_roles[env.account_id].role_arn, cluster=service.cluster,
-                             service=service.service, require_approval=env.require_approval)
+                             service=service.service, require_approval=env.require_approval,
+                             blue_green=blue_green_targets(cfg, env, service))
             for env in cfg.environments
         ),
         artifact_stores=artifacts.stores,
@@ -195,7 +197,9 @@ if cfg.release:
             "version": 1, "partition": cfg.partition, "registryId": cfg.tools_account_id,
             "homeRegion": cfg.tools_region,
             "environments": {env.name: {"accountId": env.account_id, "regions": list(env.regions),
-                                        "deployRoleArn": naming.deploy_role_arn(cfg, env.account_id)}
+                                        "deployRoleArn": naming.deploy_role_arn(cfg, env.account_id),
+                                        **({"blueGreen": naming.release_blue_green_context(cfg, env)}
+                                           if env.strategy == "blue-green" else {})}
                              for env in cfg.environments},
         },
         source=ReleaseSource(cfg.release.source.provider, cfg.release.source.repository, cfg.release.source.branch,

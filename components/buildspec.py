@@ -1,7 +1,9 @@
-"""The buildspec of the pipeline's imagedefinitions step (CodeBuild, Lambda compute).
+"""The buildspecs of the pipeline's build steps (CodeBuild, Lambda compute).
 
-The build turns the ECR source action's ``imageDetail.json`` into one ``imagedefinitions-<region>.json`` per target
-region, each pinned by digest to that region's ECR replica (see ``handlers/image_definitions.py``).
+The rolling build turns the ECR source action's ``imageDetail.json`` into one ``imagedefinitions-<region>.json`` per
+target region, each pinned by digest to that region's ECR replica (see ``handlers/image_definitions.py``). A
+blue/green build writes, per target, one output artifact holding ``taskdef.json``, ``appspec.yaml`` and a regional
+``imageDetail.json`` for a CodeDeployToECS action. Both run the same handler, embedded once.
 
 Why the handler's source is embedded in the buildspec instead of fetched or checked out:
 
@@ -16,15 +18,22 @@ The shell writes the source with a *quoted* heredoc, so neither ``$`` nor backti
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from handlers import image_definitions as idf
 
 HANDLER_PATH = Path(__file__).resolve().parents[1] / "handlers" / "image_definitions.py"
 HEREDOC_DELIMITER = "CROSSDEPLOY_IMAGE_DEFINITIONS_PY"
 # Lambda compute builds are stopped after 15 minutes; keep the replication wait well inside that.
 MAX_TIMEOUT_SECONDS = 840
+# CodePipeline allows a CodeBuild action at most five output artifacts: one blue/green target each.
+MAX_OUTPUT_ARTIFACTS = 5
+BLUE_GREEN_FILES = idf.BLUE_GREEN_FILES
 
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _CONTAINER = re.compile(r"[A-Za-z0-9_-]{1,255}")  # ECS's container name rule, also keeps the env value plain
@@ -51,12 +60,18 @@ def _validate(container_name: str, target_regions: list[str], home_region: str, 
         raise ValueError(f"container_name must be 1-255 letters, digits, '-' or '_', got {container_name!r}")
     if isinstance(target_regions, str) or not target_regions:
         raise ValueError(f"target_regions must be a non-empty list of region names, got {target_regions!r}")
-    for region in [*target_regions, home_region]:
+    for region in target_regions:
         if not isinstance(region, str) or not _REGION.fullmatch(region):
             raise ValueError(f"not an AWS region name: {region!r}")
     duplicates = sorted({r for r in target_regions if target_regions.count(r) > 1})
     if duplicates:
         raise ValueError(f"target_regions must be unique, repeated: {', '.join(duplicates)}")
+    _validate_wait(home_region, timeout_seconds)
+
+
+def _validate_wait(home_region: str, timeout_seconds: int) -> None:
+    if not isinstance(home_region, str) or not _REGION.fullmatch(home_region):
+        raise ValueError(f"not an AWS region name: {home_region!r}")
     if type(timeout_seconds) is not int or not 0 <= timeout_seconds <= MAX_TIMEOUT_SECONDS:
         raise ValueError(f"timeout_seconds must be an int in 0..{MAX_TIMEOUT_SECONDS}, got {timeout_seconds!r}")
 
@@ -98,9 +113,54 @@ def render_buildspec(
         # The deploy actions name these files; discard-paths keeps them at the artifact root.
         "artifacts": {"files": [artifact_file(r) for r in target_regions], "discard-paths": True},
     }
-    # The small per-service part goes through the YAML emitter; the large command block (the whole handler) is
+    return _emit(spec)
+
+
+def render_blue_green_buildspec(
+    *, targets: list[dict[str, Any]], home_region: str, timeout_seconds: int = 600
+) -> str:
+    """Buildspec (version 0.2) YAML writing one output artifact per target: a directory named after the target's
+    ``artifact`` holding ``taskdef.json``, ``appspec.yaml`` and ``imageDetail.json`` (pinned to the target region's
+    replica).
+
+    `targets` are the handler's blue/green targets (see ``handlers.image_definitions.parse_blue_green_targets``),
+    at most five: CodePipeline's limit of output artifacts for one CodeBuild action. They reach the handler as the
+    ``BLUE_GREEN_TARGETS`` variable, next to HOME_REGION and REPLICATION_TIMEOUT_SECONDS. The artifacts section
+    follows CodePipeline's rule: a single output artifact is the primary artifact; with several, every one is a
+    ``secondary-artifacts`` entry whose identifier is the pipeline's output artifact name.
+    """
+    if isinstance(targets, dict | str) or not targets or len(targets) > MAX_OUTPUT_ARTIFACTS:
+        raise ValueError(f"targets must be a list of 1-{MAX_OUTPUT_ARTIFACTS} blue/green targets (CodePipeline's "
+                         f"output artifact limit for one CodeBuild action), got {targets!r:.200}")
+    try:
+        idf.parse_blue_green_targets(list(targets))
+    except idf.TransformError as exc:
+        raise ValueError(str(exc)) from None
+    _validate_wait(home_region, timeout_seconds)
+    # Compact JSON, and every '$' as its JSON escape: the value stays one plain line (no YAML folding), and no
+    # variable expansion between the buildspec and the handler can alter it (a health check may well say "$PORT").
+    encoded = json.dumps(list(targets), separators=(",", ":")).replace("$", "\\u0024")
+    outputs = {t["artifact"]: {"base-directory": t["artifact"], "files": list(BLUE_GREEN_FILES)} for t in targets}
+    spec = {
+        "version": 0.2,
+        "env": {
+            "variables": {
+                "BLUE_GREEN_TARGETS": encoded,
+                "HOME_REGION": home_region,
+                "REPLICATION_TIMEOUT_SECONDS": str(timeout_seconds),
+            }
+        },
+        "phases": {"build": {"commands": [_COMMAND_PLACEHOLDER]}},
+        "artifacts": next(iter(outputs.values())) if len(outputs) == 1 else {"secondary-artifacts": outputs},
+    }
+    return _emit(spec)
+
+
+def _emit(spec: dict[str, Any]) -> str:
+    # The small per-build part goes through the YAML emitter; the large command block (the whole handler) is
     # emitted once and reused: emitting ~8 KB of literal block per service was the program's main cost at scale.
-    text = yaml.dump(spec, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)
+    # The width keeps long values (the blue/green targets) on one line.
+    text = yaml.dump(spec, Dumper=_Dumper, sort_keys=False, width=1 << 30, allow_unicode=False)
     line = f"    - {_COMMAND_PLACEHOLDER}\n"
     if text.count(line) != 1:
         raise RuntimeError("the buildspec placeholder was not emitted where the command block belongs")

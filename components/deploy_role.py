@@ -1,11 +1,14 @@
 """The workload side of the cross-account trust: one deploy role per workload account.
 
-CodePipeline's ECS action runs *as* this role (its ``role_arn``), in the workload account, in the action's region.
-The role can do exactly what that action does and nothing more:
+CodePipeline's ECS and CodeDeployToECS actions run *as* this role (their ``role_arn``), in the workload account, in
+the action's region. The role can do exactly what those actions do and nothing more:
 
 * describe and update the configured ECS services (by ARN, per region);
 * register and describe task definitions (ECS supports no resource-level permissions for these two);
 * pass only the services' task and execution roles, and only to ``ecs-tasks.amazonaws.com``;
+* for blue/green environments, start CodeDeploy deployments: register the AppSpec revision with the application,
+  create and follow a deployment of the service's deployment group, read its deployment configuration, each on
+  exactly the ARNs of the configured applications, groups and configurations in their regions;
 * read artifacts from the tools account's buckets and decrypt them with the artifact keys: the other two halves
   of that grant are the bucket and key policies in :mod:`components.artifacts`.
 
@@ -22,7 +25,9 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from components import naming
 from components import policies as p
+from components.config import StackConfig
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 
@@ -34,6 +39,17 @@ class DeployTarget:
     region: str
     cluster_arn: str
     service_arn: str
+
+
+@dataclass(frozen=True)
+class CodeDeployTarget:
+    """A CodeDeploy deployment group (of an ECS service) the role may deploy through, in one region."""
+
+    region: str
+    application_name: str
+    deployment_group_name: str
+    deployment_config_name: str
+    """The group's deployment configuration: predefined (``CodeDeployDefault.ECS…``) or custom."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,8 @@ class DeployRoleArgs:
     scheduled_task_role_names: tuple[str, ...] = ()
     """Roles scheduled tasks use (EventBridge role, task and execution roles): passed when a rule target is
     updated. Default none."""
+    codedeploy_targets: tuple[CodeDeployTarget, ...] = ()
+    """Deployment groups of blue/green environments (CodeDeployToECS actions). Default none: no CodeDeploy rights."""
     max_session_seconds: int = 3600
     """Session length. Default one hour: CodePipeline re-assumes the role per action."""
 
@@ -72,8 +90,47 @@ class DeployRoleArgs:
         if not self.trusted_principal_patterns or not all(
                 t.startswith(tools_roles) for t in self.trusted_principal_patterns):
             problems.append("trusted_principal_patterns: must name roles of the tools account")
+        for t in self.codedeploy_targets:
+            names = (t.application_name, t.deployment_group_name, t.deployment_config_name)
+            # A '*' or an empty name would silently widen the grant to every application, group or configuration.
+            if any(not n or "*" in n or "?" in n for n in (t.region, *names)):
+                problems.append(f"codedeploy_targets: region and names must be non-empty, without wildcards: {t}")
         if problems:
             raise ValueError("DeployRoleArgs: " + "; ".join(problems))
+
+
+def codedeploy_targets(cfg: StackConfig, account: str) -> tuple[CodeDeployTarget, ...]:
+    """Every deployment group the pipelines deploy through in `account`: each blue-green environment there, in each
+    of its regions, for each service crossdeploy creates (only those have a generated task definition)."""
+    targets = (
+        CodeDeployTarget(region, naming.codedeploy_application_name(cfg, env.name),
+                         naming.deployment_group_name(cfg, service), naming.deployment_config_name(cfg, env))
+        for env in cfg.environments if env.account_id == account and env.strategy == "blue-green"
+        for region in env.regions
+        for service in cfg.services if not service.existing
+    )
+    return tuple(dict.fromkeys(targets))
+
+
+def codedeploy_statements(args: DeployRoleArgs) -> list[p.Statement]:
+    """What CodeDeployToECS calls as the deploy role, each action on the resource type the Service Authorization
+    Reference gives it: RegisterApplicationRevision, GetApplicationRevision and GetApplication on the application;
+    CreateDeployment and GetDeployment on the deployment group; GetDeploymentConfig on the configuration."""
+    def arns(resource: str) -> list[str]:
+        return sorted({p.arn(args.partition, "codedeploy", t.region, args.account_id, resource.format(t=t))
+                       for t in args.codedeploy_targets})
+
+    return [
+        p.statement("RegisterBlueGreenRevisions", ["codedeploy:GetApplication", "codedeploy:GetApplicationRevision",
+                                                   "codedeploy:RegisterApplicationRevision"],
+                    arns("application:{t.application_name}")),
+        p.statement("DeployBlueGreen", ["codedeploy:CreateDeployment", "codedeploy:GetDeployment"],
+                    arns("deploymentgroup:{t.application_name}/{t.deployment_group_name}")),
+        # Predefined configurations (CodeDeployDefault.*) are named in this account and region too, as the CDK's
+        # grant for this action names them.
+        p.statement("ReadDeploymentConfigs", ["codedeploy:GetDeploymentConfig"],
+                    arns("deploymentconfig:{t.deployment_config_name}")),
+    ]
 
 
 def _unique_clusters(targets: tuple[DeployTarget, ...]) -> list[DeployTarget]:
@@ -118,6 +175,8 @@ def deploy_role_policy(args: DeployRoleArgs) -> dict:
             roles = sorted(p.role_arn(args.partition, args.account_id, n) for n in args.scheduled_task_role_names)
             statements.append(p.pass_role("PassScheduledTaskRoles", roles, ["ecs-tasks.amazonaws.com",
                                                                             "events.amazonaws.com"]))
+    if args.codedeploy_targets:
+        statements.extend(codedeploy_statements(args))
     if args.artifact_bucket_arns:
         statements.append(p.statement("ReadArtifacts", ["s3:GetObject", "s3:GetObjectVersion"],
                                       [pulumi.Output.concat(b, "/*") for b in args.artifact_bucket_arns]))

@@ -151,3 +151,9 @@ def deployment_config_name(cfg: StackConfig, env: EnvironmentConfig) -> str:
         return PREDEFINED_ECS_CONFIGS[key]
     kind, percent, minutes = key
     return iam_name(cfg.name_prefix, env.name, f"{kind}-{percent}pct-{minutes}min", max_len=100)
+
+
+def release_blue_green_context(cfg: StackConfig, env: EnvironmentConfig) -> dict:
+    """What a release needs to deploy a blue/green environment's services through CodeDeploy."""
+    return {"application": codedeploy_application_name(cfg, env.name),
+            "deploymentGroups": {s.service: deployment_group_name(cfg, s) for s in cfg.workload_services}}

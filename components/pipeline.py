@@ -4,11 +4,16 @@ Stages::
 
     Source   ECR action on the service's repository and trigger tag (started by an EventBridge rule: pipelines
              created through the API get no automatic ECR trigger)
-    Build    CodeBuild on Lambda compute: imageDetail.json -> imagedefinitions-<region>.json, pinned by digest to
-             each region's replica, after waiting (bounded) for replication to deliver it
+    Build    CodeBuild on Lambda compute, after waiting (bounded) for replication to deliver the image, in parallel:
+               PinImageByDigest         imageDetail.json -> imagedefinitions-<region>.json for the rolling
+                                        environments' regions, pinned by digest to each region's replica
+               BlueGreen-<env>[-<n>]    per blue/green environment, up to five regions each (CodePipeline's
+                                        output artifact limit): one artifact BlueGreen-<env>-<region> per region
+                                        with taskdef.json, appspec.yaml and imageDetail.json (regional, by digest)
     per environment, in config order:
       Approve-<env>  manual approval, notice to the SNS topic (only where requireApproval is set)
-      Deploy-<env>   one ECS deploy action per region, in parallel, each run as the environment's deploy role
+      Deploy-<env>   one deploy action per region, in parallel, each run as the environment's deploy role in that
+                     region: ECS (rolling), or CodeDeployToECS (blue/green) reading that region's artifact
 
 Why these choices:
 
@@ -17,26 +22,44 @@ Why these choices:
 * ``DeploymentTimeout`` on each ECS action: with the circuit breaker a failed rollout otherwise leaves the pipeline
   "In Progress" for 60 minutes (pitfall 7).
 * One artifact store per region, each with its key's **ARN** (an alias does not resolve across accounts).
-* One pipeline role and one build role per service: each can touch only its own repository, project and the
+* One pipeline role and one build role per service: each can touch only its own repository, projects and the
   shared artifact stores. The deploy roles trust the pipeline role *path*, so adding a service never edits them.
+* Blue/green builds have a project each (a buildspec names its output artifacts) but share the service's build
+  role and log group; each artifact carries all three files CodeDeployToECS reads, so the action takes exactly one
+  input artifact and names it in all three of its ``*Artifact`` keys.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
+from components import naming
 from components import policies as p
 from components.artifacts import ArtifactStore
-from components.buildspec import artifact_file, render_buildspec
+from components.buildspec import (
+    BLUE_GREEN_FILES,
+    MAX_OUTPUT_ARTIFACTS,
+    artifact_file,
+    render_blue_green_buildspec,
+    render_buildspec,
+)
+from components.config import EnvironmentConfig, ServiceConfig, StackConfig
 from components.service_role import service_role
+from components.task_definition import IMAGE_PLACEHOLDER, task_definition
+from handlers import image_definitions as idf
 
 LAMBDA_BUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-lambda-standard:python3.12"
 SOURCE_ARTIFACT = "SourceImage"
 BUILD_ARTIFACT = "ImageDefinitions"
+IMAGE1_CONTAINER = IMAGE_PLACEHOLDER.strip("<>")
+"""``Image1ContainerName``: the CodeDeployToECS action replaces ``<IMAGE1_NAME>`` in taskdef.json with the image."""
+TASKDEF_FILE, APPSPEC_FILE, _ = BLUE_GREEN_FILES
+_CODEDEPLOY_NAME_MAX = 100  # CodeDeploy application and deployment group names
 # The approval *request* reaches approvers through the approval action's own SNS notice (it carries the review
 # link); the rule adds failures and the approval decisions, so every approve/reject is on record in the topic.
 NOTICE_EVENTS = (
@@ -44,6 +67,21 @@ NOTICE_EVENTS = (
     "codepipeline-pipeline-manual-approval-failed",
     "codepipeline-pipeline-manual-approval-succeeded",
 )
+
+
+@dataclass(frozen=True)
+class BlueGreenTarget:
+    """One region of a blue/green environment: the CodeDeploy deployment group its action deploys through, and the
+    task definition it registers there."""
+
+    region: str
+    application_name: str
+    deployment_group_name: str
+    task_definition: dict
+    """RegisterTaskDefinition request (ECS API camelCase) whose one image is ``<IMAGE1_NAME>``."""
+    container_name: str
+    """The container that gets the new image and that the load balancer targets (the AppSpec names it)."""
+    container_port: int
 
 
 @dataclass(frozen=True)
@@ -59,6 +97,91 @@ class EnvironmentStage:
     service: str
     require_approval: bool = False
     """Manual approval before this environment. Default false."""
+    blue_green: tuple[BlueGreenTarget, ...] = ()
+    """Exactly one target per region of the stage: deploy with CodeDeploy blue/green (CodeDeployToECS). Default
+    none: ECS rolling deploy actions on ``cluster``/``service``."""
+
+    def __post_init__(self) -> None:
+        if not self.blue_green:
+            return
+        problems = []
+        regions = [t.region for t in self.blue_green]
+        if len(set(regions)) != len(regions) or set(regions) != set(self.regions):
+            problems.append(f"blue_green: needs exactly one target per region of the stage {list(self.regions)}, "
+                            f"got targets for {regions}")
+        for t in self.blue_green:
+            for field_name in ("application_name", "deployment_group_name"):
+                value = getattr(t, field_name)
+                if not isinstance(value, str) or not 1 <= len(value) <= _CODEDEPLOY_NAME_MAX:
+                    problems.append(f"blue_green[{t.region}].{field_name}: CodeDeploy names are 1-"
+                                    f"{_CODEDEPLOY_NAME_MAX} characters, got {value!r}")
+        try:
+            # The very check the build runs: a target the build would refuse fails here, at preview.
+            idf.parse_blue_green_targets([blue_green_spec(self, t) for t in self.blue_green])
+        except idf.TransformError as exc:
+            problems.append(f"blue_green: {exc}")
+        if problems:
+            raise ValueError(f"EnvironmentStage {self.name}: " + "; ".join(problems))
+
+    @property
+    def blue_green_targets(self) -> list[BlueGreenTarget]:
+        """The targets in the stage's region order."""
+        by_region = {t.region: t for t in self.blue_green}
+        return [by_region[r] for r in self.regions if r in by_region]
+
+
+def blue_green_artifact(environment: str, region: str) -> str:
+    """The pipeline artifact (and build output directory) of one blue/green environment and region."""
+    return p.iam_name("BlueGreen", environment, region, max_len=100, allowed=r"A-Za-z0-9_-")
+
+
+def blue_green_spec(stage: EnvironmentStage, target: BlueGreenTarget) -> dict:
+    """One entry of the handler's BLUE_GREEN_TARGETS (see ``handlers.image_definitions.parse_blue_green_targets``)."""
+    return {
+        "artifact": blue_green_artifact(stage.name, target.region),
+        "region": target.region,
+        "taskDefinition": target.task_definition,
+        "containerName": target.container_name,
+        "containerPort": target.container_port,
+    }
+
+
+@dataclass(frozen=True)
+class BlueGreenBuild:
+    """One blue/green build action and the CodeBuild project behind it."""
+
+    action_name: str
+    project_name: str
+    suffix: str
+    """Distinguishes the project's resource name: ``bluegreen-<env>[-<n>]``."""
+    environment: str
+    targets: tuple[dict, ...]
+    """Handler targets, at most five; their ``artifact`` names are the action's output artifacts, in order."""
+
+    @property
+    def output_artifacts(self) -> list[str]:
+        return [t["artifact"] for t in self.targets]
+
+
+def blue_green_targets(cfg: StackConfig, env: EnvironmentConfig, service: ServiceConfig) -> tuple[BlueGreenTarget, ...]:
+    """What `service`'s pipeline deploys in each region of `env` with CodeDeploy; empty for a rolling environment.
+
+    The task definition is the one the workload component registers (:func:`components.task_definition.task_definition`)
+    with the image as ``<IMAGE1_NAME>``, so every release registers exactly what ``pulumi up`` created, new image
+    aside."""
+    if env.strategy != "blue-green":
+        return ()
+    return tuple(
+        BlueGreenTarget(
+            region=region,
+            application_name=naming.codedeploy_application_name(cfg, env.name),
+            deployment_group_name=naming.deployment_group_name(cfg, service),
+            task_definition=task_definition(cfg, env.account_id, region, service, IMAGE_PLACEHOLDER),
+            container_name=service.container,
+            container_port=service.port,
+        )
+        for region in env.regions
+    )
 
 
 @dataclass(frozen=True)
@@ -117,6 +240,10 @@ class ServicePipelineArgs:
         # Source + build + up to two stages per environment: CodePipeline allows 50 stages.
         if 2 + sum(2 if s.require_approval else 1 for s in self.stages) > 50:
             problems.append("stages: more than CodePipeline's 50 stages")
+        # CodePipeline allows 50 actions per stage; the Build stage holds the rolling build and the blue/green ones.
+        build_actions = (1 if self.rolling_regions else 0) + len(self.blue_green_builds)
+        if build_actions > 50:
+            problems.append(f"stages: {build_actions} build actions, more than CodePipeline's 50 per stage")
         if problems:
             raise ValueError("ServicePipelineArgs: " + "; ".join(problems))
 
@@ -125,15 +252,40 @@ class ServicePipelineArgs:
         return list(dict.fromkeys(r for s in self.stages for r in s.regions))
 
     @property
+    def rolling_regions(self) -> list[str]:
+        """Regions some rolling stage deploys to: those the imagedefinitions build writes files for."""
+        return list(dict.fromkeys(r for s in self.stages if not s.blue_green for r in s.regions))
+
+    @functools.cached_property
+    def blue_green_builds(self) -> list[BlueGreenBuild]:
+        """Per blue/green stage, its regions in groups of at most five, one build action (and project) each."""
+        builds = []
+        for stage in self.stages:
+            specs = [blue_green_spec(stage, t) for t in stage.blue_green_targets]
+            groups = [specs[i:i + MAX_OUTPUT_ARTIFACTS] for i in range(0, len(specs), MAX_OUTPUT_ARTIFACTS)]
+            for n, group in enumerate(groups, 1):
+                suffix = stage.name if len(groups) == 1 else f"{stage.name}-{n}"
+                builds.append(BlueGreenBuild(
+                    action_name=p.iam_name("BlueGreen", suffix, max_len=100, allowed=r"A-Za-z0-9.@_-"),
+                    project_name=p.iam_name(self.build_project_name, "bluegreen", suffix, max_len=255,
+                                            allowed=r"A-Za-z0-9_-"),
+                    suffix=f"bluegreen-{suffix}",
+                    environment=stage.name,
+                    targets=tuple(group),
+                ))
+        return builds
+
+    @property
     def store_regions(self) -> list[str]:
         return list(dict.fromkeys([self.home_region, *self.target_regions]))
 
 
-def pipeline_role_policy(args: ServicePipelineArgs, project_arn: pulumi.Input[str]) -> dict:
+def pipeline_role_policy(args: ServicePipelineArgs, project_arns: list[pulumi.Input[str]]) -> dict:
+    """The pipeline role's grant; `project_arns` are all of the service's build projects (rolling and blue/green)."""
     stores = [args.artifact_stores[r] for r in args.store_regions]
     statements = [
         p.statement("ReadSourceImage", ["ecr:DescribeImages"], [args.repository_arns[args.home_region]]),
-        p.statement("RunBuild", ["codebuild:BatchGetBuilds", "codebuild:StartBuild"], [project_arn]),
+        p.statement("RunBuild", ["codebuild:BatchGetBuilds", "codebuild:StartBuild"], list(project_arns)),
         p.statement("ArtifactObjects", ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"],
                     [pulumi.Output.concat(s.bucket_arn, "/*") for s in stores]),
         p.statement("ArtifactBuckets", ["s3:GetBucketLocation", "s3:GetBucketVersioning", "s3:ListBucket"],
@@ -176,18 +328,69 @@ def source_event_pattern(repository: str, tag: str) -> dict:
     }
 
 
-def _stages(args: ServicePipelineArgs, project_name: pulumi.Input[str]) -> list:
+def _build_actions(args: ServicePipelineArgs, project_names: dict[str, pulumi.Input[str]]) -> list:
+    """The Build stage: all actions in parallel, each waiting for replication to its own regions."""
+    actions = []
+    if args.rolling_regions:
+        actions.append(aws.codepipeline.PipelineStageActionArgs(
+            name="PinImageByDigest", category="Build", owner="AWS", provider="CodeBuild", version="1",
+            input_artifacts=[SOURCE_ARTIFACT], output_artifacts=[BUILD_ARTIFACT],
+            configuration={"ProjectName": project_names["PinImageByDigest"]},
+        ))
+    for build in args.blue_green_builds:
+        actions.append(aws.codepipeline.PipelineStageActionArgs(
+            name=build.action_name, category="Build", owner="AWS", provider="CodeBuild", version="1",
+            input_artifacts=[SOURCE_ARTIFACT], output_artifacts=build.output_artifacts,
+            configuration={"ProjectName": project_names[build.action_name]},
+        ))
+    return actions
+
+
+def _deploy_actions(args: ServicePipelineArgs, stage: EnvironmentStage) -> list:
+    if not stage.blue_green:
+        return [
+            aws.codepipeline.PipelineStageActionArgs(
+                name=f"ECS-{region}", category="Deploy", owner="AWS", provider="ECS", version="1",
+                region=region, role_arn=stage.deploy_role_arn, input_artifacts=[BUILD_ARTIFACT],
+                configuration={
+                    "ClusterName": stage.cluster,
+                    "ServiceName": stage.service,
+                    "FileName": artifact_file(region),
+                    "DeploymentTimeout": str(args.deployment_timeout_minutes),
+                },
+            )
+            for region in stage.regions
+        ]
+    actions = []
+    for target in stage.blue_green_targets:
+        # One artifact holds all three files, so the action's single input names it in every *Artifact key.
+        artifact = blue_green_artifact(stage.name, target.region)
+        actions.append(aws.codepipeline.PipelineStageActionArgs(
+            name=f"CodeDeploy-{target.region}", category="Deploy", owner="AWS", provider="CodeDeployToECS",
+            version="1", region=target.region, role_arn=stage.deploy_role_arn, input_artifacts=[artifact],
+            configuration={
+                "ApplicationName": target.application_name,
+                "DeploymentGroupName": target.deployment_group_name,
+                "TaskDefinitionTemplateArtifact": artifact,
+                "TaskDefinitionTemplatePath": TASKDEF_FILE,
+                "AppSpecTemplateArtifact": artifact,
+                "AppSpecTemplatePath": APPSPEC_FILE,
+                "Image1ArtifactName": artifact,
+                "Image1ContainerName": IMAGE1_CONTAINER,
+            },
+        ))
+    return actions
+
+
+def _stages(args: ServicePipelineArgs, project_names: dict[str, pulumi.Input[str]]) -> list:
+    """`project_names`: build action name -> its CodeBuild project's name."""
     stages = [
         aws.codepipeline.PipelineStageArgs(name="Source", actions=[aws.codepipeline.PipelineStageActionArgs(
             name="Image", category="Source", owner="AWS", provider="ECR", version="1",
             output_artifacts=[SOURCE_ARTIFACT],
             configuration={"RepositoryName": args.repository_name, "ImageTag": args.trigger_tag},
         )]),
-        aws.codepipeline.PipelineStageArgs(name="Build", actions=[aws.codepipeline.PipelineStageActionArgs(
-            name="PinImageByDigest", category="Build", owner="AWS", provider="CodeBuild", version="1",
-            input_artifacts=[SOURCE_ARTIFACT], output_artifacts=[BUILD_ARTIFACT],
-            configuration={"ProjectName": project_name},
-        )]),
+        aws.codepipeline.PipelineStageArgs(name="Build", actions=_build_actions(args, project_names)),
     ]
     for stage in args.stages:
         if stage.require_approval:
@@ -200,19 +403,8 @@ def _stages(args: ServicePipelineArgs, project_name: pulumi.Input[str]) -> list:
                                       f"(account {stage.account_id}, {', '.join(stage.regions)})",
                     },
                 )]))
-        stages.append(aws.codepipeline.PipelineStageArgs(name=f"Deploy-{stage.name}", actions=[
-            aws.codepipeline.PipelineStageActionArgs(
-                name=f"ECS-{region}", category="Deploy", owner="AWS", provider="ECS", version="1",
-                region=region, role_arn=stage.deploy_role_arn, input_artifacts=[BUILD_ARTIFACT],
-                configuration={
-                    "ClusterName": stage.cluster,
-                    "ServiceName": stage.service,
-                    "FileName": artifact_file(region),
-                    "DeploymentTimeout": str(args.deployment_timeout_minutes),
-                },
-            )
-            for region in stage.regions
-        ]))
+        stages.append(aws.codepipeline.PipelineStageArgs(name=f"Deploy-{stage.name}",
+                                                         actions=_deploy_actions(args, stage)))
     return stages
 
 
@@ -231,29 +423,46 @@ class ServicePipeline(pulumi.ComponentResource):
             f"{name}-build", role_name=args.build_role_name, path=args.build_role_path,
             service="codebuild.amazonaws.com", account_id=args.tools_account_id,
             policy=build_role_policy(args, log_group.arn), opts=child)
-        project = aws.codebuild.Project(
-            f"{name}-build",
-            name=args.build_project_name,
-            description=f"Pins {args.repository_name} by digest for every target region",
-            service_role=build_role.arn,
-            # Lambda compute: starts in seconds and needs no VPC or Docker for a small Python step.
-            environment=aws.codebuild.ProjectEnvironmentArgs(
-                type="LINUX_LAMBDA_CONTAINER", compute_type="BUILD_LAMBDA_1GB", image=LAMBDA_BUILD_IMAGE),
-            source=aws.codebuild.ProjectSourceArgs(type="CODEPIPELINE", buildspec=render_buildspec(
-                container_name=args.container_name, target_regions=args.target_regions,
-                home_region=args.home_region, timeout_seconds=args.replication_timeout_seconds)),
-            artifacts=aws.codebuild.ProjectArtifactsArgs(type="CODEPIPELINE"),
-            encryption_key=home.key_arn,
-            logs_config=aws.codebuild.ProjectLogsConfigArgs(
-                cloudwatch_logs=aws.codebuild.ProjectLogsConfigCloudwatchLogsArgs(
-                    status="ENABLED", group_name=log_group.name)),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[build_policy])),
-        )
+        build_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[build_policy]))
+
+        def project(logical: str, project_name: str, description: str, buildspec: str) -> aws.codebuild.Project:
+            return aws.codebuild.Project(
+                logical,
+                name=project_name,
+                description=description,
+                service_role=build_role.arn,
+                # Lambda compute: starts in seconds and needs no VPC or Docker for a small Python step.
+                environment=aws.codebuild.ProjectEnvironmentArgs(
+                    type="LINUX_LAMBDA_CONTAINER", compute_type="BUILD_LAMBDA_1GB", image=LAMBDA_BUILD_IMAGE),
+                source=aws.codebuild.ProjectSourceArgs(type="CODEPIPELINE", buildspec=buildspec),
+                # The pipeline's output artifacts map onto the buildspec's (secondary) artifacts by name.
+                artifacts=aws.codebuild.ProjectArtifactsArgs(type="CODEPIPELINE"),
+                encryption_key=home.key_arn,
+                logs_config=aws.codebuild.ProjectLogsConfigArgs(
+                    cloudwatch_logs=aws.codebuild.ProjectLogsConfigCloudwatchLogsArgs(
+                        status="ENABLED", group_name=log_group.name)),
+                opts=build_opts,
+            )
+
+        projects: dict[str, aws.codebuild.Project] = {}
+        if args.rolling_regions:
+            projects["PinImageByDigest"] = project(
+                f"{name}-build", args.build_project_name,
+                f"Pins {args.repository_name} by digest for every target region",
+                render_buildspec(container_name=args.container_name, target_regions=args.rolling_regions,
+                                 home_region=args.home_region, timeout_seconds=args.replication_timeout_seconds))
+        for build in args.blue_green_builds:
+            regions = ", ".join(t["region"] for t in build.targets)
+            projects[build.action_name] = project(
+                f"{name}-build-{build.suffix}", build.project_name,
+                f"CodeDeploy blue/green artifacts of {args.repository_name} for {build.environment} ({regions})",
+                render_blue_green_buildspec(targets=list(build.targets), home_region=args.home_region,
+                                            timeout_seconds=args.replication_timeout_seconds))
 
         role, role_policy = service_role(
             name, role_name=args.pipeline_role_name, path=args.pipeline_role_path,
             service="codepipeline.amazonaws.com", account_id=args.tools_account_id,
-            policy=pipeline_role_policy(args, project.arn), opts=child)
+            policy=pipeline_role_policy(args, [pr.arn for pr in projects.values()]), opts=child)
 
         single_region = args.store_regions == [args.home_region]
         pipeline = aws.codepipeline.Pipeline(
@@ -273,7 +482,7 @@ class ServicePipeline(pulumi.ComponentResource):
                 )
                 for r in args.store_regions
             ],
-            stages=_stages(args, project.name),
+            stages=_stages(args, {action: pr.name for action, pr in projects.items()}),
             tags=args.tags,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[role_policy])),
         )

@@ -1,6 +1,13 @@
-"""imageDetail.json (ECR source action) -> imagedefinitions-<region>.json per target region, for CodeBuild.
+"""imageDetail.json (ECR source action) -> what the pipeline's deploy actions read, for CodeBuild.
 
-Pinned by digest (ECS resolves a tag once: a re-pushed tag would not redeploy), each on its region's ECR replica.
+Two modes, both pinned by digest (ECS resolves a tag once: a re-pushed tag would not redeploy), each on its region's
+ECR replica:
+
+* rolling (``TARGET_REGIONS``, ``CONTAINER_NAME``): ``imagedefinitions-<region>.json`` per target region, for the
+  ECS deploy action;
+* blue/green (``BLUE_GREEN_TARGETS``, a JSON list of targets): per target, a directory named after its pipeline
+  artifact holding ``taskdef.json``, ``appspec.yaml`` and ``imageDetail.json``, the three files the
+  CodeDeployToECS action reads from that one artifact.
 """
 
 import argparse
@@ -40,6 +47,10 @@ class ReplicationTimeout(TransformError, TimeoutError):
     """The image did not reach a region in time."""
 
 
+class BlueGreenSpecError(TransformError, ValueError):
+    """The blue/green target spec is malformed or inconsistent."""
+
+
 def parse_image_detail(data: Any) -> dict[str, str]:
     """Validate decoded imageDetail.json; returns ImageURI's registry, region, suffix, repo, digest."""
     if not isinstance(data, dict):
@@ -61,14 +72,20 @@ def parse_image_detail(data: Any) -> dict[str, str]:
     return parts
 
 
-def load_image_detail(path: str) -> dict[str, str]:
+def read_image_detail(path: str) -> dict[str, Any]:
+    """imageDetail.json as written (every field kept), after checking it with :func:`parse_image_detail`."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ImageDetailError(f"{path}: not found (is the ECR source artifact the input?)") from None
     except ValueError as exc:
         raise ImageDetailError(f"{path}: not valid JSON ({exc})") from None
-    return parse_image_detail(data)
+    parse_image_detail(data)
+    return data
+
+
+def load_image_detail(path: str) -> dict[str, str]:
+    return parse_image_detail(read_image_detail(path))
 
 
 def regional_image_uri(detail: dict[str, Any], region: str) -> str:
@@ -93,6 +110,110 @@ def image_definitions(container_name: str, uri: str) -> list[dict[str, str]]:
     if size >= MAX_BYTES:  # not `assert`, which python -O strips; CodePipeline would fail later, vaguely
         raise TransformError(f"imagedefinitions would be {size} bytes; CodePipeline needs under {MAX_BYTES}")
     return definitions
+
+
+# --- blue/green (CodeDeployToECS) ------------------------------------------------------------------------------
+
+IMAGE_PLACEHOLDER = "<IMAGE1_NAME>"
+"""The action replaces this with imageDetail.json's ImageURI (``Image1ContainerName: IMAGE1_NAME``)."""
+TASK_DEFINITION_PLACEHOLDER = "<TASK_DEFINITION>"
+"""The action replaces this in the AppSpec with the ARN of the revision it registered from taskdef.json."""
+BLUE_GREEN_FILES = ("taskdef.json", "appspec.yaml", "imageDetail.json")
+_ARTIFACT = re.compile(r"[A-Za-z0-9_-]{1,100}")  # CodePipeline's artifact name rule; also a safe directory name
+_TARGET_KEYS = ("artifact", "region", "taskDefinition", "containerName", "containerPort")
+
+
+def _check_task_definition(where: str, taskdef: Any, container: str, port: int) -> None:
+    if not isinstance(taskdef, dict):
+        raise BlueGreenSpecError(f"{where}: taskDefinition must be a JSON object (a RegisterTaskDefinition request)")
+    if not isinstance(taskdef.get("family"), str) or not taskdef["family"]:
+        raise BlueGreenSpecError(f"{where}: taskDefinition.family is missing or not a non-empty string")
+    containers = taskdef.get("containerDefinitions")
+    if not isinstance(containers, list) or not containers or not all(isinstance(c, dict) for c in containers):
+        raise BlueGreenSpecError(f"{where}: taskDefinition.containerDefinitions must be a non-empty list of objects")
+    # The action substitutes the placeholder text wherever it occurs: anywhere but one image field would put the
+    # image URI somewhere it does not belong (or leave a container without the new image).
+    occurrences = json.dumps(taskdef).count(IMAGE_PLACEHOLDER)
+    marked = [c for c in containers if c.get("image") == IMAGE_PLACEHOLDER]
+    if occurrences != 1 or len(marked) != 1:
+        raise BlueGreenSpecError(
+            f"{where}: taskDefinition must hold {IMAGE_PLACEHOLDER!r} exactly once, as one container's image "
+            f"(found it {occurrences} time(s), as the image of {len(marked)} container(s))"
+        )
+    if marked[0].get("name") != container:
+        raise BlueGreenSpecError(
+            f"{where}: the container with image {IMAGE_PLACEHOLDER!r} is {marked[0].get('name')!r}, but "
+            f"containerName (the AppSpec's load balancer container) is {container!r}"
+        )
+    mappings = marked[0].get("portMappings")
+    ports = [m.get("containerPort") for m in mappings if isinstance(m, dict)] if isinstance(mappings, list) else []
+    if port not in ports:
+        raise BlueGreenSpecError(
+            f"{where}: containerPort {port} is not among container {container!r}'s portMappings {ports}; the load "
+            "balancer could not reach the new tasks"
+        )
+
+
+def parse_blue_green_targets(data: Any) -> list[dict[str, Any]]:
+    """Validate decoded BLUE_GREEN_TARGETS: a non-empty list of objects with exactly the keys ``artifact`` (the
+    pipeline artifact, also the output directory), ``region``, ``taskDefinition`` (RegisterTaskDefinition request,
+    image ``<IMAGE1_NAME>``), ``containerName`` and ``containerPort`` (what the load balancer targets)."""
+    if not isinstance(data, list) or not data:
+        raise BlueGreenSpecError("blue/green targets must be a non-empty JSON list")
+    seen: set[str] = set()
+    for i, target in enumerate(data):
+        if not isinstance(target, dict):
+            raise BlueGreenSpecError(f"blue/green target {i}: must be a JSON object")
+        missing = [k for k in _TARGET_KEYS if k not in target]
+        unknown = sorted(set(target) - set(_TARGET_KEYS))
+        if missing or unknown:
+            raise BlueGreenSpecError(f"blue/green target {i}: missing keys {missing}, unknown keys {unknown}")
+        artifact = target["artifact"]
+        if not isinstance(artifact, str) or not _ARTIFACT.fullmatch(artifact):
+            raise BlueGreenSpecError(
+                f"blue/green target {i}: artifact {artifact!r} must be 1-100 letters, digits, '-' or '_'"
+            )
+        if artifact in seen:
+            raise BlueGreenSpecError(f"blue/green target {i}: artifact {artifact!r} is repeated")
+        seen.add(artifact)
+        where = f"blue/green target {artifact}"
+        if not isinstance(target["region"], str) or not _REGION.fullmatch(target["region"]):
+            raise BlueGreenSpecError(f"{where}: not an AWS region name: {target['region']!r}")
+        container, port = target["containerName"], target["containerPort"]
+        if not isinstance(container, str) or not _CONTAINER.fullmatch(container):
+            raise BlueGreenSpecError(f"{where}: containerName {container!r} must be 1-255 letters, digits, '-' or '_'")
+        if type(port) is not int or not 1 <= port <= 65535:
+            raise BlueGreenSpecError(f"{where}: containerPort must be an integer 1-65535, got {port!r}")
+        _check_task_definition(where, target["taskDefinition"], container, port)
+    return data
+
+
+def appspec(container_name: str, container_port: int) -> str:
+    """The ECS AppSpec: replace the service's task set with the revision the action registers, behind the load
+    balancer on `container_name`:`container_port`. Written by hand (the build image promises boto3, not PyYAML);
+    the name is ``[A-Za-z0-9_-]`` and JSON-quoted, so the text is valid YAML."""
+    return (
+        "version: 0.0\n"
+        "Resources:\n"
+        "  - TargetService:\n"
+        "      Type: AWS::ECS::Service\n"
+        "      Properties:\n"
+        f"        TaskDefinition: {json.dumps(TASK_DEFINITION_PLACEHOLDER)}\n"
+        "        LoadBalancerInfo:\n"
+        f"          ContainerName: {json.dumps(container_name)}\n"
+        f"          ContainerPort: {int(container_port)}\n"
+    )
+
+
+def blue_green_files(image_detail: dict[str, Any], target: dict[str, Any]) -> dict[str, str]:
+    """File name -> exact text of one target's artifact. imageDetail.json keeps every source field; only ImageURI
+    moves to the target region's replica (same digest), which is what the action puts in place of the placeholder."""
+    detail = {**image_detail, "ImageURI": regional_image_uri(image_detail, target["region"])}
+    return {
+        "taskdef.json": json.dumps(target["taskDefinition"], indent=2) + "\n",
+        "appspec.yaml": appspec(target["containerName"], target["containerPort"]),
+        "imageDetail.json": json.dumps(detail, indent=4) + "\n",
+    }
 
 
 def wait_for_replication(
@@ -129,6 +250,64 @@ def _number(name: str, value: str, minimum: float) -> float:
     raise TransformError(f"{name} must be a number >= {minimum}, got {value!r}")
 
 
+def _rolling(a: argparse.Namespace) -> None:
+    regions = [r.strip() for r in a.regions.split(",") if r.strip()]
+    if not regions or len(set(regions)) != len(regions):
+        raise TransformError(f"target regions must be non-empty and unique, got {a.regions!r}")
+    if not _REGION.fullmatch(a.home_region):
+        raise TransformError(f"home region must be an AWS region name, got {a.home_region!r}")
+    timeout, interval = _number("timeout", a.timeout, 0), _number("poll interval", a.interval, 0.1)
+    detail = load_image_detail(a.image_detail)
+    if detail["region"] != a.home_region:
+        raise ImageDetailError(f"ImageURI is in {detail['region']}, but the home region is {a.home_region}")
+    # Render everything before writing anything: bad input must leave no partial artifact.
+    uris = {r: regional_image_uri(detail, r) for r in regions}
+    bodies = {r: serialize(image_definitions(a.container_name, uri)) for r, uri in uris.items()}
+    _wait_for_replicas(detail, a.home_region, regions, timeout, interval)
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for r, body in bodies.items():
+        (out / f"imagedefinitions-{r}.json").write_text(body, encoding="utf-8")
+        print(f"wrote imagedefinitions-{r}.json: {a.container_name} -> {uris[r]}")
+
+
+def _blue_green(a: argparse.Namespace) -> None:
+    # TARGET_REGIONS and CONTAINER_NAME are not looked at: a stray variable in the build environment must not
+    # turn a valid blue/green build into an error.
+    if not _REGION.fullmatch(a.home_region):
+        raise TransformError(f"home region must be an AWS region name, got {a.home_region!r}")
+    timeout, interval = _number("timeout", a.timeout, 0), _number("poll interval", a.interval, 0.1)
+    try:
+        data = json.loads(a.blue_green_targets)
+    except ValueError as exc:
+        raise BlueGreenSpecError(f"blue/green targets are not valid JSON ({exc})") from None
+    targets = parse_blue_green_targets(data)
+    raw = read_image_detail(a.image_detail)
+    detail = parse_image_detail(raw)
+    if detail["region"] != a.home_region:
+        raise ImageDetailError(f"ImageURI is in {detail['region']}, but the home region is {a.home_region}")
+    # Render everything before writing anything: bad input must leave no partial artifact.
+    files = {t["artifact"]: blue_green_files(raw, t) for t in targets}
+    _wait_for_replicas(detail, a.home_region, list(dict.fromkeys(t["region"] for t in targets)), timeout, interval)
+    out = Path(a.output_dir)
+    for target in targets:
+        directory = out / target["artifact"]
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, body in files[target["artifact"]].items():
+            (directory / name).write_text(body, encoding="utf-8")
+        uri = json.loads(files[target["artifact"]]["imageDetail.json"])["ImageURI"]
+        print(f"wrote {target['artifact']}/{{{','.join(BLUE_GREEN_FILES)}}}: {target['containerName']} -> {uri}")
+
+
+def _wait_for_replicas(detail: dict[str, str], home: str, regions: list[str], timeout: float, interval: float) -> None:
+    deadline = time.monotonic() + timeout  # one budget for all: replicas copy in parallel
+    for r in regions:
+        if r != home:  # the pushed image is already in the home registry
+            left = max(0.0, deadline - time.monotonic())
+            args = (detail["registry"], detail["repo"], detail["digest"], r, left, interval)
+            wait_for_replication(boto3.client("ecr", region_name=r), *args)
+
+
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
     src = env("CODEBUILD_SRC_DIR") or "."
@@ -136,35 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-detail", default=env("IMAGE_DETAIL_FILE") or os.path.join(src, "imageDetail.json"))
     p.add_argument("--container-name", default=env("CONTAINER_NAME", ""))
     p.add_argument("--regions", default=env("TARGET_REGIONS", ""))
+    p.add_argument("--blue-green-targets", default=env("BLUE_GREEN_TARGETS", ""),
+                   help="JSON list of blue/green targets (see parse_blue_green_targets); selects blue/green mode")
     p.add_argument("--home-region", default=env("HOME_REGION", ""))
     p.add_argument("--output-dir", default=env("OUTPUT_DIR") or src)
     p.add_argument("--timeout", default=env("REPLICATION_TIMEOUT_SECONDS") or "600")
     p.add_argument("--interval", default=env("POLL_INTERVAL_SECONDS") or "10")
     a = p.parse_args(argv)
     try:
-        regions = [r.strip() for r in a.regions.split(",") if r.strip()]
-        if not regions or len(set(regions)) != len(regions):
-            raise TransformError(f"target regions must be non-empty and unique, got {a.regions!r}")
-        if not _REGION.fullmatch(a.home_region):
-            raise TransformError(f"home region must be an AWS region name, got {a.home_region!r}")
-        timeout, interval = _number("timeout", a.timeout, 0), _number("poll interval", a.interval, 0.1)
-        detail = load_image_detail(a.image_detail)
-        if detail["region"] != a.home_region:
-            raise ImageDetailError(f"ImageURI is in {detail['region']}, but the home region is {a.home_region}")
-        # Render everything before writing anything: bad input must leave no partial artifact.
-        uris = {r: regional_image_uri(detail, r) for r in regions}
-        bodies = {r: serialize(image_definitions(a.container_name, uri)) for r, uri in uris.items()}
-        deadline = time.monotonic() + timeout  # one budget for all: replicas copy in parallel
-        for r in regions:
-            if r != a.home_region:  # the pushed image is already in the home registry
-                left = max(0.0, deadline - time.monotonic())
-                args = (detail["registry"], detail["repo"], detail["digest"], r, left, interval)
-                wait_for_replication(boto3.client("ecr", region_name=r), *args)
-        out = Path(a.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for r, body in bodies.items():
-            (out / f"imagedefinitions-{r}.json").write_text(body, encoding="utf-8")
-            print(f"wrote imagedefinitions-{r}.json: {a.container_name} -> {uris[r]}")
+        if a.blue_green_targets:
+            _blue_green(a)
+        else:
+            _rolling(a)
     except TransformError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

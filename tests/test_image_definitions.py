@@ -1,4 +1,5 @@
-"""The imageDetail.json -> imagedefinitions-<region>.json transform, and the buildspec that embeds it.
+"""The imageDetail.json -> imagedefinitions-<region>.json transform, its blue/green mode (taskdef.json,
+appspec.yaml and a regional imageDetail.json per artifact), and the buildspecs that embed it.
 
 Inputs come from the real sample (../shared/samples/imageDetail.json) with only account and digest rewritten;
 ECR is moto, in-process for the unit tests and as a loopback server for the buildspec run.
@@ -15,14 +16,18 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import botocore.session
 import pytest
 import yaml
 from botocore.stub import Stubber
+from botocore.validate import ParamValidator
 from conftest import SAMPLES
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
-from components.buildspec import HANDLER_PATH, render_buildspec
+from components.buildspec import HANDLER_PATH, render_blue_green_buildspec, render_buildspec
+from components.config import parse
+from components.task_definition import IMAGE_PLACEHOLDER, task_definition
 from handlers import image_definitions as idf
 
 ACCOUNT = "123456789012"  # moto's default account, so describe_images' registryId matches what moto stores
@@ -84,7 +89,8 @@ def aws_env(monkeypatch):
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "CODEBUILD_SRC_DIR", "IMAGE_DETAIL_FILE", "OUTPUT_DIR"):
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "CODEBUILD_SRC_DIR", "IMAGE_DETAIL_FILE", "OUTPUT_DIR",
+                 "BLUE_GREEN_TARGETS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -475,3 +481,342 @@ def test_buildspec_fails_clearly_when_a_region_lacks_the_image(moto_server, make
     assert f"{repo}@{digest} not replicated to ap-southeast-2" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("imagedefinitions-*.json"))
+
+
+# --- blue/green mode: taskdef.json, appspec.yaml and a regional imageDetail.json per artifact ---------------------
+
+TOOLS_ACCOUNT = "111111111111"
+WORKLOAD_ACCOUNT = "777788889999"
+# A service with everything that ends up in a task definition, including text a shell or YAML could mangle.
+SERVICE = {
+    "name": "sample-app",
+    "port": 8080,
+    "cpu": 512,
+    "memory": 1024,
+    "environment": {"GREETING": "it's $5 `now` \\o/ \"quoted\"", "MODE": "blue: green"},
+    "secrets": {"DB_PASSWORD": "db/password", "API_KEY": "ssm:/app/key"},
+    "healthCheck": {"command": ["CMD-SHELL", "curl -f http://localhost:$PORT/ || exit 1"]},
+}
+ECS_REGISTER = (
+    botocore.session.get_session().get_service_model("ecs").operation_model("RegisterTaskDefinition").input_shape
+)
+
+
+def stack_config(regions=REGIONS, service=SERVICE):
+    return parse({"tools": {"accountId": TOOLS_ACCOUNT, "region": HOME},
+                  "environments": [{"name": "prod", "accountId": WORKLOAD_ACCOUNT, "regions": list(regions),
+                                    "strategy": "blue-green"}],
+                  "services": [service]}, project="crossdeploy", stack="test", aws_region=HOME)
+
+
+def bg_target(region: str, **changes) -> dict:
+    """A handler target built from the real task definition crossdeploy generates for `region`."""
+    cfg = stack_config()
+    service = cfg.services[0]
+    target = {
+        "artifact": f"BlueGreen-prod-{region}",
+        "region": region,
+        "taskDefinition": task_definition(cfg, WORKLOAD_ACCOUNT, region, service, IMAGE_PLACEHOLDER),
+        "containerName": service.container,
+        "containerPort": service.port,
+    }
+    target.update(changes)
+    return target
+
+
+def assert_registrable(taskdef_text: str, image: str) -> dict:
+    """taskdef.json, with the image the action substitutes, is a valid RegisterTaskDefinition request."""
+    assert taskdef_text.count(idf.IMAGE_PLACEHOLDER) == 1
+    request = json.loads(taskdef_text.replace(idf.IMAGE_PLACEHOLDER, image))
+    report = ParamValidator().validate(request, ECS_REGISTER)
+    assert not report.has_errors(), report.generate_report()
+    return request
+
+
+def assert_appspec_matches(appspec_text: str, taskdef: dict) -> dict:
+    """The documented ECS AppSpec shape, naming the container that gets the new image and one of its ports."""
+    spec = yaml.safe_load(appspec_text)
+    assert set(spec) == {"version", "Resources"} and spec["version"] == 0.0
+    (resource,) = spec["Resources"]
+    assert list(resource) == ["TargetService"]
+    assert resource["TargetService"]["Type"] == "AWS::ECS::Service"
+    properties = resource["TargetService"]["Properties"]
+    assert set(properties) == {"TaskDefinition", "LoadBalancerInfo"}
+    assert properties["TaskDefinition"] == "<TASK_DEFINITION>"
+    lb = properties["LoadBalancerInfo"]
+    (container,) = [c for c in taskdef["containerDefinitions"] if c["image"] == IMAGE_PLACEHOLDER]
+    assert lb["ContainerName"] == container["name"]
+    assert type(lb["ContainerPort"]) is int
+    assert lb["ContainerPort"] in [m["containerPort"] for m in container["portMappings"]]
+    return lb
+
+
+def assert_artifact(directory: Path, target: dict, source_detail: dict, digest: str) -> None:
+    assert sorted(p.name for p in directory.iterdir()) == sorted(["taskdef.json", "appspec.yaml", "imageDetail.json"])
+    region, repo = target["region"], source_detail["RepositoryName"]
+    replica = f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repo}@{digest}"
+    taskdef_text = (directory / "taskdef.json").read_text()
+    assert json.loads(taskdef_text) == target["taskDefinition"]
+    request = assert_registrable(taskdef_text, replica)
+    assert request["containerDefinitions"][0]["logConfiguration"]["options"]["awslogs-region"] == region
+    lb = assert_appspec_matches((directory / "appspec.yaml").read_text(), target["taskDefinition"])
+    assert (lb["ContainerName"], lb["ContainerPort"]) == (target["containerName"], target["containerPort"])
+    written = json.loads((directory / "imageDetail.json").read_text())
+    assert written["ImageURI"] == replica
+    assert {k: v for k, v in written.items() if k != "ImageURI"} == {
+        k: v for k, v in source_detail.items() if k != "ImageURI"}, "every other field as the source wrote it"
+
+
+def test_the_ecs_model_check_can_fail():
+    taskdef = json.dumps({**bg_target(HOME)["taskDefinition"], "cpu": 512})  # an int where ECS wants a string
+    with pytest.raises(AssertionError, match="cpu"):
+        assert_registrable(taskdef, "x@" + DIGEST)
+
+
+def test_appspec_text_is_the_documented_structure():
+    taskdef = bg_target(HOME)["taskDefinition"]
+    lb = assert_appspec_matches(idf.appspec("sample-app", 8080), taskdef)
+    assert lb == {"ContainerName": "sample-app", "ContainerPort": 8080}
+
+
+@mock_aws
+def test_blue_green_main_writes_one_artifact_directory_per_target(aws_env, make_detail, raw_sample, tmp_path,
+                                                                  capsys):
+    repo = raw_sample["RepositoryName"]
+    (digest,) = {push(r, repo) for r in REGIONS}
+    targets = [bg_target(r) for r in REGIONS]
+    detail = make_detail(digest)
+    out = tmp_path / "out"
+    argv = [f"--image-detail={_write(tmp_path / 'imageDetail.json', detail)}", f"--home-region={HOME}",
+            f"--output-dir={out}", f"--blue-green-targets={json.dumps(targets)}"]
+    assert idf.main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(t["artifact"] for t in targets)
+    for target in targets:
+        assert_artifact(out / target["artifact"], target, detail, digest)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(targets) and all(line.startswith("wrote BlueGreen-prod-") for line in lines)
+
+
+@mock_aws
+def test_blue_green_main_reads_the_environment_like_codebuild(aws_env, make_detail, tmp_path, monkeypatch):
+    target = bg_target(HOME)
+    monkeypatch.setenv("CODEBUILD_SRC_DIR", str(tmp_path))
+    monkeypatch.setenv("BLUE_GREEN_TARGETS", json.dumps([target]))
+    monkeypatch.setenv("HOME_REGION", HOME)
+    # Stray rolling inputs in the build environment are not looked at (eu-west-1 would need an ECR call).
+    monkeypatch.setenv("CONTAINER_NAME", "stray")
+    monkeypatch.setenv("TARGET_REGIONS", "eu-west-1")
+    detail = make_detail()
+    _write(tmp_path / "imageDetail.json", detail)
+    assert idf.main([]) == 0
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [target["artifact"]]
+    assert_artifact(tmp_path / target["artifact"], target, detail, DIGEST)
+
+
+def _taskdef_with(container_changes: dict | None = None, extra_container: dict | None = None, **top) -> dict:
+    taskdef = json.loads(json.dumps(bg_target(HOME)["taskDefinition"]))
+    taskdef["containerDefinitions"][0].update(container_changes or {})
+    if extra_container:
+        taskdef["containerDefinitions"].append(extra_container)
+    taskdef.update(top)
+    return taskdef
+
+
+SIDECAR = {"name": "sidecar", "image": "public.ecr.aws/nginx/nginx:1", "essential": False}
+# Each case: BLUE_GREEN_TARGETS text (from the list of good targets), expected text of the one error line.
+BAD_BLUE_GREEN_TARGETS = {
+    "not JSON": (lambda ts: "[{", "not valid JSON"),
+    "empty list": (lambda ts: "[]", "non-empty JSON list"),
+    "an object, not a list": (lambda ts: json.dumps(ts[0]), "non-empty JSON list"),
+    "target not an object": (lambda ts: json.dumps([*ts, "x"]), "target 3: must be a JSON object"),
+    "missing key": (lambda ts: json.dumps([{k: v for k, v in ts[0].items() if k != "containerPort"}]),
+                    "missing keys ['containerPort']"),
+    "unknown key": (lambda ts: json.dumps([{**ts[0], "containerPorts": 1}]), "unknown keys ['containerPorts']"),
+    "artifact with a slash": (lambda ts: json.dumps([{**ts[0], "artifact": "../escape"}]), "artifact '../escape'"),
+    "artifact too long": (lambda ts: json.dumps([{**ts[0], "artifact": "a" * 101}]), "1-100 letters"),
+    "artifact repeated": (lambda ts: json.dumps([ts[0], {**ts[1], "artifact": ts[0]["artifact"]}]), "repeated"),
+    "bad region": (lambda ts: json.dumps([{**ts[0], "region": "Mars-1"}]), "not an AWS region name: 'Mars-1'"),
+    "bad container name": (lambda ts: json.dumps([{**ts[0], "containerName": "a b"}]), "containerName 'a b'"),
+    "port as a string": (lambda ts: json.dumps([{**ts[0], "containerPort": "8080"}]), "containerPort must be"),
+    "port as a bool": (lambda ts: json.dumps([{**ts[0], "containerPort": True}]), "containerPort must be"),
+    "port out of range": (lambda ts: json.dumps([{**ts[0], "containerPort": 70000}]), "containerPort must be"),
+    "taskdef not an object": (lambda ts: json.dumps([{**ts[0], "taskDefinition": []}]), "must be a JSON object"),
+    "taskdef without family": (lambda ts: json.dumps([{**ts[0], "taskDefinition": _taskdef_with(family="")}]),
+                               "family is missing"),
+    "taskdef without containers": (
+        lambda ts: json.dumps([{**ts[0], "taskDefinition": _taskdef_with(containerDefinitions=[])}]),
+        "containerDefinitions must be"),
+    "no placeholder": (lambda ts: json.dumps([{**ts[0], "taskDefinition": _taskdef_with({"image": "x:1"})}]),
+                       "found it 0 time(s)"),
+    "placeholder twice": (
+        lambda ts: json.dumps([{**ts[0], "taskDefinition": _taskdef_with(
+            extra_container={**SIDECAR, "image": IMAGE_PLACEHOLDER})}]), "found it 2 time(s)"),
+    "placeholder outside an image": (
+        lambda ts: json.dumps([{**ts[0], "taskDefinition": _taskdef_with(
+            {"environment": [{"name": "IMG", "value": IMAGE_PLACEHOLDER}]})}]), "found it 2 time(s)"),
+    "placeholder on another container": (
+        lambda ts: json.dumps([{**ts[0], "taskDefinition": _taskdef_with(
+            {"image": "x:1"}, extra_container={**SIDECAR, "image": IMAGE_PLACEHOLDER})}]),
+        "is 'sidecar', but containerName"),
+    "port not mapped": (lambda ts: json.dumps([{**ts[0], "containerPort": 9090}]),
+                        "containerPort 9090 is not among"),
+    "second target bad": (lambda ts: json.dumps([ts[0], {**ts[1], "containerPort": 9090}]),
+                          f"target BlueGreen-prod-{REGIONS[1]}: containerPort 9090"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BLUE_GREEN_TARGETS, ids=list(BAD_BLUE_GREEN_TARGETS))
+def test_blue_green_bad_targets_write_nothing(case, aws_env, make_detail, tmp_path, capsys):
+    make_text, expected = BAD_BLUE_GREEN_TARGETS[case]
+    text = make_text([bg_target(r) for r in REGIONS])
+    out = tmp_path / "out"
+    argv = [f"--image-detail={_write(tmp_path / 'imageDetail.json', make_detail())}", f"--home-region={HOME}",
+            f"--output-dir={out}", f"--blue-green-targets={text}"]
+    assert idf.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    assert not out.exists()
+
+
+BAD_BLUE_GREEN_RUNS = {
+    "raw sample": (lambda raw, d: raw, [], "ImageURI 'ACCOUNTID."),
+    "home region differs": (None, ["--home-region=us-east-2"], "home region is us-east-2"),
+    "bad home region": (None, ["--home-region=home"], "home region must be"),
+    "negative timeout": (None, ["--timeout=-1"], "timeout must be"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BLUE_GREEN_RUNS, ids=list(BAD_BLUE_GREEN_RUNS))
+def test_blue_green_bad_runs_write_nothing(case, aws_env, raw_sample, make_detail, tmp_path, capsys):
+    mutate, extra, expected = BAD_BLUE_GREEN_RUNS[case]
+    detail = mutate(raw_sample, make_detail()) if mutate else make_detail()
+    out = tmp_path / "out"
+    argv = [f"--image-detail={_write(tmp_path / 'imageDetail.json', detail)}", f"--home-region={HOME}",
+            f"--output-dir={out}", f"--blue-green-targets={json.dumps([bg_target(HOME)])}", *extra]
+    assert idf.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and err.count("\n") == 1 and expected in err, err
+    assert not out.exists()
+
+
+@mock_aws
+def test_blue_green_timeout_writes_nothing(aws_env, make_detail, raw_sample, tmp_path, capsys):
+    digest = push(HOME, raw_sample["RepositoryName"])  # never replicated anywhere
+    out = tmp_path / "out"
+    argv = [f"--image-detail={_write(tmp_path / 'd.json', make_detail(digest))}", f"--home-region={HOME}",
+            f"--output-dir={out}", "--timeout=0",
+            f"--blue-green-targets={json.dumps([bg_target(r) for r in REGIONS])}"]
+    assert idf.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and "not replicated to eu-west-1" in err and digest in err
+    assert not out.exists()
+
+
+# --- the blue/green buildspec, rendered and run -----------------------------------------------------------------
+
+
+def test_blue_green_buildspec_with_several_targets_uses_secondary_artifacts():
+    targets = [bg_target(r) for r in REGIONS]
+    spec = yaml.safe_load(render_blue_green_buildspec(targets=targets, home_region=HOME))
+    assert spec["version"] == 0.2
+    variables = spec["env"]["variables"]
+    assert set(variables) == {"BLUE_GREEN_TARGETS", "HOME_REGION", "REPLICATION_TIMEOUT_SECONDS"}
+    assert json.loads(variables["BLUE_GREEN_TARGETS"]) == targets
+    assert "$" not in variables["BLUE_GREEN_TARGETS"], "no '$' for anything between buildspec and handler to expand"
+    assert (variables["HOME_REGION"], variables["REPLICATION_TIMEOUT_SECONDS"]) == (HOME, "600")
+    # CodePipeline: with several output artifacts, each is a secondary artifact named like the output artifact.
+    assert spec["artifacts"] == {"secondary-artifacts": {
+        t["artifact"]: {"base-directory": t["artifact"], "files": ["taskdef.json", "appspec.yaml", "imageDetail.json"]}
+        for t in targets}}
+
+
+def test_blue_green_buildspec_with_one_target_uses_the_primary_artifact():
+    (target,) = targets = [bg_target(HOME)]
+    spec = yaml.safe_load(render_blue_green_buildspec(targets=targets, home_region=HOME, timeout_seconds=30))
+    assert spec["artifacts"] == {"base-directory": target["artifact"],
+                                 "files": ["taskdef.json", "appspec.yaml", "imageDetail.json"]}
+    assert spec["env"]["variables"]["REPLICATION_TIMEOUT_SECONDS"] == "30"
+
+
+def test_both_buildspecs_share_one_command_block():
+    rolling = yaml.safe_load(render_buildspec(container_name="sample-app", target_regions=REGIONS, home_region=HOME))
+    blue_green = yaml.safe_load(render_blue_green_buildspec(targets=[bg_target(HOME)], home_region=HOME))
+    assert blue_green["phases"] == rolling["phases"]
+    (command,) = blue_green["phases"]["build"]["commands"]
+    assert HANDLER_PATH.read_text() in command
+
+
+BAD_BLUE_GREEN_RENDER_ARGS = {
+    "no targets": {"targets": []},
+    "six targets": {"targets": [bg_target(HOME, artifact=f"a{i}") for i in range(6)]},
+    "a dict, not a list": {"targets": bg_target(HOME)},
+    "target the handler refuses": {"targets": [bg_target(HOME, containerPort=1)]},
+    "bad home region": {"home_region": "home"},
+    "timeout past Lambda's 15 minutes": {"timeout_seconds": 900},
+}
+
+
+@pytest.mark.parametrize("case", BAD_BLUE_GREEN_RENDER_ARGS, ids=list(BAD_BLUE_GREEN_RENDER_ARGS))
+def test_blue_green_buildspec_refuses_bad_arguments(case):
+    kwargs = {"targets": [bg_target(HOME)], "home_region": HOME, **BAD_BLUE_GREEN_RENDER_ARGS[case]}
+    with pytest.raises(ValueError):
+        render_blue_green_buildspec(**kwargs)
+
+
+def artifact_directories(buildspec: str, workdir: Path) -> dict[str, Path]:
+    """Output artifact name -> the directory CodeBuild would upload for it (base-directory is relative to the
+    primary source directory); a single output is the primary artifact."""
+    artifacts = yaml.safe_load(buildspec)["artifacts"]
+    sections = artifacts.get("secondary-artifacts") or {None: artifacts}
+    return {name: workdir / section["base-directory"] for name, section in sections.items()}
+
+
+def test_blue_green_buildspec_runs_end_to_end(moto_server, make_detail, raw_sample, tmp_path, aws_env):
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
+    repo = raw_sample["RepositoryName"]
+    (digest,) = {push(r, repo, endpoint_url=moto_server) for r in REGIONS}
+    detail = make_detail(digest)
+    _write(tmp_path / "imageDetail.json", detail)
+    targets = [bg_target(r) for r in REGIONS]
+    buildspec = render_blue_green_buildspec(targets=targets, home_region=HOME)
+
+    result = run_buildspec(buildspec, tmp_path, moto_server)
+
+    assert result.returncode == 0, result.stderr
+    directories = artifact_directories(buildspec, tmp_path)
+    assert set(directories) == {t["artifact"] for t in targets}
+    for target in targets:
+        assert_artifact(directories[target["artifact"]], target, detail, digest)
+    assert result.stdout.count("wrote BlueGreen-prod-") == len(targets)
+
+
+def test_single_target_buildspec_runs_in_the_home_region_without_aws(make_detail, tmp_path, aws_env):
+    detail = make_detail()
+    _write(tmp_path / "imageDetail.json", detail)
+    (target,) = targets = [bg_target(HOME)]
+    buildspec = render_blue_green_buildspec(targets=targets, home_region=HOME)
+
+    # An endpoint nothing listens on: any AWS call would fail the build.
+    result = run_buildspec(buildspec, tmp_path, "http://127.0.0.1:9")
+
+    assert result.returncode == 0, result.stderr
+    (directory,) = artifact_directories(buildspec, tmp_path).values()
+    assert_artifact(directory, target, detail, DIGEST)
+
+
+def test_blue_green_buildspec_fails_clearly_when_a_region_lacks_the_image(moto_server, make_detail, raw_sample,
+                                                                          tmp_path, aws_env):
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
+    repo = raw_sample["RepositoryName"]
+    (digest,) = {push(r, repo, endpoint_url=moto_server) for r in (HOME, "eu-west-1")}  # not ap-southeast-2
+    _write(tmp_path / "imageDetail.json", make_detail(digest))
+    buildspec = render_blue_green_buildspec(targets=[bg_target(r) for r in REGIONS], home_region=HOME,
+                                            timeout_seconds=1)
+
+    result = run_buildspec(buildspec, tmp_path, moto_server)
+
+    assert result.returncode != 0
+    assert result.stderr.startswith("ERROR: ") and result.stderr.count("\n") == 1, result.stderr
+    assert f"{repo}@{digest} not replicated to ap-southeast-2" in result.stderr
+    assert not any(d.exists() for d in artifact_directories(buildspec, tmp_path).values()), "no partial artifact"

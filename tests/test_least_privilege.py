@@ -126,11 +126,49 @@ def check_agreement(run: ProgramRun) -> list[str]:
             ):
                 if not allows(doc, action_name, resource, principal_arn=principal):
                     problems.append(f"{where}: {label} denies {action_name} on {resource or key_arn}")
+            if action["provider"] == "CodeDeployToECS":
+                problems.extend(_codedeploy_problems(run, where, action, deploy_role, deploy_policy))
+                continue
             cluster, service = action["configuration"]["ClusterName"], action["configuration"]["ServiceName"]
             service_arn = f"arn:aws:ecs:{region}:{deploy_role.account}:service/{cluster}/{service}"
             for ecs_action in ("ecs:DescribeServices", "ecs:UpdateService", "ecs:RegisterTaskDefinition"):
                 if not allows(deploy_policy, ecs_action, service_arn):
                     problems.append(f"{where}: deploy role may not {ecs_action} {service_arn}")
+    return problems
+
+
+def _codedeploy_problems(run: ProgramRun, where: str, action: dict, deploy_role, deploy_policy: str) -> list[str]:
+    """A CodeDeployToECS action works only if its application and group exist where it runs, the deploy role may
+    deploy to that group with the group's configuration, and may pass the roles the task definition names."""
+    problems = []
+    conf, region, account = action["configuration"], action["region"], deploy_role.account
+    groups = [g for g in run.of_type("aws:codedeploy/deploymentGroup:DeploymentGroup")
+              if (g.account, g.region, g.inputs["appName"], g.inputs["deploymentGroupName"]) ==
+              (account, region, conf["ApplicationName"], conf["DeploymentGroupName"])]
+    if len(groups) != 1:
+        return [f"{where}: no deployment group {conf['ApplicationName']}/{conf['DeploymentGroupName']} in "
+                f"{account} {region}"]
+    group = groups[0]
+    prefix = f"arn:aws:codedeploy:{region}:{account}"
+    for api, resource in (
+            ("codedeploy:CreateDeployment", group.outputs["arn"]),
+            ("codedeploy:GetDeployment", group.outputs["arn"]),
+            ("codedeploy:GetApplicationRevision", f"{prefix}:application:{conf['ApplicationName']}"),
+            ("codedeploy:RegisterApplicationRevision", f"{prefix}:application:{conf['ApplicationName']}"),
+            ("codedeploy:GetDeploymentConfig", f"{prefix}:deploymentconfig:{group.inputs['deploymentConfigName']}")):
+        if not allows(deploy_policy, api, resource):
+            problems.append(f"{where}: deploy role may not {api} {resource}")
+    service = [r for r in run.of_type("aws:ecs/service:Service") if (r.account, r.region) == (account, region)
+               and r.inputs["name"] == group.inputs["ecsService"]["serviceName"]]
+    task_definitions = [r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
+                        if service and r.outputs["arn"] == service[0].inputs["taskDefinition"]]
+    if len(task_definitions) != 1:
+        return [*problems, f"{where}: the group's service has no task definition crossdeploy created"]
+    for key in ("executionRoleArn", "taskRoleArn"):
+        role = task_definitions[0].inputs[key]
+        if not allows(deploy_policy, "iam:PassRole", role,
+                      context={"iam:PassedToService": "ecs-tasks.amazonaws.com"}):
+            problems.append(f"{where}: deploy role may not pass {role}")
     return problems
 
 
@@ -179,3 +217,13 @@ def test_build_role_writes_only_its_own_logs_and_reads_only_its_repositories(bas
     # The build role must not be able to assume deploy roles: it lives outside the trusted pipeline path.
     deploy = next(r for r in base_run.of_type("aws:iam/role:Role") if "/deploy/" in r.outputs["arn"])
     assert not allows(deploy.inputs["assumeRolePolicy"], "sts:AssumeRole", principal_arn=build_role.outputs["arn"])
+
+
+def test_the_agreement_check_catches_a_deploy_role_without_codedeploy_rights(monkeypatch) -> None:
+    import components.deploy_role
+    from conftest import ROOT
+
+    from offline.mocks import stack_config
+    monkeypatch.setattr(components.deploy_role, "codedeploy_targets", lambda cfg, account: ())
+    problems = check_agreement(run_program(stack_config(ROOT / "Pulumi.prod.yaml"), stack="prod"))
+    assert any("may not codedeploy:CreateDeployment" in p for p in problems), problems
