@@ -82,6 +82,7 @@ for account in cfg.workload_accounts:
         scheduled_task_regions=regions if cfg.release else (),
         scheduled_task_role_names=tuple(cfg.release.pass_role_names) if cfg.release else (),
         codedeploy_targets=codedeploy_targets(cfg, account),
+        codedeploy_release=cfg.release is not None,
     ))
 
 workload_roles = {}

@@ -747,6 +747,45 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
     return problems
 
 
+# Margin for CodeDeploy to start the replacement tasks and see them healthy before it shifts any traffic.
+BLUE_GREEN_START_MINUTES = 5
+
+
+def blue_green_minutes(shift_type: str, percent: int | None, interval: int | None, termination_wait: int) -> int:
+    """How long a CodeDeploy ECS deployment stays in progress: it succeeds only after the traffic shift and the
+    termination wait of the original tasks, plus the time new tasks take to become healthy."""
+    steps = 0
+    if shift_type == "canary":
+        steps = 1
+    elif shift_type == "linear":
+        steps = -(-100 // (percent or 10)) - 1
+    return BLUE_GREEN_START_MINUTES + steps * (interval or 5) + termination_wait
+
+
+def _release_outlasts_blue_green(release: Mapping[str, Any], envs: list) -> list[str]:
+    """A release waits for each service up to serviceTimeoutMinutes, then rolls everything back: with blue/green
+    environments that limit must outlast a whole CodeDeploy deployment, or every release would roll back."""
+    timeout = release.get("serviceTimeoutMinutes", 15)
+    if not isinstance(timeout, int):
+        return []
+    problems = []
+    for env in envs:
+        if not isinstance(env, Mapping) or env.get("strategy") != "blue-green":
+            continue
+        settings = env.get("blueGreen") if isinstance(env.get("blueGreen"), Mapping) else {}
+        shift = settings.get("trafficShift") if isinstance(settings.get("trafficShift"), Mapping) else {}
+        wait = settings.get("terminationWaitMinutes", 5)
+        values = (shift.get("percent"), shift.get("intervalMinutes"), wait)
+        if not all(v is None or isinstance(v, int) for v in values) or not isinstance(wait, int):
+            continue
+        needed = blue_green_minutes(str(shift.get("type", "all-at-once")), *values)
+        if timeout < needed:
+            problems.append(f"release.serviceTimeoutMinutes: {timeout} is shorter than a blue/green deployment in "
+                            f"environment {env.get('name')!r} (about {needed} minutes: start, traffic shift, "
+                            f"termination wait); set at least {needed}")
+    return problems
+
+
 def _unique_service_names(services: list) -> list[str]:
     """A CodeDeploy application holds one deployment group per service name, whatever the cluster."""
     problems: list[str] = []
@@ -847,6 +886,8 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
     if blue_green_envs:
         problems.extend(_unique_service_names(services))
     release = raw.get("release")
+    if isinstance(release, Mapping):
+        problems.extend(_release_outlasts_blue_green(release, envs))
     source = release.get("source") if isinstance(release, Mapping) else None
     if isinstance(source, Mapping):
         provider, connection = source.get("provider"), source.get("connectionArn")

@@ -77,6 +77,9 @@ class DeployRoleArgs:
     updated. Default none."""
     codedeploy_targets: tuple[CodeDeployTarget, ...] = ()
     """Deployment groups of blue/green environments (CodeDeployToECS actions). Default none: no CodeDeploy rights."""
+    codedeploy_release: bool = False
+    """Whether a release (Step Functions) deploys to the codedeploy_targets too: adds reading the deployment group,
+    listing its deployments and stopping one (a release's rollback). Default false."""
     max_session_seconds: int = 3600
     """Session length. Default one hour: CodePipeline re-assumes the role per action."""
 
@@ -124,7 +127,11 @@ def codedeploy_statements(args: DeployRoleArgs) -> list[p.Statement]:
         p.statement("RegisterBlueGreenRevisions", ["codedeploy:GetApplication", "codedeploy:GetApplicationRevision",
                                                    "codedeploy:RegisterApplicationRevision"],
                     arns("application:{t.application_name}")),
-        p.statement("DeployBlueGreen", ["codedeploy:CreateDeployment", "codedeploy:GetDeployment"],
+        p.statement("DeployBlueGreen", ["codedeploy:CreateDeployment", "codedeploy:GetDeployment",
+                                        # A release also checks the group's service and running deployments, and
+                                        # stops its own deployment when it rolls the release back.
+                                        *(["codedeploy:GetDeploymentGroup", "codedeploy:ListDeployments",
+                                           "codedeploy:StopDeployment"] if args.codedeploy_release else [])],
                     arns("deploymentgroup:{t.application_name}/{t.deployment_group_name}")),
         # Predefined configurations (CodeDeployDefault.*) are named in this account and region too, as the CDK's
         # grant for this action names them.

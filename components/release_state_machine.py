@@ -161,9 +161,12 @@ def definition(function_arns: dict[str, str], *, max_concurrency: int = 10, poll
     deploy_service_states = {
         "DeployService": _invoke(
             fn["deployService"], {**target, "startedAt.$": "$$.State.EnteredTime"},
-            {"taskDefinitionArn.$": "$.Payload.taskDefinitionArn", "deadline.$": "$.Payload.deadline"},
+            # deploymentId: the CodeDeploy deployment of a blue/green service (CheckService follows it), else null.
+            {"taskDefinitionArn.$": "$.Payload.taskDefinitionArn", "deadline.$": "$.Payload.deadline",
+             "deploymentId.$": "$.Payload.deploymentId"},
             "$.deploy", Next="WaitForService",
-            Comment="Register a copy of the snapshot task definition with the pinned image; update the service."),
+            Comment="Register a copy of the snapshot task definition with the pinned image; update the service "
+                    "(blue/green: start a CodeDeploy deployment of it)."),
         "WaitForService": {"Type": "Wait", "Seconds": poll_seconds, "Next": "CheckService"},
         "CheckService": _invoke(
             fn["checkService"],

@@ -7,12 +7,16 @@ The state machine (:mod:`components.release_state_machine`) calls one entry poin
   role (a service's task definition ARN; a rule's whole target list) and returns the compact item lists the Maps
   iterate. It changes nothing, so it can fail freely.
 * :func:`update_task` / :func:`deploy_service` register a copy of the target's task definition, whole, with only the
-  image replaced; then point the rule target / the service at it.
+  image replaced; then point the rule target / the service at it. A blue/green service (CODE_DEPLOY deployment
+  controller: ECS refuses UpdateService with a new task definition) gets a CodeDeploy deployment of its deployment
+  group instead, whose AppSpec names the new task definition and the service's load balancer container and port.
 * :func:`check_service` / :func:`check_rollback` wait (inside the Lambda, then through the state machine's Wait
   loop) until the service is steady on the expected task definition, its rollout failed, or the per-item deadline
-  passed; the state machine supplies the time (``$$.State.EnteredTime``), so the deadline is Step Functions'.
+  passed; the state machine supplies the time (``$$.State.EnteredTime``), so the deadline is Step Functions'. For a
+  blue/green service, steady means its CodeDeploy deployment succeeded.
 * :func:`rollback_target` compares a target with its snapshot and restores only what differs: correct whatever the
-  forward Maps did or did not do, and idempotent.
+  forward Maps did or did not do, and idempotent. A blue/green service's deployment still in flight is stopped with
+  CodeDeploy's rollback; one that finished is answered with a CodeDeploy deployment back to the snapshot.
 * :func:`notify` publishes one summary to the release topic.
 
 Configuration (set by the Pulumi side): ``CROSSDEPLOY_REGISTRY_ID``, ``CROSSDEPLOY_HOME_REGION``,
@@ -79,6 +83,14 @@ _REPOSITORY = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a
 _TAG = re.compile(r"[A-Za-z0-9_.-]{1,300}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _SESSION_CHARS = re.compile(r"[^\w+=,.@-]")
+_CODEDEPLOY_NAME = re.compile(r"[A-Za-z0-9+=,.@_-]{1,100}")  # CodeDeploy application and deployment group names
+
+# CodeDeploy deployment statuses: those still going (one per deployment group at a time), and how they end.
+_DEPLOYMENT_ACTIVE = ("Created", "Queued", "InProgress", "Baking", "Ready")
+_DEPLOYMENT_ENDED_BADLY = ("Failed", "Stopped")
+# Every deployment this code starts says whose it is: a re-run step, or the rollback, recognises its own (and never
+# touches anyone else's). ``purpose`` is deploy | rollback; the task definition is the one the AppSpec names.
+_DESCRIPTION = re.compile(r"crossdeploy release (?P<release>\S+): (?P<purpose>deploy|rollback) (?P<target>\S+)")
 
 _NOT_FOUND = {"ImageNotFoundException"}
 _NO_REPOSITORY = {"RepositoryNotFoundException"}
@@ -289,6 +301,12 @@ def validate_manifest(manifest: Any, registry_id: str, partition: str) -> tuple[
                     problems.append(f"{where}: cluster {cluster!r} is not an ECS cluster name or ARN")
                 if isinstance(service, str) and not _ECS_NAME.fullmatch(service):
                     problems.append(f"{where}: service {service!r} is not an ECS service name")
+                blue_green = entry.get("blueGreen")
+                if blue_green is not None and not (isinstance(blue_green, Mapping) and all(
+                        isinstance(blue_green.get(k), str) and _CODEDEPLOY_NAME.fullmatch(blue_green[k])
+                        for k in ("application", "deploymentGroup"))):
+                    problems.append(f"{where}: blueGreen {blue_green!r} must name a CodeDeploy application and "
+                                    "deploymentGroup")
                 key = ("service", str(account), str(region), str(cluster).rsplit("/", 1)[-1], str(service))
             else:
                 rule, bus = entry.get("ruleName"), entry.get("eventBus", "default")
@@ -444,20 +462,77 @@ def _snapshot_services(services: list[dict], session_name: str, problems: list[s
                 problems.append(f"{where}: no active ECS service")
                 continue
             controller = (service.get("deploymentController") or {}).get("type", "ECS")
-            if controller != "ECS":
-                problems.append(f"{where}: uses the {controller} deployment controller; a release updates "
-                                "rolling (ECS) services only")
-                continue
-            entry["snapshot"], entry["where"] = service["taskDefinition"], where
+            blue_green = entry.pop("blueGreen", None)
+            if controller == "ECS":
+                if blue_green:
+                    problems.append(f"{where}: is a rolling service (ECS deployment controller), but the release "
+                                    "context deploys it blue/green through CodeDeploy deployment group "
+                                    f"{blue_green['application']}/{blue_green['deploymentGroup']}")
+                    continue
+                entry["snapshot"], entry["where"] = service["taskDefinition"], where
+            elif controller == "CODE_DEPLOY":
+                if not blue_green:
+                    problems.append(f"{where}: uses the CODE_DEPLOY (blue/green) deployment controller, but the "
+                                    "release context has no CodeDeploy deployment group for it (its environment is "
+                                    "not blue-green)")
+                    continue
+                # The AppSpec's LoadBalancerInfo: the container and port the service's target group sends traffic to.
+                balancers = sorted({(lb.get("containerName"), lb.get("containerPort"))
+                                    for lb in service.get("loadBalancers") or []}, key=str)
+                if len(balancers) != 1 or not balancers[0][0] or not isinstance(balancers[0][1], int):
+                    problems.append(f"{where}: a blue/green service needs one load balancer container and port, "
+                                    f"DescribeServices lists {balancers or 'none'}")
+                    continue
+                entry["blueGreen"] = {"application": blue_green["application"],
+                                      "deploymentGroup": blue_green["deploymentGroup"],
+                                      "containerName": balancers[0][0], "containerPort": balancers[0][1]}
+                entry["snapshot"], entry["where"] = serving_task_definition(service), where
+            else:
+                problems.append(f"{where}: uses the {controller} deployment controller; a release updates rolling "
+                                "(ECS) and blue/green (CODE_DEPLOY) services only")
 
     definitions: dict[tuple[int, str], dict] = {}
 
     def check(entry: dict) -> None:
         ecs = _client("ecs", entry["region"], entry["roleArn"], session_name)
-        _check_container(entry.pop("where"), ecs, entry["snapshot"], entry.get("container"), definitions, problems)
+        where = entry.pop("where")
+        _check_container(where, ecs, entry["snapshot"], entry.get("container"), definitions, problems)
+        if "blueGreen" in entry:
+            _check_deployment_group(where, entry, session_name, problems)
 
     _parallel(describe, jobs)
     _parallel(check, [entry for entry in services if "snapshot" in entry])
+
+
+def serving_task_definition(service: Mapping[str, Any]) -> str:
+    """The task definition behind a service's production traffic: a CODE_DEPLOY service's PRIMARY task set's (the
+    one CodeDeploy routes the production listener to), else the service's own ``taskDefinition``."""
+    primary = [t for t in service.get("taskSets") or [] if t.get("status") == "PRIMARY" and t.get("taskDefinition")]
+    return str(primary[0]["taskDefinition"] if primary else service["taskDefinition"])
+
+
+def _check_deployment_group(where: str, entry: dict, session_name: str, problems: list[str]) -> None:
+    """The deployment group the context names must deploy this very service (else the release would put this
+    service's task definition on another one), and must have no deployment in flight (CodeDeploy runs one at a
+    time per group: the release would fail halfway)."""
+    blue_green = entry["blueGreen"]
+    group = f"{blue_green['application']}/{blue_green['deploymentGroup']}"
+    codedeploy = _client("codedeploy", entry["region"], entry["roleArn"], session_name)
+    try:
+        info = codedeploy.get_deployment_group(applicationName=blue_green["application"],
+                                               deploymentGroupName=blue_green["deploymentGroup"])["deploymentGroupInfo"]
+        active = _deployments(codedeploy, entry, _DEPLOYMENT_ACTIVE)
+    except ClientError as exc:
+        problems.append(f"{where}: cannot read CodeDeploy deployment group {group}: {exc}")
+        return
+    cluster = entry["cluster"].rsplit("/", 1)[-1]
+    deployed = sorted(f"{s.get('clusterName')}/{s.get('serviceName')}" for s in info.get("ecsServices") or [])
+    if f"{cluster}/{entry['service']}" not in deployed:
+        problems.append(f"{where}: CodeDeploy deployment group {group} deploys {', '.join(deployed) or 'no service'}, "
+                        "not this service")
+    if active:
+        problems.append(f"{where}: CodeDeploy deployment {active[0]['deploymentId']} ({active[0].get('status')}) is "
+                        f"in progress in deployment group {group}; release when it has finished")
 
 
 def _list_targets(events: Any, rule: str, bus: str) -> list[dict]:
@@ -540,8 +615,10 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     common = ("name", "accountId", "region", "roleArn")
     prepared = {
         "release": release,
+        # A blue/green service's item has one more (short) key: its CodeDeploy group and load balancer container.
         "services": [{**{k: s[k] for k in common}, "cluster": s["cluster"], "service": s["service"],
-                      "container": s.get("container"), "image": s["pinned"], "snapshot": s["snapshot"]}
+                      "container": s.get("container"), "image": s["pinned"], "snapshot": s["snapshot"],
+                      **({"blueGreen": s["blueGreen"]} if "blueGreen" in s else {})}
                      for s in services],
         "tasks": [{**{k: t[k] for k in common}, "ruleName": t["ruleName"], "eventBus": t["eventBus"],
                    "container": t.get("container"), "image": t["pinned"], "targetId": t["targetId"],
@@ -555,7 +632,8 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     for item in prepared["services"]:
         log("release.prepare.service", release=release["id"], step="prepare", target=item["name"],
             account=item["accountId"], region=item["region"], cluster=item["cluster"], service=item["service"],
-            snapshotTaskDefinition=item["snapshot"], image=item["image"])
+            snapshotTaskDefinition=item["snapshot"], image=item["image"],
+            **({"blueGreen": item["blueGreen"]} if "blueGreen" in item else {}))
     for item in prepared["tasks"]:
         ecs_target = next(t for t in item["snapshot"] if t["Id"] == item["targetId"])
         log("release.prepare.task", release=release["id"], step="prepare", target=item["name"],
@@ -576,6 +654,143 @@ def _register_copy(ecs: Any, task_definition: str, container: str | None, image:
         return str(described["taskDefinition"]["taskDefinitionArn"])
     registered = ecs.register_task_definition(**replace_image(kwargs, container, image))
     return str(registered["taskDefinition"]["taskDefinitionArn"])
+
+
+# ------------------------------------------------------------------------------------------- CodeDeploy (blue/green)
+
+def appspec(task_definition: str, blue_green: Mapping[str, Any]) -> str:
+    """The AppSpec (JSON) of an ECS blue/green deployment to ``task_definition``, behind the service's load balancer
+    container and port (as DescribeServices gave them)."""
+    return json.dumps({"version": 0.0, "Resources": [{"TargetService": {
+        "Type": "AWS::ECS::Service",
+        "Properties": {"TaskDefinition": task_definition,
+                       "LoadBalancerInfo": {"ContainerName": blue_green["containerName"],
+                                            "ContainerPort": blue_green["containerPort"]}}}}]},
+        separators=(",", ":"))
+
+
+def _create_deployment(codedeploy: Any, item: Mapping[str, Any], release_id: str, purpose: str,
+                       task_definition: str) -> str:
+    blue_green = item["blueGreen"]
+    return str(codedeploy.create_deployment(
+        applicationName=blue_green["application"], deploymentGroupName=blue_green["deploymentGroup"],
+        revision={"revisionType": "AppSpecContent",
+                  "appSpecContent": {"content": appspec(task_definition, blue_green)}},
+        description=f"crossdeploy release {release_id}: {purpose} {task_definition}")["deploymentId"])
+
+
+def _deployments(codedeploy: Any, item: Mapping[str, Any], statuses: Iterable[str],
+                 since: dt.datetime | None = None) -> list[dict]:
+    """The deployment group's deployments in ``statuses`` (created after ``since``), described."""
+    blue_green = item["blueGreen"]
+    kwargs: dict[str, Any] = {"applicationName": blue_green["application"],
+                              "deploymentGroupName": blue_green["deploymentGroup"],
+                              "includeOnlyStatuses": list(statuses)}
+    if since is not None:
+        kwargs["createTimeRange"] = {"start": since}
+    ids: list[str] = []
+    while True:
+        page = codedeploy.list_deployments(**kwargs)
+        ids += page.get("deployments", [])
+        if not page.get("nextToken"):
+            break
+        kwargs["nextToken"] = page["nextToken"]
+    return [codedeploy.get_deployment(deploymentId=i)["deploymentInfo"] for i in ids]
+
+
+def _purpose(deployment: Mapping[str, Any], release_id: str) -> tuple[str | None, str | None]:
+    """(deploy | rollback, its task definition) for a deployment this release started, else (None, None)."""
+    match = _DESCRIPTION.fullmatch(str(deployment.get("description") or ""))
+    if match is None or match["release"] != release_id:
+        return None, None
+    return match["purpose"], match["target"]
+
+
+def deployment_status(deployment: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(STEADY | IN_PROGRESS | FAILED, why) of a CodeDeploy deployment: Succeeded is steady; Failed or Stopped has
+    failed (with CodeDeploy's error); anything else is still going."""
+    if not deployment:
+        return FAILED, "CodeDeploy deployment is missing"
+    status, name = deployment.get("status"), deployment.get("deploymentId")
+    if status == "Succeeded":
+        return STEADY, f"CodeDeploy deployment {name} succeeded"
+    if status in _DEPLOYMENT_ENDED_BADLY:
+        error = deployment.get("errorInformation") or {}
+        detail = ": ".join(str(v) for v in (error.get("code"), error.get("message")) if v) or "no error information"
+        rollback = (deployment.get("rollbackInfo") or {}).get("rollbackMessage")
+        return FAILED, f"CodeDeploy deployment {name} {status}: {detail}" + (f" ({rollback})" if rollback else "")
+    return IN_PROGRESS, f"CodeDeploy deployment {name} {status}"
+
+
+def _deploy_blue_green(codedeploy: Any, item: Mapping[str, Any], release_id: str, new: str) -> tuple[str, str]:
+    """(task definition, deployment id) of this release's CodeDeploy deployment of ``new``."""
+    try:
+        return new, _create_deployment(codedeploy, item, release_id, "deploy", new)
+    except ClientError as exc:
+        if _error_code(exc) != "DeploymentLimitExceededException":
+            raise
+        # One deployment at a time per group. A re-run step (its first run started one, its answer was lost)
+        # carries on with this release's own; anyone else's stops the release.
+        for deployment in _deployments(codedeploy, item, _DEPLOYMENT_ACTIVE):
+            purpose, target = _purpose(deployment, release_id)
+            if purpose == "deploy" and target:
+                return target, str(deployment["deploymentId"])
+        raise
+
+
+def _restore_blue_green(item: Mapping[str, Any], release_id: str, session_name: str, *, stop: bool,
+                        since: dt.datetime) -> tuple[str, str, bool, str | None]:
+    """(status, why, changed, task definition serving before) of putting a blue/green service back on its snapshot.
+
+    Converges from whatever state the release left: this release's deployment still going is stopped with
+    CodeDeploy's rollback (``stop``: the rollback step; the check only waits for it); any deployment still going is
+    waited for (CodeDeploy runs one per group) unless it is someone else's; with none going, a service not serving
+    its snapshot gets a CodeDeploy deployment back to it, once (this release's rollback deployment that failed is
+    reported, not retried). Reads the deployments before the service, so a deployment ending in between is seen.
+    """
+    codedeploy = _client("codedeploy", item["region"], item["roleArn"], session_name)
+    blue_green = item["blueGreen"]
+    group = f"{blue_green['application']}/{blue_green['deploymentGroup']}"
+    active = _deployments(codedeploy, item, _DEPLOYMENT_ACTIVE)
+    stopped, ended = [], set()
+    for deployment in active:
+        if stop and _purpose(deployment, release_id)[0] == "deploy":
+            try:
+                codedeploy.stop_deployment(deploymentId=deployment["deploymentId"], autoRollbackEnabled=True)
+                stopped.append(str(deployment["deploymentId"]))
+            except ClientError as exc:
+                if _error_code(exc) != "DeploymentAlreadyCompletedException":
+                    raise
+                ended.add(deployment["deploymentId"])  # finished meanwhile: judge the service below
+    if stopped:
+        return IN_PROGRESS, f"stopped CodeDeploy deployment {', '.join(stopped)} with rollback", True, None
+    for deployment in (d for d in active if d["deploymentId"] not in ended):
+        purpose, _ = _purpose(deployment, release_id)
+        if purpose is None and deployment.get("creator") != "codeDeployRollback":
+            return FAILED, (f"CodeDeploy deployment {deployment['deploymentId']} ({deployment.get('status')}, "
+                            f"{deployment.get('description') or deployment.get('creator')}) of group {group} is not "
+                            "this release's: left alone, the service is not restored"), False, None
+        return IN_PROGRESS, (f"waiting for CodeDeploy deployment {deployment['deploymentId']} "
+                             f"({deployment.get('status')}, {purpose or deployment.get('creator')})"), False, None
+    ecs = _client("ecs", item["region"], item["roleArn"], session_name)
+    service = _describe_service(ecs, item)
+    if service is None or service.get("status") != "ACTIVE":
+        raise TargetError(f"{item['name']}: service {item['cluster']}/{item['service']} is gone")
+    current = serving_task_definition(service)
+    if current == item["snapshot"]:
+        return STEADY, f"serving its snapshot {current}", False, current
+    for deployment in _deployments(codedeploy, item, _DEPLOYMENT_ENDED_BADLY, since):
+        if _purpose(deployment, release_id)[0] == "rollback":
+            return FAILED, (f"serving {current}; {deployment_status(deployment)[1]} (the rollback deployment)"), \
+                False, current
+    try:
+        deployment_id = _create_deployment(codedeploy, item, release_id, "rollback", item["snapshot"])
+    except ClientError as exc:
+        if _error_code(exc) != "DeploymentLimitExceededException":
+            raise
+        # A deployment started since the listing (CodeDeploy's own rollback of a stopped one): the next look waits.
+        return IN_PROGRESS, f"serving {current}; a CodeDeploy deployment started meanwhile", False, current
+    return IN_PROGRESS, f"rolling back from {current}: CodeDeploy deployment {deployment_id}", True, current
 
 
 def _put_targets(events: Any, item: Mapping[str, Any], targets: list[dict]) -> None:
@@ -624,17 +839,25 @@ def update_task(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]
 
 def deploy_service(event: Mapping[str, Any], context: Any = None, *,
                    clock: Callable[[], dt.datetime] = _utcnow) -> dict[str, Any]:
-    """Register a copy of the snapshot task definition with the pinned image and update the service to it."""
+    """Register a copy of the snapshot task definition with the pinned image and update the service to it; a
+    blue/green service gets a CodeDeploy deployment of it instead (``deploymentId``: None for a rolling service)."""
     item, session_name = event["item"], _session_name(event["release"])
+    blue_green, deployment_id = item.get("blueGreen"), None
     with _naming(item):
         ecs = _client("ecs", item["region"], item["roleArn"], session_name)
         new = _register_copy(ecs, item["snapshot"], item["container"], item["image"])
-        ecs.update_service(cluster=item["cluster"], service=item["service"], taskDefinition=new)
+        if blue_green:
+            new, deployment_id = _deploy_blue_green(_client("codedeploy", item["region"], item["roleArn"],
+                                                            session_name), item, str(event["release"].get("id")), new)
+        else:
+            ecs.update_service(cluster=item["cluster"], service=item["service"], taskDefinition=new)
     started = _parse_time(event["startedAt"]) if event.get("startedAt") else clock()
     deadline = _iso(started + dt.timedelta(seconds=_service_timeout()))
     log("release.service.updated", **_fields(event, "deployService"), cluster=item["cluster"],
-        service=item["service"], oldTaskDefinition=item["snapshot"], newTaskDefinition=new, deadline=deadline)
-    return {"taskDefinitionArn": new, "deadline": deadline}
+        service=item["service"], oldTaskDefinition=item["snapshot"], newTaskDefinition=new, deadline=deadline,
+        **({"deploymentId": deployment_id, "application": blue_green["application"],
+            "deploymentGroup": blue_green["deploymentGroup"]} if blue_green else {}))
+    return {"taskDefinitionArn": new, "deadline": deadline, "deploymentId": deployment_id}
 
 
 # ------------------------------------------------------------------------------------------------------------- checks
@@ -673,12 +896,18 @@ def _describe_service(ecs: Any, item: Mapping[str, Any]) -> dict | None:
 
 
 def _await_service(event: Mapping[str, Any], context: Any, step: str, expected: str, deadline: str,
-                   sleep: Callable[[float], None], clock: Callable[[], float]) -> dict[str, Any]:
+                   sleep: Callable[[float], None], clock: Callable[[], float],
+                   probe: Callable[[], tuple[str, str]] | None = None, **log_fields: Any) -> dict[str, Any]:
     """Poll until steady, failed or past the deadline, or until this Lambda's wait budget is spent (IN_PROGRESS:
     the state machine waits and calls again). Waiting here rather than only in the state machine keeps a
-    300-service release far below Step Functions' 25,000 history events."""
+    300-service release far below Step Functions' 25,000 history events. ``probe``: one look, (status, why); by
+    default the rolling service's ECS deployments."""
     item = event["item"]
-    ecs = _client("ecs", item["region"], item["roleArn"], _session_name(event["release"]))
+    if probe is None:
+        ecs = _client("ecs", item["region"], item["roleArn"], _session_name(event["release"]))
+
+        def probe() -> tuple[str, str]:
+            return rollout_status(_describe_service(ecs, item), expected)
     poll = max(1, int(event.get("pollSeconds") or 15))
     budget = _check_wait(context)
     entered = _parse_time(event["now"]) if event.get("now") else _utcnow()
@@ -686,7 +915,7 @@ def _await_service(event: Mapping[str, Any], context: Any, step: str, expected: 
     started = clock()
     checks = 0
     while True:
-        status, reason = rollout_status(_describe_service(ecs, item), expected)
+        status, reason = probe()
         checks += 1
         waited = clock() - started
         now = entered + dt.timedelta(seconds=waited)
@@ -697,23 +926,40 @@ def _await_service(event: Mapping[str, Any], context: Any, step: str, expected: 
         sleep(min(poll, max(1.0, (until - now).total_seconds())))
     reason = f"{item['name']} ({item['accountId']} {item['region']} {item['cluster']}/{item['service']}): {reason}"
     log("release.service.checked", **_fields(event, step), status=status, reason=reason, checks=checks,
-        taskDefinition=expected)
+        taskDefinition=expected, **log_fields)
     return {"status": status, "reason": reason[:1000], "deadline": deadline}
 
 
 def check_service(event: Mapping[str, Any], context: Any = None, *, sleep: Callable[[float], None] = time.sleep,
                   clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
-    """STEADY / IN_PROGRESS / FAILED / TIMED_OUT for a service deployed by :func:`deploy_service`."""
-    deploy = event["deploy"]
+    """STEADY / IN_PROGRESS / FAILED / TIMED_OUT for a service deployed by :func:`deploy_service` (a blue/green
+    one: its CodeDeploy deployment succeeded / is going / failed or was stopped)."""
+    deploy, item = event["deploy"], event["item"]
+    if not item.get("blueGreen"):
+        return _await_service(event, context, "checkService", deploy["taskDefinitionArn"], deploy["deadline"],
+                              sleep, clock)
+    codedeploy = _client("codedeploy", item["region"], item["roleArn"], _session_name(event["release"]))
+    deployment_id = deploy["deploymentId"]
+
+    def probe() -> tuple[str, str]:
+        return deployment_status(codedeploy.get_deployment(deploymentId=deployment_id)["deploymentInfo"])
     return _await_service(event, context, "checkService", deploy["taskDefinitionArn"], deploy["deadline"],
-                          sleep, clock)
+                          sleep, clock, probe, deploymentId=deployment_id)
 
 
 def check_rollback(event: Mapping[str, Any], context: Any = None, *, sleep: Callable[[float], None] = time.sleep,
                    clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """STEADY / IN_PROGRESS / FAILED / TIMED_OUT for a service being put back on its snapshot."""
-    return _await_service(event, context, "checkRollback", event["item"]["snapshot"], event["rollback"]["deadline"],
-                          sleep, clock)
+    item, deadline = event["item"], event["rollback"]["deadline"]
+    if not item.get("blueGreen"):
+        return _await_service(event, context, "checkRollback", item["snapshot"], deadline, sleep, clock)
+    # Nothing of the rollback step's result is needed: each look judges CodeDeploy and the service afresh.
+    since = _parse_time(deadline) - dt.timedelta(seconds=_service_timeout() + 900)
+    release_id, session_name = str(event["release"].get("id")), _session_name(event["release"])
+
+    def probe() -> tuple[str, str]:
+        return _restore_blue_green(item, release_id, session_name, stop=False, since=since)[:2]
+    return _await_service(event, context, "checkRollback", item["snapshot"], deadline, sleep, clock, probe)
 
 
 # ----------------------------------------------------------------------------------------------------------- rollback
@@ -724,6 +970,14 @@ def rollback_target(event: Mapping[str, Any], context: Any = None, *,
     item, kind, session_name = event["item"], event["kind"], _session_name(event["release"])
     started = _parse_time(event["startedAt"]) if event.get("startedAt") else clock()
     deadline = _iso(started + dt.timedelta(seconds=_service_timeout()))
+    if kind == "service" and item.get("blueGreen"):
+        status, reason, changed, current = _restore_blue_green(
+            item, str(event["release"].get("id")), session_name, stop=True, since=started - dt.timedelta(seconds=900))
+        log("release.rollback.service", **_fields(event, "rollbackTarget"), cluster=item["cluster"],
+            service=item["service"], changed=changed, oldTaskDefinition=current, newTaskDefinition=item["snapshot"],
+            status=status, reason=reason)
+        return {"status": status, "reason": f"{item['name']}: {reason}"[:1000], "deadline": deadline,
+                "changed": changed}
     if kind == "service":
         ecs = _client("ecs", item["region"], item["roleArn"], session_name)
         service = _describe_service(ecs, item)

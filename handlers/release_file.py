@@ -81,6 +81,9 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _ECR_HOST = re.compile(r"(?P<registry>[^./]*)\.dkr\.ecr\.(?P<region>[^./]*)\.(?P<suffix>[^/]+)")
 # IAM role ARN: optional path (printable ASCII), then the role name.
 _ROLE_ARN = r"arn:{partition}:iam::{account}:role/(?:[\x21-\x7e]+/)?[\w+=,.@-]{{1,64}}"
+# CodeDeploy application and deployment group names (the CodeDeploy API's rule); ECS service names.
+_CODEDEPLOY_NAME = re.compile(r"[A-Za-z0-9+=,.@_-]{1,100}")
+_ECS_SERVICE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 # Value rules for the names the release passes to AWS APIs as they are: (pattern, what it accepts).
 _NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
@@ -156,11 +159,22 @@ class ContextError(ValueError):
 
 
 @dataclass(frozen=True)
+class BlueGreen:
+    """A blue/green environment's CodeDeploy side: one application (same name in each of its regions) and one
+    deployment group per ECS service."""
+
+    application: str
+    # ECS service name -> deployment group name (a dict: left out of the hash, so an Environment stays hashable)
+    deployment_groups: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     account_id: str
     regions: tuple[str, ...]
     deploy_role_arn: str
+    blue_green: BlueGreen | None = None  # None: rolling (ECS deployment controller)
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,10 @@ class ReleaseContext:
     def account_role(self, account_id: str) -> str | None:
         return next((e.deploy_role_arn for e in self.environments.values() if e.account_id == account_id), None)
 
+    def region_environments(self, account_id: str, region: str) -> tuple[Environment, ...]:
+        """The environments deploying to this account and region (an ``accountId`` entry may mean any of them)."""
+        return tuple(e for e in self.environments.values() if e.account_id == account_id and region in e.regions)
+
 
 def _check_keys(data: Mapping[str, Any], path: str, keys: tuple[str, ...], problems: list[str]) -> None:
     where = f"{path}: " if path else ""
@@ -191,11 +209,40 @@ def _check_keys(data: Mapping[str, Any], path: str, keys: tuple[str, ...], probl
     problems.extend(f"{where}missing key {k!r}" for k in keys if k not in data)
 
 
+def _load_blue_green(value: Any, path: str, problems: list[str]) -> BlueGreen | None:
+    """``{"application": <name>, "deploymentGroups": {<ECS service name>: <deployment group name>}}``."""
+    if not isinstance(value, Mapping):
+        problems.append(f"{path}: expected an object with application and deploymentGroups, got {value!r}")
+        return None
+    before = len(problems)
+    _check_keys(value, path, ("application", "deploymentGroups"), problems)
+    application, groups = value.get("application"), value.get("deploymentGroups")
+    if "application" in value and not (isinstance(application, str) and _CODEDEPLOY_NAME.fullmatch(application)):
+        problems.append(f"{path}.application: expected a CodeDeploy application name (letters, digits, '+=,.@_-', "
+                        f"at most 100 characters), got {application!r}")
+    if "deploymentGroups" in value:
+        if not isinstance(groups, Mapping):
+            problems.append(f"{path}.deploymentGroups: expected an object of deployment group names by ECS service "
+                            f"name, got {groups!r}")
+        else:
+            for service, group in groups.items():
+                if not _ECS_SERVICE.fullmatch(service):
+                    problems.append(f"{path}.deploymentGroups: {service!r} is not an ECS service name")
+                if not (isinstance(group, str) and _CODEDEPLOY_NAME.fullmatch(group)):
+                    problems.append(f"{path}.deploymentGroups.{service}: expected a CodeDeploy deployment group name "
+                                    f"(letters, digits, '+=,.@_-', at most 100 characters), got {group!r}")
+    if len(problems) > before:
+        return None
+    return BlueGreen(application, dict(groups))
+
+
 def load_context(data: Any) -> ReleaseContext:
     """Decoded ``release-context.json`` -> :class:`ReleaseContext`, or :class:`ContextError` listing every problem.
 
     Strict (unknown keys, wrong types, inconsistent accounts are errors): it is generated, so any deviation means
-    the Pulumi side and this code disagree, and guessing would deploy to the wrong place.
+    the Pulumi side and this code disagree, and guessing would deploy to the wrong place. An environment has
+    ``accountId``, ``regions``, ``deployRoleArn`` and, only when its strategy is blue-green, ``blueGreen``:
+    ``{"application": <CodeDeploy application>, "deploymentGroups": {<ECS service name>: <deployment group>}}``.
     """
     if not isinstance(data, Mapping):
         raise ContextError([f"must be a JSON object, got {type(data).__name__}"])
@@ -235,7 +282,9 @@ def load_context(data: Any) -> ReleaseContext:
             problems.append(f"{path}: expected an object, got {env!r}")
             continue
         before = len(problems)
-        _check_keys(env, path, ("accountId", "regions", "deployRoleArn"), problems)
+        _check_keys({k: v for k, v in env.items() if k != "blueGreen"}, path, ("accountId", "regions",
+                                                                             "deployRoleArn"), problems)
+        blue_green = _load_blue_green(env["blueGreen"], f"{path}.blueGreen", problems) if "blueGreen" in env else None
         account, regions, role = env.get("accountId"), env.get("regions"), env.get("deployRoleArn")
         if "accountId" in env and not (isinstance(account, str) and _ACCOUNT.fullmatch(account)):
             problems.append(f"{path}.accountId: expected a 12-digit account id string, got {account!r}")
@@ -257,7 +306,7 @@ def load_context(data: Any) -> ReleaseContext:
                             f"{roles[account][1]!r} for the same account {account}")
         if len(problems) == before:
             roles.setdefault(account, (name, role))
-            environments[name] = Environment(name, account, tuple(regions), role)
+            environments[name] = Environment(name, account, tuple(regions), role, blue_green)
 
     if problems:
         raise ContextError(problems)
@@ -276,6 +325,8 @@ class _Entry:
     values: dict[str, str] = field(default_factory=dict)
     targets: list[tuple[str, str]] | None = None  # (account, region); None when the location is invalid
     image: dict[str, str | None] | None = None
+    # Per target (same order): {"application", "deploymentGroup"} of a blue/green service, None for a rolling one.
+    blue_green: list[dict[str, str] | None] | None = None
 
     @property
     def path(self) -> str:
@@ -450,6 +501,8 @@ class _Checker:
                 continue
             entry.values[key] = value
         entry.targets = self.targets(entry, node, fields)
+        if entry.kind is _SERVICES and entry.targets and "serviceName" in entry.values:
+            entry.blue_green = self.blue_green(entry, fields["serviceName"])
         if "image" in entry.values:
             entry.image = self.image(entry.values["image"], fields["image"], f"{path}.image")
         return entry
@@ -499,6 +552,38 @@ class _Checker:
                 return None
             regions = (region,)
         return [(account, region) for region in regions]
+
+    def blue_green(self, entry: _Entry, node: Node) -> list[dict[str, str] | None] | None:
+        """For each target, the CodeDeploy application and deployment group that deploy the service, or None when
+        it is a rolling service. A blue/green environment deploys only the services it has a deployment group for:
+        any other service named there is a problem (at ``serviceName``'s line). An ``accountId`` entry may mean any
+        environment of that account and region; it is blue/green when one of them lists the service."""
+        service, named = entry.values["serviceName"], entry.values.get("environment")
+        path = f"{entry.path}.serviceName"
+        out: list[dict[str, str] | None] = []
+        for account, region in entry.targets or []:
+            envs = (self.ctx.environments[named],) if named else self.ctx.region_environments(account, region)
+            listed = {(e.blue_green.application, e.blue_green.deployment_groups[service]): e.name for e in envs
+                      if e.blue_green and service in e.blue_green.deployment_groups}
+            if len(listed) > 1:
+                self.add(node, path, f"service {service!r} in account {account}, region {region} is blue/green in "
+                         f"environments {', '.join(sorted(listed.values()))} with different CodeDeploy deployment "
+                         "groups; name its environment instead of accountId")
+                return None
+            if listed:
+                application, group = next(iter(listed))
+                out.append({"application": application, "deploymentGroup": group})
+                continue
+            if envs and all(e.blue_green for e in envs):
+                known = "; ".join(f"{', '.join(sorted(e.blue_green.deployment_groups)) or 'none'} in environment "
+                                  f"{e.name!r} (CodeDeploy application {e.blue_green.application!r})"
+                                  for e in envs if e.blue_green)
+                self.add(node, path, f"service {service!r} has no CodeDeploy deployment group in account {account}, "
+                         f"region {region}: a blue/green environment deploys only the services it has a deployment "
+                         f"group for: {known}")
+                return None
+            out.append(None)
+        return out
 
     def image(self, uri: str, node: Node, path: str) -> dict[str, str | None] | None:
         """``<registry>.dkr.ecr.<region>.<suffix>/<repository>(:<tag>|@sha256:<digest>)`` in the tools registry.
@@ -592,7 +677,9 @@ def validate(text: str | bytes, context: ReleaseContext | Mapping[str, Any],
     ``accountId`` (an environment's account) with ``region``, never both; ``region`` must be one its environment or
     account deploys to. ``image`` is ``<registryId>.dkr.ecr.<region>.<dns suffix>/<repository>`` and exactly one of
     ``:<tag>`` or ``@sha256:<64 hex>``, in the tools registry. ECS and EventBridge names follow AWS's rules. No two
-    entries may deploy the same (account, region, cluster, service) or (account, region, event bus, rule).
+    entries may deploy the same (account, region, cluster, service) or (account, region, event bus, rule). A
+    services entry deploying to a blue/green environment (the context's ``blueGreen``) must name (``serviceName``)
+    a service that environment has a CodeDeploy deployment group for.
     """
     return _check(text, context, filename)[0]
 
@@ -609,7 +696,9 @@ def convert(text: str | bytes, context: ReleaseContext | Mapping[str, Any],
                     "image": {…}}]}
 
     ``container`` is null when not given (the task definition's only container); an image has a ``tag`` or a
-    ``digest``, the other null.
+    ``digest``, the other null. A service of a blue/green environment has one more key, ``"blueGreen":
+    {"application", "deploymentGroup"}`` (its CodeDeploy application and deployment group); a rolling service has
+    none.
     """
     ctx = context if isinstance(context, ReleaseContext) else load_context(context)
     problems, entries = _check(text, ctx, filename)
@@ -618,7 +707,7 @@ def convert(text: str | bytes, context: ReleaseContext | Mapping[str, Any],
     manifest: dict[str, Any] = {"version": MANIFEST_VERSION, "source": filename, "services": [], "tasks": []}
     for entry in sorted(entries, key=lambda e: e.line):
         v = entry.values
-        for account, region in entry.targets or []:
+        for index, (account, region) in enumerate(entry.targets or []):
             item: dict[str, Any] = {"name": v["service"], "line": entry.line, "accountId": account, "region": region,
                                     "roleArn": ctx.account_role(account)}
             if entry.kind is _SERVICES:
@@ -626,6 +715,9 @@ def convert(text: str | bytes, context: ReleaseContext | Mapping[str, Any],
             else:
                 item.update(ruleName=v["cwRuleName"], eventBus=v.get("eventBus", "default"))
             item.update(container=v.get("container"), image=dict(entry.image or {}))
+            blue_green = entry.blue_green[index] if entry.blue_green else None
+            if blue_green:  # only blue/green services have the key: a rolling service's item is as it always was
+                item["blueGreen"] = dict(blue_green)
             manifest[entry.kind.section].append(item)
     return manifest
 

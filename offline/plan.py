@@ -44,6 +44,7 @@ INLINE_WIDTH = 72
 # pipeline.py names each environment's deploy stage "Deploy-<environment>"; the plan reads environment names back
 # from the registered stages, so it reports what the pipeline really does rather than what the config meant.
 DEPLOY_STAGE_PREFIX = "Deploy-"
+ECS_SERVICE_TYPE = "aws:ecs/service:Service"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -271,6 +272,9 @@ def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: M
             role = f"as role in {account}" + (f" ({', '.join(envs)})" if envs else "")
         else:
             role = "as the pipeline role (tools account)"
+        if provider == "CodeDeployToECS":
+            return "deploy", (f"CodeDeploy blue/green · {region}", f"app {config.get('ApplicationName', '?')}",
+                              f"group {config.get('DeploymentGroupName', '?')}", role)
         target = [f"{k.removesuffix('Name').lower()} {config[k]}" for k in ("ClusterName", "ServiceName")
                   if config.get(k)]
         return "deploy", (f"{provider} · {region}", *target, role)
@@ -286,8 +290,15 @@ def pipeline_flow(stages: Sequence[Mapping[str, Any]], home_region: str,
         for j, action in enumerate(stage.get("actions") or []):
             shape, lines = _action_lines(action, home_region, env_by_account or {})
             nodes.append(FlowNode(f"s{i}a{j}", shape, lines, int(action.get("runOrder") or 1)))
-        flow.append(FlowStage(f"s{i}", str(stage.get("name", f"stage {i}")), tuple(nodes)))
+        title = str(stage.get("name", f"stage {i}"))
+        if _is_blue_green(stage):
+            title += " · blue/green"
+        flow.append(FlowStage(f"s{i}", title, tuple(nodes)))
     return flow
+
+
+def _is_blue_green(stage: Mapping[str, Any]) -> bool:
+    return any(a.get("provider") == "CodeDeployToECS" for a in stage.get("actions") or [])
 
 
 def mermaid_label(*lines: str) -> str:
@@ -356,7 +367,8 @@ def stage_summary(pipeline: Recorded) -> str:
             steps.append("approve")
         elif categories == {"Deploy"}:
             regions = ", ".join(a.get("region") or home for a in actions)
-            steps.append(f"{environment_of(stage.get('name', '?'))}[{regions}]")
+            kind = " blue/green" if _is_blue_green(stage) else ""
+            steps.append(f"{environment_of(stage.get('name', '?'))}[{regions}]{kind}")
         else:
             steps.append(str(stage.get("name", "?")))
     return " -> ".join(steps)
@@ -500,6 +512,14 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
     for pipeline in plan.pipelines:
         out.append(f"  {physical_name(pipeline):<{width}}  {stage_summary(pipeline)}")
 
+    rows = workload_rows(plan)
+    if rows:
+        out += ["", f"Workloads ({len(rows)} environment-regions; services as name:port)"]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            head = "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:4], widths, strict=True))
+            out.append(f"  {head}  {row[4]}")
+
     targets = push_targets(plan.run)
     if targets:
         out += ["", f"Push delivery ({len(targets['repositories'])} services; EventBridge -> push-deploy Lambda)"]
@@ -510,6 +530,34 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
     for key, value in plan.run.outputs.items():
         out.extend(_render_output(key, value, detail))
     return "\n".join(out) + "\n"
+
+
+def workload_rows(plan: Plan) -> list[tuple[str, str, str, str, str]]:
+    """Per workload account and region: (account, environments, region, strategy, what runs there)."""
+    run = plan.run
+    rows = []
+    for account, region in sorted({(r.account or "?", r.region or "?") for r in run.of_type(ECS_SERVICE_TYPE)}):
+        def here(type_: str, account: str = account, region: str = region) -> list[Recorded]:
+            return [r for r in run.of_type(type_) if (r.account, r.region) == (account, region)]
+
+        services = here(ECS_SERVICE_TYPE)
+        blue_green = any((s.inputs.get("deploymentController") or {}).get("type") == "CODE_DEPLOY" for s in services)
+        vpcs = here("aws:ec2/vpc:Vpc")
+        if vpcs:
+            nats = len(here("aws:ec2/natGateway:NatGateway"))
+            network = f"new VPC {vpcs[0].inputs.get('cidrBlock', '?')} ({nats} NAT)"
+        else:
+            adopted = {sg.inputs.get("vpcId") for sg in here("aws:ec2/securityGroup:SecurityGroup")}
+            network = f"adopted {', '.join(sorted(map(str, adopted)))}"
+        listeners = ", ".join(f"{r.inputs.get('protocol')}:{_scalar(r.inputs.get('port'))}"
+                              for r in sorted(here("aws:lb/listener:Listener"), key=lambda r: r.inputs.get("port", 0)))
+        names = ", ".join(f"{s.inputs.get('name')}:"
+                          f"{_scalar((s.inputs.get('loadBalancers') or [{}])[0].get('containerPort'))}"
+                          for s in sorted(services, key=lambda s: str(s.inputs.get("name"))))
+        envs = ", ".join(plan.accounts[account].environments) if account in plan.accounts else "?"
+        rows.append((account, envs, region, "blue/green" if blue_green else "rolling",
+                     f"{network}; ALB {listeners}; {names}"))
+    return rows
 
 
 def _render_output(key: str, value: Any, detail: bool) -> list[str]:
@@ -525,6 +573,8 @@ def _render_output(key: str, value: Any, detail: bool) -> list[str]:
 
 
 def _scalar(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # the engine hands numbers over as floats
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 

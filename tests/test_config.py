@@ -188,6 +188,11 @@ BROKEN = {
          "crossdeploy:services": [{"name": "orders"}, {"name": "orders2", "serviceName": "orders", "cluster": "b",
                                                        "routing": {"priority": 99}}]},
         "services[1].serviceName", "deployment groups"),
+    "release shorter than a blue/green deployment": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={
+            "trafficShift": {"type": "linear", "percent": 25, "intervalMinutes": 3}, "terminationWaitMinutes": 10})],
+         "crossdeploy:release": {"source": {"provider": "codecommit", "repository": "r"}}},
+        "release.serviceTimeoutMinutes", "about 24 minutes"),
     "missing tools account": ({"crossdeploy:tools": {"region": "us-east-2"}}, "tools.accountId", "required"),
     "no region anywhere": ({"aws:region": None, "crossdeploy:tools": {"accountId": TOOLS}}, "tools.region",
                            "not set"),

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import bucket_policy_for, by_output, config, deploy_actions, key_policy_for, pipelines, role_policy
+from conftest import ROOT, bucket_policy_for, by_output, config, deploy_actions, key_policy_for, pipelines, role_policy
 from iam import allows, as_list, statements
 
+import components.deploy_role
 import components.naming
-from offline.mocks import ProgramRun, run_program
+from offline.mocks import ProgramRun, run_program, stack_config
 
 # Actions for which the Service Authorization Reference lists no resource type: the only ones allowed on "*".
 UNSCOPABLE = {"ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "ecs:ListTasks", "ecr:GetAuthorizationToken"}
@@ -220,10 +221,6 @@ def test_build_role_writes_only_its_own_logs_and_reads_only_its_repositories(bas
 
 
 def test_the_agreement_check_catches_a_deploy_role_without_codedeploy_rights(monkeypatch) -> None:
-    import components.deploy_role
-    from conftest import ROOT
-
-    from offline.mocks import stack_config
     monkeypatch.setattr(components.deploy_role, "codedeploy_targets", lambda cfg, account: ())
     problems = check_agreement(run_program(stack_config(ROOT / "Pulumi.prod.yaml"), stack="prod"))
     assert any("may not codedeploy:CreateDeployment" in p for p in problems), problems

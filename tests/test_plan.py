@@ -159,7 +159,7 @@ def test_text_plan(prod_plan, prod_config):
     assert re.search(r"^      iam:Role +\d+  crossdeploy-prod-deploy, crossdeploy-prod-rollout-forwarder, \+\d+ more$",
                      text, re.M)
     assert re.search(r"^  crossdeploy-prod-web-storefront +web/storefront:latest -> Build -> test\[us-east-2\] "
-                     r"-> approve -> prod\[us-east-2, us-west-2\]$", text, re.M)
+                     r"-> approve -> prod\[us-east-2, us-west-2\] blue/green$", text, re.M)
     for output in ("repositoryUrls", "pipelineNames", "deployRoleArns", "artifactBuckets"):
         assert f"\n  {output}\n" in text
     assert f"arn:aws:iam::{envs['prod']}:role/crossdeploy/prod/deploy/crossdeploy-prod-deploy" in text
@@ -168,6 +168,30 @@ def test_text_plan(prod_plan, prod_config):
     detail = p.render_text(prod_plan, detail=True)
     assert f"deploy-{envs['prod']}-policy-" in detail
     assert all(f"        {name}\n" in detail for name in ("prod-orders-build", "prod-web-storefront-trigger"))
+
+
+def test_text_plan_marks_blue_green_and_lists_workloads(prod_plan, prod_config):
+    _, envs, _ = _accounts(prod_config)
+    text = p.render_text(prod_plan)
+    assert re.search(r"^  crossdeploy-prod-orders +orders:latest -> Build -> test\[us-east-2\] -> approve -> "
+                     r"prod\[us-east-2, us-west-2\] blue/green$", text, re.M)
+    section = text.split("\nWorkloads (", 1)[1].split("\n\n", 1)[0]
+    rows = section.splitlines()[1:]
+    assert len(rows) == 3
+    assert re.match(rf"^  {envs['test']}  test  us-east-2  rolling +new VPC 10\.0\.0\.0/16 \(1 NAT\); ALB HTTP:80; "
+                    r"orders:8080, payments:8080, storefront:8080$", rows[0]), rows[0]
+    for row, region in zip(rows[1:], ("us-east-2", "us-west-2"), strict=True):
+        assert row.startswith(f"  {envs['prod']}  prod  {region}  blue/green")
+        assert "(2 NAT)" in row and "HTTP:8443" in row  # per-AZ NAT by default, the test listener
+
+
+def test_mermaid_marks_blue_green_stages(prod_plan):
+    doc = p.render_mermaid_doc("t", prod_plan.pipelines, prod_plan.env_by_account)
+    block = doc.split("## crossdeploy-prod-orders", 1)[1].split("```mermaid", 1)[1].split("```", 1)[0]
+    assert mermaid_problems(block) == []
+    assert 'subgraph s4 ["Deploy-prod · blue/green"]' in block
+    assert "CodeDeploy blue/green · us-west-2<br/>app crossdeploy-prod-prod<br/>group orders" in block
+    assert 'subgraph s2 ["Deploy-test"]' in block  # rolling stages stay unmarked
 
 
 def test_text_plan_stays_compact_for_many_entries():
@@ -259,18 +283,21 @@ def test_mermaid_stages_in_order_with_approval_before_prod(prod_doc, prod_config
     assert len(service_blocks) == len(prod_config["crossdeploy:services"])
     for block in service_blocks:
         titles = re.findall(r'^\s*subgraph (\w+) \["([^"]*)"\]$', block, re.M)
-        assert [t for _, t in titles] == ["Source", "Build", "Deploy-test", "Approve-prod", "Deploy-prod"]
+        assert [t for _, t in titles] == ["Source", "Build", "Deploy-test", "Approve-prod",
+                                          "Deploy-prod · blue/green"]
         ids = [i for i, _ in titles]
         chain = re.findall(r"^\s*(\w+) --> (\w+)$", block, re.M)
         assert chain == list(itertools.pairwise(ids))
         sections = dict(zip([t for _, t in titles], re.split(r"^\s*subgraph .*$", block, flags=re.M)[1:],
                             strict=True))
         assert "{{\"Manual approval" in sections["Approve-prod"]
-        deploys = re.findall(r'^\s*\w+\["ECS · ([a-z0-9-]+)<br/>cluster (\S+)<br/>service (\S+)<br/>as role in '
-                             r'(\d{12}) \((\w+)\)"\]$', sections["Deploy-prod"], re.M)
+        prod = sections["Deploy-prod · blue/green"]
+        deploys = re.findall(r'^\s*\w+\["CodeDeploy blue/green · ([a-z0-9-]+)<br/>app (\S+)<br/>group (\S+)<br/>'
+                             r'as role in (\d{12}) \((\w+)\)"\]$', prod, re.M)
         assert [d[0] for d in deploys] == prod_regions  # one node per prod region, parallel (no edge between)
         assert {(d[3], d[4]) for d in deploys} == {(envs["prod"], "prod")}
-        assert not re.search(r"-->", sections["Deploy-prod"].split("\n  end")[0])
+        assert not re.search(r"-->", prod.split("\n  end")[0])
+        assert re.search(r'\["ECS · us-east-2<br/>cluster \S+<br/>service \S+<br/>', sections["Deploy-test"])
         test_deploys = re.findall(r"as role in (\d{12}) \(test\)", sections["Deploy-test"])
         assert test_deploys == [envs["test"]]
 

@@ -309,6 +309,104 @@ def test_other_partition_uses_its_domain() -> None:
     assert rf.validate("services:\n" + service(image=image), data) == []
 
 
+# ------------------------------------------------------------------------------------------------ blue/green
+
+
+BLUE_GREEN = {"application": "crossdeploy-prod", "deploymentGroups": {"api": "crossdeploy-api", "web": "web-dg"}}
+
+
+def blue_green_context(**environments: dict) -> dict:
+    """CONTEXT with prod blue/green (its CodeDeploy application and groups), plus any environments given."""
+    data = broken_context("environments.prod.blueGreen", copy.deepcopy(BLUE_GREEN))
+    data["environments"].update(environments)
+    return data
+
+
+def test_blue_green_context_key_is_optional_and_loaded() -> None:
+    assert CTX.environments["prod"].blue_green is None  # a context without it (every older one) still loads
+    ctx = rf.load_context(blue_green_context())
+    assert ctx.environments["prod"].blue_green == rf.BlueGreen("crossdeploy-prod", BLUE_GREEN["deploymentGroups"])
+    assert ctx.environments["qa"].blue_green is None
+
+
+@pytest.mark.parametrize("path,value,problem", [
+    ("environments.prod.blueGreen", "crossdeploy-prod", "environments.prod.blueGreen: expected an object"),
+    ("environments.prod.blueGreen.extra", 1, "environments.prod.blueGreen: unknown key 'extra'"),
+    ("environments.prod.blueGreen.application", ..., "environments.prod.blueGreen: missing key 'application'"),
+    ("environments.prod.blueGreen.application", "my app", "environments.prod.blueGreen.application: expected a "
+     "CodeDeploy application name"),
+    ("environments.prod.blueGreen.application", "a" * 101, "environments.prod.blueGreen.application"),
+    ("environments.prod.blueGreen.deploymentGroups", ["api"], "environments.prod.blueGreen.deploymentGroups: "
+     "expected an object"),
+    ("environments.prod.blueGreen.deploymentGroups.api", None, "environments.prod.blueGreen.deploymentGroups.api: "
+     "expected a CodeDeploy deployment group name"),
+    ("environments.prod.blueGreen.deploymentGroups.my/api", "g", "'my/api' is not an ECS service name"),
+])
+def test_blue_green_context_is_strict(path: str, value: object, problem: str) -> None:
+    data = blue_green_context()
+    *parents, last = path.split(".", 4) if "deploymentGroups." in path else path.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    with pytest.raises(rf.ContextError) as caught:
+        rf.load_context(data)
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_blue_green_services_convert_with_their_deployment_group() -> None:
+    text = "services:\n" + service(environment="prod") + service(environment="qa") + service(
+        serviceName="web", environment=None, accountId=f'"{PROD}"', region="eu-west-1")
+    manifest = rf.convert(text, blue_green_context())
+    deployed = {"application": "crossdeploy-prod", "deploymentGroup": "crossdeploy-api"}
+    assert [(s["line"], s["region"], s.get("blueGreen")) for s in manifest["services"]] == [
+        (2, "us-east-2", deployed), (2, "eu-west-1", deployed),
+        (7, "us-east-2", None),  # qa is rolling: its item has no blueGreen key at all, as before
+        (12, "eu-west-1", {"application": "crossdeploy-prod", "deploymentGroup": "web-dg"})]
+    assert "blueGreen" not in manifest["services"][2]
+    # A rolling context converts the same file exactly as it always did.
+    assert all("blueGreen" not in s for s in rf.convert(text, CONTEXT)["services"])
+
+
+def test_a_service_without_deployment_group_in_a_blue_green_environment_is_refused_at_its_line() -> None:
+    text = ("services:\n" + service(serviceName="worker", environment="prod") + service(environment="qa")
+            + service(serviceName="cron", environment=None, accountId=f'"{PROD}"', region="us-east-2"))
+    problems = rf.validate(text, blue_green_context())
+    assert [(p.line, p.path) for p in problems] == [(4, "services[0].serviceName"), (14, "services[2].serviceName")]
+    assert str(problems[0]) == (
+        "deployment.yaml:4: services[0].serviceName: service 'worker' has no CodeDeploy deployment group in account "
+        f"{PROD}, region us-east-2: a blue/green environment deploys only the services it has a deployment group "
+        "for: api, web in environment 'prod' (CodeDeploy application 'crossdeploy-prod')")
+    assert "service 'cron' has no CodeDeploy deployment group" in str(problems[1])
+    with pytest.raises(rf.ReleaseFileError):
+        rf.convert(text, blue_green_context())
+    # The same file against the rolling context: nothing to refuse.
+    assert rf.validate(text, CTX) == []
+
+
+def test_account_entries_in_an_account_shared_by_rolling_and_blue_green_environments() -> None:
+    # staging (rolling) shares prod's account and region: an accountId entry naming a service prod has no group for
+    # may be one of staging's, so it stays rolling (prepare then checks the service's deployment controller).
+    staging = {"accountId": PROD, "regions": ["us-east-2"], "deployRoleArn": ROLE.format(PROD)}
+    other_bg = {**staging, "blueGreen": {"application": "crossdeploy-staging",
+                                         "deploymentGroups": {"api": "staging-api"}}}
+    text = "services:\n" + service(serviceName="cron", environment=None, accountId=f'"{PROD}"', region="us-east-2")
+    manifest = rf.convert(text, blue_green_context(staging=staging))
+    assert "blueGreen" not in manifest["services"][0]
+    # Two blue/green environments with the same service in one account and region: ambiguous, refused.
+    text = "services:\n" + service(environment=None, accountId=f'"{PROD}"', region="us-east-2")
+    [problem] = rf.validate(text, blue_green_context(staging=other_bg))
+    assert (problem.line, problem.path) == (4, "services[0].serviceName")
+    assert "blue/green in environments prod, staging with different CodeDeploy deployment groups" in problem.message
+    # ... unless the entry names its environment.
+    text = "services:\n" + service(environment="staging")
+    assert rf.convert(text, blue_green_context(staging=other_bg))["services"][0]["blueGreen"] == {
+        "application": "crossdeploy-staging", "deploymentGroup": "staging-api"}
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 
 

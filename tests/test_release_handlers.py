@@ -9,6 +9,12 @@ moto keeps a service's creation-time deployment forever (UpdateService changes `
 ``deployments``), so :class:`Rollouts` layers ECS's own rollout semantics on top: UpdateService starts a new PRIMARY
 deployment that completes (or fails, or is rolled back by the circuit breaker, or never settles) a few
 DescribeServices later. ``checkService`` is written against real ECS and only sees moto through that.
+
+Blue/green services (CODE_DEPLOY deployment controller) are deployed through CodeDeploy. moto stores CodeDeploy
+deployments but never runs them, so :class:`BlueGreenDeployments` runs them (CreateDeployment -> InProgress ->
+Succeeded, the service then serving the AppSpec's task definition; or Failed), and :class:`Rollouts` refuses
+UpdateService with a new task definition on such a service, as ECS does. moto has no StopDeployment: the tests that
+need it stub the codedeploy client alone with botocore's Stubber (which still validates every parameter).
 """
 
 from __future__ import annotations
@@ -29,9 +35,14 @@ import botocore.loaders
 import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.stub import Stubber
 from moto import mock_aws
+from moto.codedeploy import responses as codedeploy_responses
+from moto.codedeploy.exceptions import CodeDeployException
+from moto.codedeploy.models import CodeDeployBackend
 from moto.core.botocore_stubber import MockRawResponse
 from moto.core.models import botocore_stubber as moto_stubber
+from moto.ecs.exceptions import InvalidParameterException
 from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
 
 from components.release_state_machine import definition, lambda_functions
@@ -121,7 +132,13 @@ class Rollouts:
         def update_service(backend: Any, props: dict[str, Any]) -> Any:
             cluster, name = props.get("cluster", "default"), props["service"].split("/")[-1]
             new = props.get("task_definition")
-            before = backend._get_service(cluster, name).task_definition
+            current = backend._get_service(cluster, name)
+            before = current.task_definition
+            if new and new != before and current.deployment_controller.get("type") == "CODE_DEPLOY":
+                # ECS refuses this (moto would not): a blue/green service changes task definition through CodeDeploy.
+                raise InvalidParameterException("Unable to update task definition on services with a CODE_DEPLOY "
+                                                "deployment controller. Use AWS CodeDeploy to deploy a new task "
+                                                "definition.")
             service = update(backend, props)
             if new and new != before:
                 rollouts._start(service, before, new)
@@ -175,6 +192,105 @@ class Rollouts:
                 service.deployments = [self._deployment("PRIMARY", pending["old"], "IN_PROGRESS", 0, desired), failed]
                 self._pending[service.arn] = {"left": self.polls, "old": pending["new"], "new": pending["old"],
                                               "outcome": "ok"}
+
+
+ACTIVE_DEPLOYMENT = ("Created", "Queued", "InProgress", "Baking", "Ready")
+
+
+class BlueGreenDeployments:
+    """CodeDeploy's ECS blue/green semantics over moto, which stores deployments but never runs them.
+
+    A deployment is Created, then InProgress, and after ``polls`` more GetDeployment calls it ends by
+    ``outcome[deployment group name]``: ``ok`` (default: Succeeded, and the service serves the AppSpec's task
+    definition, as after CodeDeploy's traffic shift), ``fail`` (Failed before the shift: CodeDeploy's automatic
+    rollback leaves the service on its original task definition), ``fail-shifted`` (Failed after the shift, not
+    rolled back: the service is left on the new task definition) or ``stuck`` (never ends). A deployment back to the
+    service's original task definition succeeds, unless ``rollback_outcome[group]`` is ``fail``. As CodeDeploy, one
+    deployment at a time per group (DeploymentLimitExceededException). ``created``: every CreateDeployment as moto
+    received it (after botocore validated it), with its AppSpec parsed back."""
+
+    def __init__(self, setattr_: Callable[[Any, str, Any], None], polls: int = 1) -> None:
+        self.polls = polls
+        self.outcome: dict[str, str] = {}
+        self.rollback_outcome: dict[str, str] = {}  # group -> "fail": a deployment back to the original fails too
+        self.created: list[dict[str, Any]] = []
+        self.errors: dict[str, dict[str, str]] = {}  # deployment id -> errorInformation
+        self._original: dict[tuple[str, ...], str] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+        create, get, render = (CodeDeployBackend.create_deployment, CodeDeployBackend.get_deployment,
+                               codedeploy_responses._deployment_info)
+        layer = self
+
+        def create_deployment(backend: Any, application_name: str, deployment_group_name: str,
+                              revision: dict[str, Any], **kwargs: Any) -> str:
+            with layer._lock:
+                busy = [d.deployment_id for d in backend.deployments.values() if d.status in ACTIVE_DEPLOYMENT
+                        and (d.application_name, d.deployment_group_name) == (application_name, deployment_group_name)]
+                if busy:
+                    raise CodeDeployException("DeploymentLimitExceededException", f"The Deployment Group "
+                                              f"'{deployment_group_name}' already has an active Deployment '{busy[0]}'")
+                deployment_id = create(backend, application_name, deployment_group_name, revision, **kwargs)
+                layer._start(backend, backend.deployments[deployment_id])
+                return deployment_id
+
+        def get_deployment(backend: Any, deployment_id: str) -> Any:
+            deployment = get(backend, deployment_id)
+            layer._progress(backend, deployment)
+            return deployment
+
+        def deployment_info(deployment: Any) -> dict[str, Any]:
+            return {**render(deployment), "errorInformation": layer.errors.get(deployment.deployment_id, {})}
+
+        setattr_(CodeDeployBackend, "create_deployment", create_deployment)
+        setattr_(CodeDeployBackend, "get_deployment", get_deployment)
+        setattr_(codedeploy_responses, "_deployment_info", deployment_info)
+
+    def _service(self, backend: Any, deployment: Any) -> Any:
+        [target] = deployment.deployment_group.ecs_services
+        return ecs_backends[backend.account_id][backend.region_name]._get_service(target["clusterName"],
+                                                                                   target["serviceName"])
+
+    def _start(self, backend: Any, deployment: Any) -> None:
+        appspec = json.loads(deployment.revision["appSpecContent"]["content"])
+        task_definition = appspec["Resources"][0]["TargetService"]["Properties"]["TaskDefinition"]
+        service = self._service(backend, deployment)
+        original = self._original.setdefault((backend.account_id, backend.region_name, service.arn),
+                                             service.task_definition)
+        self.created.append({"id": deployment.deployment_id, "account": backend.account_id,
+                             "region": backend.region_name, "application": deployment.application_name,
+                             "group": deployment.deployment_group_name, "description": deployment.description,
+                             "revision": deployment.revision, "appspec": appspec})
+        group = deployment.deployment_group_name
+        outcome = self.rollback_outcome if task_definition == original else self.outcome
+        self._pending[deployment.deployment_id] = {"left": self.polls, "target": task_definition,
+                                                   "outcome": outcome.get(group, "ok")}
+
+    def _progress(self, backend: Any, deployment: Any) -> None:
+        with self._lock:
+            pending = self._pending.get(deployment.deployment_id)
+            if pending is None or deployment.status not in ACTIVE_DEPLOYMENT:
+                return
+            deployment.status = "InProgress"
+            if pending["outcome"] == "stuck" or pending["left"] > 0:
+                pending["left"] -= 1
+                return
+            del self._pending[deployment.deployment_id]
+            service = self._service(backend, deployment)
+            if pending["outcome"] == "ok":
+                deployment.status = "Succeeded"
+                service.task_definition = pending["target"]
+            elif pending["outcome"] == "fail":
+                deployment.status = "Failed"
+                self.errors[deployment.deployment_id] = {
+                    "code": "ECS_UPDATE_ERROR", "message": "The ECS service replacement task set did not become "
+                    "healthy; CodeDeploy rolled it back"}
+            else:  # fail-shifted: the alarm fired after the traffic shift, and nothing rolled it back
+                deployment.status = "Failed"
+                service.task_definition = pending["target"]
+                self.errors[deployment.deployment_id] = {
+                    "code": "ALARM_ACTIVE", "message": "One or more alarms have been activated according to the "
+                    "Amazon CloudWatch metrics you selected"}
 
 
 class Faults:
@@ -450,6 +566,7 @@ class Env:
     rollouts: Rollouts
     faults: Faults
     setenv: Callable[[str, str], None]
+    deployments: BlueGreenDeployments
 
     def world(self, services_per_target: int, tasks_per_target: int = 1, direct: bool = False) -> World:
         world = build_world(self.base, services_per_target, tasks_per_target, direct=direct)
@@ -465,7 +582,8 @@ def aws(monkeypatch):
     with mock_aws():
         base = boto3.Session(region_name=HOME)
         monkeypatch.setattr(release, "_base_session", lambda: base)
-        yield Env(base, Rollouts(monkeypatch.setattr), faults, monkeypatch.setenv)
+        yield Env(base, Rollouts(monkeypatch.setattr), faults, monkeypatch.setenv,
+                  BlueGreenDeployments(monkeypatch.setattr))
 
 
 def _regional(world: World, entry: dict, tag: str = "2.0.0") -> str:
@@ -809,3 +927,381 @@ def test_deploy_role_sessions_and_clients_are_reused_until_they_expire(aws, monk
     assert release._client("ecs", HOME, role, "crossdeploy-r3") is not first
     assert release._client("ecs", HOME, role, "crossdeploy-r3") is not release._client("ecs", HOME, role,
                                                                                         "crossdeploy-r3")
+
+
+# ------------------------------------------------------------------------------------------------------- blue/green
+
+APPLICATION = "crossdeploy-prod"  # one CodeDeploy application per blue/green environment (same name per region)
+BG_CONTAINER, BG_PORT = "app", 8443  # what the service's target group forwards to: not the task's first port
+
+
+def small_world(aws: Env, rolling: int = 1) -> World:
+    """One workload account and region (``rolling`` rolling services, no scheduled task)."""
+    world = build_world(aws.base, rolling, 0, accounts=ACCOUNTS[:1], regions=(HOME,))
+    aws.setenv("CROSSDEPLOY_TOPIC_ARN", world.topic_arn)
+    return world
+
+
+def add_blue_green_service(world: World, name: str, account: str = ACCOUNTS[0], region: str = HOME) -> dict:
+    """A service with the CODE_DEPLOY deployment controller behind a load balancer, its CodeDeploy application
+    (once per account and region) and deployment group, and its release entry (as ``release_file.convert`` writes
+    it for a blue-green environment)."""
+    ecs, codedeploy = world.ecs(account, region), world.client("codedeploy", account, region)
+    spec = task_definition(name, account, region, f"{TOOLS}.dkr.ecr.{region}.amazonaws.com/team/orders:1.0.0", True)
+    spec["containerDefinitions"][0]["portMappings"].append({"containerPort": BG_PORT, "protocol": "tcp",
+                                                            "name": "https"})
+    td = ecs.register_task_definition(**spec)["taskDefinition"]["taskDefinitionArn"]
+    groups = [f"arn:aws:elasticloadbalancing:{region}:{account}:targetgroup/{name}-{c}/0123456789abcdef"
+              for c in ("blue", "green")]
+    ecs.create_service(cluster=CLUSTER, serviceName=name, taskDefinition=td, desiredCount=2, launchType="FARGATE",
+                       deploymentController={"type": "CODE_DEPLOY"},
+                       loadBalancers=[{"targetGroupArn": groups[0], "containerName": BG_CONTAINER,
+                                       "containerPort": BG_PORT}])
+    if APPLICATION not in codedeploy.list_applications()["applications"]:
+        codedeploy.create_application(applicationName=APPLICATION, computePlatform="ECS")
+    codedeploy.create_deployment_group(
+        applicationName=APPLICATION, deploymentGroupName=f"{name}-dg",
+        serviceRoleArn=f"arn:aws:iam::{account}:role/crossdeploy-codedeploy",
+        deploymentConfigName="CodeDeployDefault.ECSAllAtOnce",
+        deploymentStyle={"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+        autoRollbackConfiguration={"enabled": True, "events": ["DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_ALARM"]},
+        ecsServices=[{"serviceName": name, "clusterName": CLUSTER}],
+        loadBalancerInfo={"targetGroupPairInfoList": [{
+            "targetGroups": [{"name": g.split("/")[1]} for g in groups],
+            "prodTrafficRoute": {"listenerArns": [f"arn:aws:elasticloadbalancing:{region}:{account}:listener/app/"
+                                                  f"{name}/0123456789abcdef/0123456789abcdef"]}}]})
+    entry = {"name": f"{name}@{account}/{region}", "line": max((e["line"] for e in world.services), default=0) + 6,
+             "accountId": account, "region": region,
+             "roleArn": f"arn:aws:iam::{account}:role{ROLE_PATH}crossdeploy-prod-deploy", "cluster": CLUSTER,
+             "service": name, "container": "app",
+             "image": {"registryId": TOOLS, "repository": "team/orders", "tag": "2.0.0", "digest": None},
+             "blueGreen": {"application": APPLICATION, "deploymentGroup": f"{name}-dg"}}
+    world.services.append(entry)
+    return entry
+
+
+def deploy_by_hand(world: World, entry: dict) -> str:
+    """A CodeDeploy deployment someone started outside the release (of the task definition the service runs)."""
+    properties = {"TaskDefinition": world.service_state(entry)["taskDefinition"],
+                  "LoadBalancerInfo": {"ContainerName": BG_CONTAINER, "ContainerPort": BG_PORT}}
+    content = json.dumps({"version": 0.0, "Resources": [{"TargetService": {"Type": "AWS::ECS::Service",
+                                                                           "Properties": properties}}]})
+    return world.client("codedeploy", entry["accountId"], entry["region"]).create_deployment(
+        applicationName=APPLICATION, deploymentGroupName=entry["blueGreen"]["deploymentGroup"],
+        description="deployed by hand", revision={"revisionType": "AppSpecContent",
+                                                  "appSpecContent": {"content": content}})["deploymentId"]
+
+
+def _prepared(world: World, name: str = "bg-1") -> tuple[dict, dict[str, dict], dict[str, Any]]:
+    prepared = release.prepare({"manifest": world.manifest(), "executionId": f"arn:aws:states:::execution:m:{name}"})
+    common = {"release": prepared["release"], "startedAt": "2025-01-01T00:00:00.000Z"}
+    return prepared, {i["service"]: i for i in prepared["services"]}, common
+
+
+def _check(fn: Callable[..., dict], event: dict) -> dict:
+    """A check handler on virtual time (its sleeps advance its clock)."""
+    return _virtual_time(fn)({"now": event["startedAt"], **event}, None)
+
+
+def _update_service_bodies(aws: Env) -> list[dict]:
+    """Every UpdateService request body from now on (a fault hook that never faults)."""
+    bodies: list[dict] = []
+
+    def record(operation: str, body: dict) -> None:
+        if operation == "UpdateService":
+            bodies.append(body)
+    aws.faults.fail = record
+    return bodies
+
+
+def test_blue_green_service_is_deployed_by_codedeploy_with_the_new_revision(aws):
+    world = small_world(aws)
+    entry = add_blue_green_service(world, "web")
+    _, items, common = _prepared(world)
+    item = items["web"]
+    # Prepare recorded what the deployment needs from DescribeServices; a rolling item is as it always was.
+    assert item["blueGreen"] == {"application": APPLICATION, "deploymentGroup": "web-dg",
+                                 "containerName": BG_CONTAINER, "containerPort": BG_PORT}
+    assert "blueGreen" not in items["svc-000"] and set(items["svc-000"]) == {
+        "name", "accountId", "region", "roleArn", "cluster", "service", "container", "image", "snapshot"}
+    snapshot = world.service_state(entry)["taskDefinition"]
+    assert item["snapshot"] == snapshot
+
+    updates = _update_service_bodies(aws)
+    deployed = release.deploy_service({"item": item, **common})
+    assert updates == []  # ECS refuses UpdateService with a new task definition on a CODE_DEPLOY service
+
+    [created] = aws.deployments.created
+    assert deployed["deploymentId"] == created["id"]
+    assert (created["account"], created["region"], created["application"], created["group"]) == (
+        ACCOUNTS[0], HOME, APPLICATION, "web-dg")
+    assert created["revision"]["revisionType"] == "AppSpecContent"
+    assert created["appspec"] == {"version": 0.0, "Resources": [{"TargetService": {
+        "Type": "AWS::ECS::Service",
+        "Properties": {"TaskDefinition": deployed["taskDefinitionArn"],
+                       "LoadBalancerInfo": {"ContainerName": BG_CONTAINER, "ContainerPort": BG_PORT}}}}]}
+    assert created["description"] == f"crossdeploy release bg-1: deploy {deployed['taskDefinitionArn']}"
+    # The AppSpec names the revision this release registered: the snapshot's next, the pinned image in app only.
+    ecs = world.ecs(ACCOUNTS[0], HOME)
+    old = ecs.describe_task_definition(taskDefinition=snapshot)["taskDefinition"]
+    new = ecs.describe_task_definition(taskDefinition=deployed["taskDefinitionArn"])["taskDefinition"]
+    assert new["revision"] == old["revision"] + 1 and new["family"] == old["family"] == "web"
+    assert _app_image(new, "app") == _regional(world, entry)
+    assert _app_image(new, "envoy") == _app_image(old, "envoy")
+    assert world.service_state(entry)["taskDefinition"] == snapshot  # CodeDeploy shifts traffic, not the release
+
+    aws.deployments.polls = 2
+    check = _check(release.check_service, {"item": item, **common, "deploy": deployed})
+    assert check["status"] == "STEADY", check
+    assert deployed["deploymentId"] in check["reason"] and "succeeded" in check["reason"]
+    assert world.service_state(entry)["taskDefinition"] == deployed["taskDefinitionArn"]
+
+
+def test_blue_green_check_reports_codedeploy_failure_and_the_deadline(aws):
+    world = small_world(aws, rolling=0)
+    add_blue_green_service(world, "web")
+    _, items, common = _prepared(world)
+    item = items["web"]
+    aws.deployments.outcome["web-dg"] = "fail"
+    deployed = release.deploy_service({"item": item, **common})
+    failed = _check(release.check_service, {"item": item, **common, "deploy": deployed})
+    assert failed["status"] == "FAILED", failed
+    assert failed["reason"] == (f"web@{ACCOUNTS[0]}/{HOME} ({ACCOUNTS[0]} {HOME} {CLUSTER}/web): CodeDeploy "
+                                f"deployment {deployed['deploymentId']} Failed: ECS_UPDATE_ERROR: The ECS service "
+                                "replacement task set did not become healthy; CodeDeploy rolled it back")
+
+    aws.deployments.outcome["web-dg"] = "stuck"
+    aws.setenv("CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS", "120")
+    deployed = release.deploy_service({"item": item, **common})
+    late = _check(release.check_service, {"item": item, **common, "deploy": deployed,
+                                          "now": "2025-01-01T00:01:30.000Z"})
+    assert late["status"] == "TIMED_OUT" and "not steady by 2025-01-01T00:02:00.000Z" in late["reason"], late
+    assert f"CodeDeploy deployment {deployed['deploymentId']} InProgress" in late["reason"]
+
+
+def test_a_retried_blue_green_deploy_step_carries_on_with_its_own_deployment_only(aws):
+    world = small_world(aws, rolling=0)
+    add_blue_green_service(world, "web")
+    _, items, common = _prepared(world)
+    item = items["web"]
+    first = release.deploy_service({"item": item, **common})
+    # Lambda lost the first answer and the state machine invoked the step again: CodeDeploy allows one deployment
+    # per group at a time, and the one in flight is this release's.
+    again = release.deploy_service({"item": item, **common})
+    assert again == first and len(aws.deployments.created) == 1
+
+    # Another release's (or a person's) deployment in flight stops this release's step, named.
+    _check(release.check_service, {"item": item, **common, "deploy": first})
+    deploy_by_hand(world, world.services[-1])
+    with pytest.raises(release.TargetUpdateError, match=rf"web@{ACCOUNTS[0]}/{HOME} .*DeploymentLimitExceeded"):
+        release.deploy_service({"item": item, **common})
+
+
+def test_prepare_refuses_blue_green_mismatches_naming_each_target(aws):
+    world = small_world(aws, rolling=2)
+    add_blue_green_service(world, "web")
+    add_blue_green_service(world, "api")
+    add_blue_green_service(world, "busy")
+    deploy_by_hand(world, world.services[-1])
+    manifest = world.manifest()
+    services = {s["service"]: s for s in manifest["services"]}
+    del services["web"]["blueGreen"]  # a CODE_DEPLOY service in an environment without blue/green context
+    services["svc-000"]["blueGreen"] = {"application": APPLICATION, "deploymentGroup": "web-dg"}  # rolling service
+    services["api"]["blueGreen"]["deploymentGroup"] = "web-dg"  # the group of another service
+    aws.faults.calls.clear()
+    with pytest.raises(release.TargetError) as raised:
+        release.prepare({"manifest": manifest, "executionId": "arn:aws:states:::execution:m:bg-2"})
+    message = str(raised.value)
+    assert message.startswith("4 target problem(s), nothing was changed"), message
+    where = f"({ACCOUNTS[0]} {HOME} {CLUSTER}/"
+    assert f"web@{ACCOUNTS[0]}/{HOME} {where}web): uses the CODE_DEPLOY (blue/green) deployment controller, but " \
+           "the release context has no CodeDeploy deployment group for it" in message
+    assert f"svc-000@{ACCOUNTS[0]}/{HOME} {where}svc-000): is a rolling service (ECS deployment controller), but " \
+           f"the release context deploys it blue/green through CodeDeploy deployment group {APPLICATION}/web-dg" \
+           in message
+    assert f"api@{ACCOUNTS[0]}/{HOME} {where}api): CodeDeploy deployment group {APPLICATION}/web-dg deploys " \
+           f"{CLUSTER}/web, not this service" in message
+    assert f"busy@{ACCOUNTS[0]}/{HOME} {where}busy): CodeDeploy deployment" in message and "is in progress" in message
+    assert not {"RegisterTaskDefinition", "UpdateService", "CreateDeployment", "StopDeployment"} & set(
+        aws.faults.calls)
+
+
+def test_rollback_stops_this_releases_blue_green_deployment_in_flight(aws):
+    world = small_world(aws, rolling=0)
+    entry = add_blue_green_service(world, "web")
+    prepared, items, common = _prepared(world)
+    item = items["web"]
+    deployed = release.deploy_service({"item": item, **common})
+    deployment_id, [created] = deployed["deploymentId"], aws.deployments.created
+    listed = {"applicationName": APPLICATION, "deploymentGroupName": "web-dg",
+              "includeOnlyStatuses": list(ACTIVE_DEPLOYMENT)}
+    ours = {"deploymentId": deployment_id, "applicationName": APPLICATION, "deploymentGroupName": "web-dg",
+            "status": "InProgress", "creator": "user", "description": created["description"]}
+    # moto has no StopDeployment: the codedeploy client the handlers use (and only it) is stubbed here; botocore
+    # still validates every request against the service model, and the stub checks each one's parameters.
+    codedeploy = release._client("codedeploy", HOME, item["roleArn"], release._session_name(prepared["release"]))
+    with Stubber(codedeploy) as stub:
+        stub.add_response("list_deployments", {"deployments": [deployment_id]}, listed)
+        stub.add_response("get_deployment", {"deploymentInfo": ours}, {"deploymentId": deployment_id})
+        stub.add_response("stop_deployment", {"status": "Pending", "statusMessage": "Stopping"},
+                          {"deploymentId": deployment_id, "autoRollbackEnabled": True})
+        first = release.rollback_target({"item": item, "kind": "service", **common})
+        stub.assert_no_pending_responses()
+
+        # While CodeDeploy rolls it back, the check waits (and never stops anything itself)...
+        stub.add_response("list_deployments", {"deployments": [deployment_id]}, listed)
+        stub.add_response("get_deployment", {"deploymentInfo": ours}, {"deploymentId": deployment_id})
+        aws.setenv("CROSSDEPLOY_CHECK_WAIT_SECONDS", "0")
+        waiting = _check(release.check_rollback, {"item": item, **common, "rollback": first})
+        stub.assert_no_pending_responses()
+
+        # ... and a rollback step run again finds the deployment ended: the service serves its snapshot.
+        stub.add_response("list_deployments", {"deployments": [deployment_id]}, listed)
+        stub.add_response("get_deployment", {"deploymentInfo": ours}, {"deploymentId": deployment_id})
+        stub.add_client_error("stop_deployment", "DeploymentAlreadyCompletedException", "The deployment is already "
+                              "complete", expected_params={"deploymentId": deployment_id, "autoRollbackEnabled": True})
+        again = release.rollback_target({"item": item, "kind": "service", **common})
+        stub.add_response("list_deployments", {"deployments": []}, listed)
+        steady = _check(release.check_rollback, {"item": item, **common, "rollback": again})
+        stub.assert_no_pending_responses()
+
+        # Someone else's deployment in flight is left alone: the service is reported as not restored.
+        other = {**ours, "deploymentId": "d-OTHER", "description": "deployed by hand"}
+        stub.add_response("list_deployments", {"deployments": ["d-OTHER"]}, listed)
+        stub.add_response("get_deployment", {"deploymentInfo": other}, {"deploymentId": "d-OTHER"})
+        foreign = release.rollback_target({"item": item, "kind": "service", **common})
+        stub.assert_no_pending_responses()
+
+    assert (first["status"], first["changed"]) == ("IN_PROGRESS", True)
+    assert f"stopped CodeDeploy deployment {deployment_id} with rollback" in first["reason"]
+    assert waiting["status"] == "IN_PROGRESS" and f"waiting for CodeDeploy deployment {deployment_id}" in \
+        waiting["reason"]
+    assert (again["status"], again["changed"]) == ("STEADY", False) and steady["status"] == "STEADY"
+    assert (foreign["status"], foreign["changed"]) == ("FAILED", False)
+    assert "d-OTHER (InProgress, deployed by hand) of group crossdeploy-prod/web-dg is not this release's" in \
+        foreign["reason"]
+    assert world.service_state(entry)["taskDefinition"] == item["snapshot"]
+    assert len(aws.deployments.created) == 1  # nothing deployed back: the service never left its snapshot
+
+
+def test_rollback_deploys_the_snapshot_back_once_and_reports_a_failed_rollback(aws):
+    world = small_world(aws, rolling=0)
+    entry = add_blue_green_service(world, "web")
+    _, items, common = _prepared(world)
+    item = items["web"]
+    deployed = release.deploy_service({"item": item, **common})
+    assert _check(release.check_service, {"item": item, **common, "deploy": deployed})["status"] == "STEADY"
+    assert world.service_state(entry)["taskDefinition"] == deployed["taskDefinitionArn"]
+
+    # CodeDeploy starting a deployment of its own between the rollback's look and its CreateDeployment (its rollback
+    # of a stopped deployment): no error, the next look waits for it.
+    aws.faults.fail = lambda operation, body: "DeploymentLimitExceededException" if operation == "CreateDeployment" \
+        else None
+    raced = release.rollback_target({"item": item, "kind": "service", **common})
+    assert (raced["status"], raced["changed"]) == ("IN_PROGRESS", False) and "started meanwhile" in raced["reason"]
+
+    updates = _update_service_bodies(aws)
+    first = release.rollback_target({"item": item, "kind": "service", **common})
+    assert (first["status"], first["changed"]) == ("IN_PROGRESS", True), first
+    [_, back] = aws.deployments.created
+    assert back["appspec"]["Resources"][0]["TargetService"]["Properties"] == {
+        "TaskDefinition": item["snapshot"],
+        "LoadBalancerInfo": {"ContainerName": BG_CONTAINER, "ContainerPort": BG_PORT}}
+    assert (back["application"], back["group"]) == (APPLICATION, "web-dg")
+    assert back["description"] == f"crossdeploy release bg-1: rollback {item['snapshot']}"
+    assert f"rolling back from {deployed['taskDefinitionArn']}: CodeDeploy deployment {back['id']}" in first["reason"]
+    # Run again while that deployment is going: it waits for it, deploys nothing more.
+    again = release.rollback_target({"item": item, "kind": "service", **common})
+    assert (again["status"], again["changed"]) == ("IN_PROGRESS", False) and len(aws.deployments.created) == 2
+    restored = _check(release.check_rollback, {"item": item, **common, "rollback": first})
+    assert restored["status"] == "STEADY", restored
+    assert world.service_state(entry)["taskDefinition"] == item["snapshot"]
+    done = release.rollback_target({"item": item, "kind": "service", **common})
+    assert (done["status"], done["changed"]) == ("STEADY", False)
+    assert updates == [] and len(aws.deployments.created) == 2
+
+    # Deployed again (a later release), and this time the deployment back fails: reported, not tried forever.
+    _, items, common = _prepared(world, "bg-2")
+    item = items["web"]
+    deployed = release.deploy_service({"item": item, **common})
+    _check(release.check_service, {"item": item, **common, "deploy": deployed})
+    aws.deployments.rollback_outcome["web-dg"] = "fail"
+    first = release.rollback_target({"item": item, "kind": "service", **common})
+    failed = _check(release.check_rollback, {"item": item, **common, "rollback": first})
+    assert failed["status"] == "FAILED", failed
+    rollback_id = aws.deployments.created[-1]["id"]
+    assert f"serving {deployed['taskDefinitionArn']}; CodeDeploy deployment {rollback_id} Failed" in failed["reason"]
+    assert len(aws.deployments.created) == 4
+
+
+@pytest.mark.parametrize("outcome", ["fail", "fail-shifted", "ok"])
+def test_release_of_a_rolling_and_a_blue_green_service_succeeds_or_rolls_both_back(aws, outcome):
+    world = small_world(aws, rolling=1)
+    blue_green = add_blue_green_service(world, "web", ACCOUNTS[0], HOME)
+    before = world.current_task_definitions()
+    aws.deployments.outcome["web-dg"] = outcome
+    aws.deployments.polls = 3
+    updates = _update_service_bodies(aws)
+
+    execution = run_release(world.manifest())
+
+    after = world.current_task_definitions()
+    rolling_arn = f"arn:aws:ecs:{HOME}:{ACCOUNTS[0]}:service/{CLUSTER}/svc-000"
+    # UpdateService only ever for the rolling service; CodeDeploy alone changes the blue/green one.
+    assert updates and {u["service"] for u in updates} == {"svc-000"}
+    forward = aws.deployments.created[0]
+    assert forward["appspec"]["Resources"][0]["TargetService"]["Properties"]["TaskDefinition"] != before[
+        blue_green["name"]]
+    [mail] = world.notifications()
+    if outcome == "ok":
+        assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
+        assert all(after[name] != before[name] for name in before)
+        assert after[blue_green["name"]] == forward["appspec"]["Resources"][0]["TargetService"]["Properties"][
+            "TaskDefinition"]
+        assert len(aws.deployments.created) == 1 and "SettleBeforeRollback" not in execution.visits
+        assert mail["Subject"] == "crossdeploy release release-0001: SUCCEEDED"
+        return
+    assert (execution.status, execution.error) == ("FAILED", "ReleaseRolledBack"), execution.cause
+    # Both are back on their snapshots: the rolling one through UpdateService, the blue/green one by CodeDeploy's
+    # own rollback ("fail") or by a deployment of the snapshot ("fail-shifted").
+    assert after == before
+    assert [td for arn, td in aws.rollouts.updates if arn == rolling_arn] == [
+        u["taskDefinition"] for u in updates]
+    assert len(updates) == 2 and updates[-1]["taskDefinition"] == before["svc-000@444455556666/us-east-2"]
+    if outcome == "fail":
+        assert len(aws.deployments.created) == 1
+    else:
+        [_, back] = aws.deployments.created
+        assert back["appspec"]["Resources"][0]["TargetService"]["Properties"]["TaskDefinition"] == \
+            before[blue_green["name"]]
+    assert execution.visits.get("ServiceNotRestored", 0) == 0 and execution.visits.get("ServiceRollbackFailed", 0) == 0
+    assert mail["Subject"] == "crossdeploy release release-0001: ROLLED_BACK"
+    error = "ECS_UPDATE_ERROR" if outcome == "fail" else "ALARM_ACTIVE"
+    assert f"rolled back: ServiceRolloutFailed: {blue_green['name']}" in mail["Message"]
+    assert f"CodeDeploy deployment {forward['id']} Failed: {error}" in mail["Message"]
+    assert "services: 2 restored, 0 not restored" in mail["Message"]
+
+
+@pytest.mark.parametrize(("service", "serving"), [
+    ({"taskDefinition": "td:1", "taskSets": []}, "td:1"),  # rolling, or what moto shows for CODE_DEPLOY
+    # mid-deployment: the replacement task set is ACTIVE (test traffic), the original still PRIMARY (production)
+    ({"taskDefinition": "td:1", "taskSets": [{"status": "ACTIVE", "taskDefinition": "td:2"},
+                                             {"status": "PRIMARY", "taskDefinition": "td:1"}]}, "td:1"),
+    ({"taskDefinition": "td:1", "taskSets": [{"status": "PRIMARY", "taskDefinition": "td:2"},
+                                             {"status": "ACTIVE", "taskDefinition": "td:1"}]}, "td:2"),
+])
+def test_a_blue_green_service_serves_its_primary_task_sets_task_definition(service, serving):
+    assert release.serving_task_definition(service) == serving
+
+
+@pytest.mark.parametrize(("deployment", "status", "reason"), [
+    ({"deploymentId": "d-1", "status": "Succeeded"}, "STEADY", "CodeDeploy deployment d-1 succeeded"),
+    ({"deploymentId": "d-1", "status": "Ready"}, "IN_PROGRESS", "CodeDeploy deployment d-1 Ready"),
+    ({"deploymentId": "d-1", "status": "Baking"}, "IN_PROGRESS", "CodeDeploy deployment d-1 Baking"),
+    ({"deploymentId": "d-1", "status": "Stopped", "errorInformation": {"code": "ALARM_ACTIVE", "message": "5xx"},
+      "rollbackInfo": {"rollbackMessage": "rolled back by d-2"}}, "FAILED",
+     "CodeDeploy deployment d-1 Stopped: ALARM_ACTIVE: 5xx (rolled back by d-2)"),
+    ({"deploymentId": "d-1", "status": "Failed"}, "FAILED", "CodeDeploy deployment d-1 Failed: no error information"),
+])
+def test_deployment_status_follows_codedeploy(deployment, status, reason):
+    assert release.deployment_status(deployment) == (status, reason)

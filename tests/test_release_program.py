@@ -219,3 +219,41 @@ def test_the_build_fails_on_a_bad_release_file_and_writes_nothing(release_run, t
     assert result.returncode != 0
     assert "deployment.yaml:2:" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "src" / "sfn-input.json").exists()
+
+
+def test_blue_green_environments_reach_the_release_with_their_codedeploy_names_and_rights(prod_run) -> None:
+    context = json.loads(_bundle(prod_run)["release-context.json"])
+    assert "blueGreen" not in context["environments"]["test"]  # rolling
+    blue_green = context["environments"]["prod"]["blueGreen"]
+    groups = {(g.account, g.region, g.inputs["appName"], g.inputs["deploymentGroupName"], g.inputs["ecsService"][
+        "serviceName"]) for g in prod_run.of_type("aws:codedeploy/deploymentGroup:DeploymentGroup")}
+    prod_account = context["environments"]["prod"]["accountId"]
+    for region in context["environments"]["prod"]["regions"]:
+        for service, group in blue_green["deploymentGroups"].items():
+            # The names the release will use are those of deployment groups that exist there, for that service.
+            assert (prod_account, region, blue_green["application"], group, service) in groups
+    assert sorted(blue_green["deploymentGroups"]) == ["orders", "payments", "storefront"]
+
+    from handlers.release_file import load_context
+    assert load_context(context).environments["prod"]  # the validator accepts what the program writes
+
+    deploy = next(r for r in prod_run.of_type("aws:iam/role:Role")
+                  if r.account == prod_account and "/deploy/" in r.outputs["arn"])
+    policy = role_policy(prod_run, deploy)
+    group_arn = f"arn:aws:codedeploy:us-west-2:{prod_account}:deploymentgroup:{blue_green['application']}/orders"
+    for action in ("codedeploy:CreateDeployment", "codedeploy:GetDeployment", "codedeploy:StopDeployment",
+                   "codedeploy:ListDeployments", "codedeploy:GetDeploymentGroup"):
+        assert allows(policy, action, group_arn), action
+    other = group_arn.replace("/orders", "/someone-else")
+    assert not allows(policy, "codedeploy:StopDeployment", other)
+
+
+def test_without_a_release_the_deploy_role_cannot_stop_deployments() -> None:
+    cfg = config(**{"crossdeploy:environments": [
+        {"name": "prod", "accountId": PROD, "regions": ["us-east-2"], "strategy": "blue-green"}]})
+    run = run_program(cfg, stack="nr")
+    deploy = next(r for r in run.of_type("aws:iam/role:Role") if r.account == PROD and "/deploy/" in r.outputs["arn"])
+    policy = role_policy(run, deploy)
+    group_arn = f"arn:aws:codedeploy:us-east-2:{PROD}:deploymentgroup:crossdeploy-nr-prod/orders"
+    assert allows(policy, "codedeploy:CreateDeployment", group_arn)
+    assert not allows(policy, "codedeploy:StopDeployment", group_arn)

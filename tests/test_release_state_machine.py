@@ -262,9 +262,15 @@ class FakeSteps:
 
     def deployService(self, payload: dict) -> dict:
         assert payload["startedAt"].endswith("Z") and set(payload) == {"item", "release", "startedAt"}
-        return {"taskDefinitionArn": "td:2", "deadline": "2025-01-01T00:15:00.000Z"}
+        # A blue/green service's step answers with its CodeDeploy deployment; a rolling one's with null.
+        deployment = f"d-{payload['item']['name']}" if payload["item"].get("blueGreen") else None
+        return {"taskDefinitionArn": "td:2", "deadline": "2025-01-01T00:15:00.000Z", "deploymentId": deployment,
+                "ignored": "x" * 100}
 
     def checkService(self, payload: dict) -> dict:
+        expected = f"d-{payload['item']['name']}" if payload["item"].get("blueGreen") else None
+        assert payload["deploy"] == {"taskDefinitionArn": "td:2", "deadline": "2025-01-01T00:15:00.000Z",
+                                     "deploymentId": expected}
         if payload["item"]["name"] == self.fail_service:
             return {"status": "FAILED", "reason": f"{payload['item']['name']}: rollout FAILED"}
         return {"status": "STEADY", "reason": "steady"}
@@ -290,6 +296,16 @@ def test_runner_runs_the_success_path_within_the_bound():
     assert execution.peak_concurrency == {"DeployTasks": 3, "DeployServices": 4} and steps.peak <= 4
     assert [p["outcome"] for p in steps.calls["notify"]] == ["SUCCEEDED"]
     assert execution.virtual_seconds == 15  # one Wait per service, run side by side
+
+
+def test_blue_green_deployment_id_reaches_the_check_and_nothing_else_does():
+    steps = FakeSteps(services=4, tasks=0)
+    for item in steps.items["services"][::2]:
+        item["blueGreen"] = {"application": "app", "deploymentGroup": item["name"]}
+    execution = Runner(definition(ARNS), steps.functions()).run({"manifest": {}})
+    assert execution.status == "SUCCEEDED", execution.cause
+    # checkService asserts what it was given; here: every check saw its own deployment (or null when rolling).
+    assert sorted(p["deploy"]["deploymentId"] or "-" for p in steps.calls["checkService"]) == ["-", "-", "d-s0", "d-s2"]
 
 
 def test_runner_routes_a_failed_service_through_the_whole_rollback():
