@@ -1,14 +1,12 @@
 """Blue/green delivery from the tools account: CodeDeployToECS deploy actions, the build actions and projects that
 write their artifacts, and the deploy role's CodeDeploy rights — checked on what the pipeline and deploy role
-components register under the offline mocks (tests/programs/blue_green_pipeline.py wires them like __main__.py),
-and by running a generated buildspec."""
+components register when the real program runs under the offline mocks, and by running a generated buildspec."""
 
 from __future__ import annotations
 
 import json
 import re
 import urllib.request
-from pathlib import Path
 
 import botocore.session
 import pytest
@@ -25,7 +23,6 @@ from components.deploy_role import CodeDeployTarget, DeployRoleArgs, DeployTarge
 from components.pipeline import BlueGreenTarget, EnvironmentStage, blue_green_targets
 from offline.mocks import ProgramRun, run_program
 
-PROGRAM = Path(__file__).parent / "programs" / "blue_green_pipeline.py"
 PLACEHOLDER = "<IMAGE1_NAME>"
 FILES = {"taskdef.json", "appspec.yaml", "imageDetail.json"}
 PROD_REGIONS = ["us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2", "ap-northeast-1",
@@ -74,17 +71,17 @@ def stack_config(raw: dict, stack: str) -> StackConfig:
 
 @pytest.fixture(scope="module")
 def bg_run() -> ProgramRun:
-    return run_program(BG_CONFIG, stack="bg", program=PROGRAM)
+    return run_program(BG_CONFIG, stack="bg")
 
 
 @pytest.fixture(scope="module")
 def rolling_run() -> ProgramRun:
-    return run_program(ROLLING_CONFIG, stack="bg", program=PROGRAM)
+    return run_program(ROLLING_CONFIG, stack="bg")
 
 
 @pytest.fixture(scope="module")
 def all_bg_run() -> ProgramRun:
-    return run_program(ALL_BG_CONFIG, stack="allbg", program=PROGRAM)
+    return run_program(ALL_BG_CONFIG, stack="allbg")
 
 
 # --- lookups ------------------------------------------------------------------------------------------------------
