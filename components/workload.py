@@ -345,7 +345,7 @@ class Workload(pulumi.ComponentResource):
         hc = spec.config.health_check
         return aws.lb.TargetGroup(
             logical, port=spec.config.port, protocol="HTTP", target_type="ip", vpc_id=network.vpc_id,
-            deregistration_delay=str(DEREGISTRATION_DELAY_SECONDS),
+            deregistration_delay=DEREGISTRATION_DELAY_SECONDS,
             health_check=aws.lb.TargetGroupHealthCheckArgs(
                 enabled=True, path=hc.path, matcher=hc.matcher, protocol="HTTP", **HEALTH_CHECK_TIMING),
             opts=self._child)

@@ -204,7 +204,7 @@ def test_task_definition_is_the_one_crossdeploy_knows_with_the_bootstrap_image(r
 
 def test_target_groups_drain_in_30_seconds_and_check_the_configured_path(run) -> None:
     for tg in run.of_type("aws:lb/targetGroup:TargetGroup"):
-        assert tg.inputs["deregistrationDelay"] == "30"
+        assert tg.inputs["deregistrationDelay"] == 30
         assert tg.inputs["targetType"] == "ip" and tg.inputs["protocol"] == "HTTP"
     service = ecs_service(run, QA, "us-east-2", "orders")
     tg = target_group_of(run, service.inputs["loadBalancers"][0]["targetGroupArn"])
