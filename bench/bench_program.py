@@ -58,8 +58,11 @@ ENVIRONMENTS: tuple[dict[str, Any], ...] = (
     {"name": "test", "accountId": "222222222222", "regions": ["us-east-2"]},
     {"name": "staging", "accountId": "333333333333", "regions": ["us-east-2", "us-west-2"]},
     {"name": "prod", "accountId": "444444444444", "regions": ["us-east-2", "us-west-2", "eu-west-1"],
-     "requireApproval": True},
+     "requireApproval": True, "strategy": "blue-green"},
 )
+# Every service is created in every environment (VPC, ALB, cluster, service, ...): the workloads are most of the
+# program since the workloads issue, and prod deploys blue/green (two target groups, a test rule, a deployment
+# group and an alarm per service and region), the heavier of the two strategies.
 TARGET_RATIO = 1.3
 
 # The bare program: the least a Pulumi program can do to register `bench:resources` custom resources: plain
@@ -94,13 +97,14 @@ BARE_KIND_CHOICES = ("topic", "queue", "loggroup", "repository", "bucket", "role
 
 
 
-def stack_config(services: int) -> dict[str, Any]:
+def stack_config(services: int, prod_strategy: str = "blue-green") -> dict[str, Any]:
     """A ``config:`` block for ``services`` services over the three environments, as a stack file would give it."""
     return {
         "pulumi:disable-default-providers": ["aws"],
         "aws:region": HOME_REGION,
         "crossdeploy:tools": {"accountId": TOOLS_ACCOUNT, "region": HOME_REGION},
-        "crossdeploy:environments": [dict(env) for env in ENVIRONMENTS],
+        "crossdeploy:environments": [
+            {**env, **({"strategy": prod_strategy} if env["name"] == "prod" else {})} for env in ENVIRONMENTS],
         "crossdeploy:services": [{"name": f"svc-{i:03d}"} for i in range(services)],
         "crossdeploy:notifications": {"emails": ["release-managers@example.com"]},
     }
@@ -141,9 +145,10 @@ class Setup:
     bare_program: Path
     bare_kinds: tuple[str, ...] = BARE_KINDS
     gc_mode: str = "default"
+    prod_strategy: str = "blue-green"
 
     def run(self, services: int) -> ProgramRun:
-        return run_program(stack_config(services), stack="bench", program=self.program)
+        return run_program(stack_config(services, self.prod_strategy), stack="bench", program=self.program)
 
     def run_bare(self, resources: int) -> ProgramRun:
         return run_program(bare_config(resources, self.bare_kinds), stack="bench", program=self.bare_program)
@@ -382,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also cProfile both programs at the largest size, writing program.prof and bare.prof")
     parser.add_argument("--top", type=int, default=15, help="our functions listed by --profile")
+    parser.add_argument("--prod-strategy", choices=("blue-green", "rolling"), default="blue-green",
+                        help="deployment strategy of the prod environment (three of the six targets)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     sizes = sorted(set(args.sizes))
@@ -393,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{platform.system()} {platform.machine()}, pulumi {version('pulumi')}, pulumi_aws {version('pulumi_aws')}")
     print(f"targets: {len(ENVIRONMENTS)} environments, {sum(len(e['regions']) for e in ENVIRONMENTS)} account-region "
           f"targets; median of {args.repeat} interleaved run(s) per figure; garbage collector {args.gc}; bare mix "
-          f"{', '.join(bare_kinds)}", flush=True)
+          f"{', '.join(bare_kinds)}; prod {args.prod_strategy}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="crossdeploy-bench-") as tmp:
         # run_program re-reads the program file on every run while components/ stays as first imported, so an edit
@@ -405,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare_program = Path(tmp) / "bare" / "__main__.py"
         bare_program.parent.mkdir()
         bare_program.write_text(BARE_PROGRAM)
-        setup = Setup(program, bare_program, bare_kinds, args.gc)
+        setup = Setup(program, bare_program, bare_kinds, args.gc, args.prod_strategy)
         # One untimed run of each first: imports, pulumi_aws module loading and botocore's region table (cached
         # by components.config) are paid once per process and would otherwise inflate only the first size.
         setup.run(1)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "preview.yml"
 
 # The README documents this exact command; CI must run the same one.
-TEST_COMMAND = "python -m pytest -q"
+TEST_COMMAND = "python -m pytest -q -n auto"
 LINT_COMMAND = "ruff check ."
 STACKS = {"dev", "prod"}
 
