@@ -9,7 +9,7 @@ import pulumi
 from components import naming
 from components.artifacts import ArtifactStores, ArtifactStoresArgs
 from components.config import load
-from components.deploy_role import DeployRole, DeployRoleArgs, DeployTarget, codedeploy_targets
+from components.deploy_role import DeployRole, DeployRoleArgs, codedeploy_targets, deploy_targets, passable_roles
 from components.network import NetworkArgs
 from components.notifications import Notifications, NotificationsArgs
 from components.pipeline import EnvironmentStage, ServicePipeline, ServicePipelineArgs, blue_green_targets
@@ -71,12 +71,8 @@ for account in cfg.workload_accounts:
         trusted_principal_patterns=(naming.pipeline_role_pattern(cfg),
                                     *([naming.push_role_arn(cfg)] if cfg.push_services else []),
                                     *([naming.release_steps_role_arn(cfg)] if cfg.release else [])),
-        targets=tuple(
-            DeployTarget(region, naming.ecs_cluster_arn(cfg, account, region, s.cluster),
-                         naming.ecs_service_arn(cfg, account, region, s))
-            for s in cfg.services for region in regions
-        ),
-        passable_role_arns=tuple(arn for s in cfg.services for arn in naming.workload_role_arns(cfg, account, s)),
+        targets=deploy_targets(cfg, account),
+        passable_role_arns=passable_roles(cfg, account),
         artifact_bucket_arns=tuple(artifacts.stores[r].bucket_arn for r in regions),
         artifact_key_arns=tuple(artifacts.stores[r].key_arn for r in regions),
         scheduled_task_regions=regions if cfg.release else (),

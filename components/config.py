@@ -806,6 +806,16 @@ def _cluster_of(svc: Any) -> Any:
     return svc.get("cluster", "crossdeploy") if isinstance(svc, Mapping) else None
 
 
+def _shared_clusters(services: list) -> list[str]:
+    """crossdeploy creates (and on destroy deletes) the clusters of the services it creates, and lets the deploy role
+    update every service in them: an existing service's cluster is someone else's and must stay out of that."""
+    existing = {_cluster_of(s): i for i, s in enumerate(services) if isinstance(s, Mapping) and s.get("existing")}
+    return [f"services[{i}].cluster: {_cluster_of(s)!r} is the cluster of existing services[{existing[_cluster_of(s)]}]"
+            "; crossdeploy creates and owns the clusters of the services it creates, so use another cluster name"
+            for i, s in enumerate(services)
+            if isinstance(s, Mapping) and not s.get("existing") and _cluster_of(s) in existing]
+
+
 def _priorities(services: list) -> list[str]:
     """Listener rule priorities must be unique on a load balancer; defaults follow the order of created services."""
     problems: list[str] = []
@@ -883,6 +893,7 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
         if isinstance(svc, Mapping):
             problems.extend(_service_workload_checks(i, svc, blue_green_envs))
     problems.extend(_priorities(services))
+    problems.extend(_shared_clusters(services))
     if blue_green_envs:
         problems.extend(_unique_service_names(services))
     release = raw.get("release")

@@ -39,6 +39,10 @@ class DeployTarget:
     region: str
     cluster_arn: str
     service_arn: str
+    cluster_owned: bool = False
+    """The stack creates this cluster, so every service in it is one of the stack's: the grant names
+    ``service/<cluster>/*`` instead of each service. Default false: the service's own ARN (existing services, in
+    clusters other workloads share)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,22 @@ class DeployRoleArgs:
             raise ValueError("DeployRoleArgs: " + "; ".join(problems))
 
 
+def deploy_targets(cfg: StackConfig, account: str) -> tuple[DeployTarget, ...]:
+    """Every ECS service the stack deploys to in `account`, in each of its regions there."""
+    return tuple(
+        DeployTarget(region, naming.ecs_cluster_arn(cfg, account, region, s.cluster),
+                     naming.ecs_service_arn(cfg, account, region, s), cluster_owned=not s.existing)
+        for s in cfg.services for region in cfg.account_regions(account)
+    )
+
+
+def passable_roles(cfg: StackConfig, account: str) -> tuple[str, ...]:
+    """The roles crossdeploy creates for its services (one path), and those existing services name."""
+    return tuple(dict.fromkeys([
+        *([naming.workload_role_pattern(cfg, account)] if cfg.workload_services else []),
+        *(arn for s in cfg.services if s.existing for arn in naming.workload_role_arns(cfg, account, s))]))
+
+
 def codedeploy_targets(cfg: StackConfig, account: str) -> tuple[CodeDeployTarget, ...]:
     """Every deployment group the pipelines deploy through in `account`: each blue-green environment there, in each
     of its regions, for each service crossdeploy creates (only those have a generated task definition)."""
@@ -132,7 +152,9 @@ def codedeploy_statements(args: DeployRoleArgs) -> list[p.Statement]:
                                         # stops its own deployment when it rolls the release back.
                                         *(["codedeploy:GetDeploymentGroup", "codedeploy:ListDeployments",
                                            "codedeploy:StopDeployment"] if args.codedeploy_release else [])],
-                    arns("deploymentgroup:{t.application_name}/{t.deployment_group_name}")),
+                    # Every group of the stack's own applications: one ARN per application and region, not per service
+                    # (the inline policy limit); the applications hold nothing but the stack's services.
+                    arns("deploymentgroup:{t.application_name}/*")),
         # Predefined configurations (CodeDeployDefault.*) are named in this account and region too, as the CDK's
         # grant for this action names them.
         p.statement("ReadDeploymentConfigs", ["codedeploy:GetDeploymentConfig"],
@@ -152,8 +174,17 @@ def deploy_trust_policy(args: DeployRoleArgs) -> dict:
     )
 
 
+def service_resources(args: DeployRoleArgs) -> list[str]:
+    """The services the role may update: one pattern per (region, cluster) the stack owns, plus each other service.
+
+    Listing every service would not fit: IAM caps a role's inline policies at 10,240 characters, which one ARN per
+    service and region exceeds at a few dozen services."""
+    return sorted({t.cluster_arn.replace(":cluster/", ":service/", 1) + "/*" if t.cluster_owned else t.service_arn
+                   for t in args.targets})
+
+
 def deploy_role_policy(args: DeployRoleArgs) -> dict:
-    service_arns = sorted({t.service_arn for t in args.targets})
+    service_arns = service_resources(args)
     cluster_arns = sorted({t.cluster_arn for t in args.targets})
     statements = [
         p.statement("DeployConfiguredServices", ["ecs:DescribeServices", "ecs:UpdateService"], service_arns),
@@ -207,6 +238,8 @@ class DeployRole(pulumi.ComponentResource):
             max_session_duration=args.max_session_seconds,
             opts=child,
         )
-        aws.iam.RolePolicy(f"{name}-policy", role=role.name, policy=p.to_json(deploy_role_policy(args)), opts=child)
+        policy = p.to_json(deploy_role_policy(args))
+        p.check_inline_policy_size(f"{args.role_name} in {args.account_id}", policy)
+        aws.iam.RolePolicy(f"{name}-policy", role=role.name, policy=policy, opts=child)
         self.role_arn = role.arn
         self.register_outputs({"roleArn": role.arn})

@@ -167,3 +167,19 @@ def key_owner_statement(partition: str, account: str) -> Statement:
     may use the key, and the account can always manage it. Actions are listed: no "kms:*"."""
     return statement("ToolsAccountAdministersAndDelegates", KMS_ADMIN_ACTIONS + KMS_USE_ACTIONS, "*",
                      principals={"AWS": account_root(partition, account)})
+
+
+INLINE_POLICY_LIMIT = 10_240
+"""IAM's limit on a role's inline policies, in characters, whitespace not counted."""
+
+
+def inline_policy_size(policy: str) -> int:
+    return len(re.sub(r"\s", "", policy))
+
+
+def check_inline_policy_size(where: str, policy: pulumi.Input[str]) -> None:
+    """Refuse, at preview, an inline policy IAM would reject at ``pulumi up`` (documents still holding Outputs are
+    measured by the tests instead)."""
+    if isinstance(policy, str) and inline_policy_size(policy) > INLINE_POLICY_LIMIT:
+        raise ValueError(f"the inline policy of {where} would be {inline_policy_size(policy)} characters; IAM "
+                         f"allows {INLINE_POLICY_LIMIT}")

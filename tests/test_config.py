@@ -193,6 +193,10 @@ BROKEN = {
             "trafficShift": {"type": "linear", "percent": 25, "intervalMinutes": 3}, "terminationWaitMinutes": 10})],
          "crossdeploy:release": {"source": {"provider": "codecommit", "repository": "r"}}},
         "release.serviceTimeoutMinutes", "about 24 minutes"),
+    "created service in an existing service's cluster": (
+        {"crossdeploy:services": [{"name": "legacy", "existing": True, "executionRoleName": "r", "cluster": "main"},
+                                  {"name": "orders", "cluster": "main"}]},
+        "services[1].cluster", "cluster of existing services[0]"),
     "missing tools account": ({"crossdeploy:tools": {"region": "us-east-2"}}, "tools.accountId", "required"),
     "no region anywhere": ({"aws:region": None, "crossdeploy:tools": {"accountId": TOOLS}}, "tools.region",
                            "not set"),

@@ -244,7 +244,7 @@ def test_blue_green_environments_reach_the_release_with_their_codedeploy_names_a
     for action in ("codedeploy:CreateDeployment", "codedeploy:GetDeployment", "codedeploy:StopDeployment",
                    "codedeploy:ListDeployments", "codedeploy:GetDeploymentGroup"):
         assert allows(policy, action, group_arn), action
-    other = group_arn.replace("/orders", "/someone-else")
+    other = group_arn.replace(f":deploymentgroup:{blue_green['application']}/", ":deploymentgroup:someone-else/")
     assert not allows(policy, "codedeploy:StopDeployment", other)
 
 
