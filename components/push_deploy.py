@@ -149,12 +149,24 @@ def event_patterns(repositories: list[str], tag_patterns: list[str]) -> list[dic
     return patterns
 
 
+# One ARN per repository and region while they fit; past that, the tools account's repositories per region: IAM
+# caps the role's inline policy at 10,240 characters, and DescribeImages only reads image metadata.
+MAX_EXACT_REPOSITORY_ARNS = 40
+
+
+def replica_resources(args: PushDeployArgs) -> list[pulumi.Input[str]]:
+    exact = [arn for s in args.services for arn in s.repository_arns]
+    if len(exact) <= MAX_EXACT_REPOSITORY_ARNS:
+        return exact
+    regions = sorted({args.home_region, *(t.region for s in args.services for t in s.targets)})
+    return [p.arn(args.partition, "ecr", r, args.tools_account_id, "repository/*") for r in regions]
+
+
 def function_policy(args: PushDeployArgs, log_group_arn: pulumi.Input[str], queue_arn: pulumi.Input[str]) -> dict:
     return p.document([
         p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
                     [pulumi.Output.concat(log_group_arn, ":*")]),
-        p.statement("WaitForReplicas", ["ecr:DescribeImages"],
-                    [arn for s in args.services for arn in s.repository_arns]),
+        p.statement("WaitForReplicas", ["ecr:DescribeImages"], replica_resources(args)),
         p.statement("AssumeDeployRoles", ["sts:AssumeRole"], args.deploy_role_arns),
         p.statement("DeadLetter", ["sqs:SendMessage"], [queue_arn]),
     ])

@@ -232,3 +232,41 @@ def test_forwarded_failure_pattern_matches_a_real_ecs_event() -> None:
     bodies = delivered(pattern, [failed, completed, other_cluster])
     assert [(b["resources"], b["detail"]["eventName"]) for b in bodies] == [
         (failed["resources"], "SERVICE_DEPLOYMENT_FAILED")]
+
+
+def test_function_role_stays_within_iam_limit_with_many_push_services() -> None:
+    from components.policies import INLINE_POLICY_LIMIT, inline_policy_size
+    from components.push_deploy import (
+        MAX_EXACT_REPOSITORY_ARNS,
+        PushDeployArgs,
+        PushService,
+        PushTarget,
+        function_policy,
+    )
+
+    def service(i: int) -> PushService:
+        name = f"team-{i:03d}/service-with-a-long-name"
+        regions = ("us-east-2", "us-west-2", "eu-west-1")
+        return PushService(
+            repository=name, container="app", mode="revision",
+            targets=tuple(PushTarget("qa", ("qa-*",), QA, r, "crossdeploy", f"svc-{i}",
+                                     f"arn:aws:iam::{QA}:role/crossdeploy/t/deploy/crossdeploy-t-deploy")
+                          for r in regions),
+            repository_arns=tuple(f"arn:aws:ecr:{r}:{TOOLS}:repository/{name}" for r in regions))
+
+    for count in (MAX_EXACT_REPOSITORY_ARNS // 3, 300):
+        args = PushDeployArgs(provider=None, partition="aws", tools_account_id=TOOLS, home_region="us-east-2",
+                              services=tuple(service(i) for i in range(count)), function_name="f", role_name="f",
+                              role_path="/crossdeploy/t/push/", notification_topic_arn="arn:aws:sns:us-east-2:1:t")
+        doc = function_policy(args, f"arn:aws:logs:us-east-2:{TOOLS}:log-group:/aws/lambda/f",
+                              f"arn:aws:sqs:us-east-2:{TOOLS}:dlq")
+        # The log statement's resource is an Output (log group ARN + ":*"): stand in its value.
+        text = json.dumps(doc, default=lambda _: f"arn:aws:logs:us-east-2:{TOOLS}:log-group:/aws/lambda/f:*")
+        assert inline_policy_size(text) < INLINE_POLICY_LIMIT / 2, (count, inline_policy_size(text))
+        wanted = f"arn:aws:ecr:eu-west-1:{TOOLS}:repository/team-007/service-with-a-long-name"
+        assert allows(text, "ecr:DescribeImages", wanted)
+        # Exact repositories while they fit; the tools account's repositories of the used regions beyond that.
+        assert allows(text, "ecr:DescribeImages", f"arn:aws:ecr:us-east-2:{TOOLS}:repository/orders") == (
+            count > MAX_EXACT_REPOSITORY_ARNS // 3)
+        assert not allows(text, "ecr:DescribeImages", f"arn:aws:ecr:ap-south-1:{TOOLS}:repository/orders")
+        assert not allows(text, "ecr:DescribeImages", f"arn:aws:ecr:us-east-2:{QA}:repository/orders")
