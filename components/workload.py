@@ -48,7 +48,7 @@ from components.blue_green import (
     BlueGreenDeployment,
     BlueGreenDeploymentArgs,
 )
-from components.config import BlueGreenConfig, EnvironmentConfig, ServiceConfig, StackConfig
+from components.config import AutoscalingConfig, BlueGreenConfig, EnvironmentConfig, ServiceConfig, StackConfig
 from components.network import Network, NetworkArgs
 from components.task_definition import bootstrap_image, secret_grant_arn, task_definition
 
@@ -416,7 +416,7 @@ class Workload(pulumi.ComponentResource):
                 depends_on=rules)),
         )
         if svc.autoscaling:
-            self._autoscaling(base, spec, service)
+            self._autoscaling(base, svc, svc.autoscaling, service)
         if blue_green and green is not None and test is not None and application is not None:
             bg = args.blue_green
             BlueGreenDeployment(f"{base}-bluegreen", BlueGreenDeploymentArgs(
@@ -434,10 +434,8 @@ class Workload(pulumi.ComponentResource):
             ), opts=pulumi.ResourceOptions(parent=self, depends_on=[service]))
         return service
 
-    def _autoscaling(self, base: str, spec: WorkloadService, service: aws.ecs.Service) -> None:
-        svc, child = spec.config, self._child
-        scaling = svc.autoscaling
-        assert scaling is not None
+    def _autoscaling(self, base: str, svc: ServiceConfig, scaling: AutoscalingConfig, service: aws.ecs.Service) -> None:
+        child = self._child
         target = aws.appautoscaling.Target(
             f"{base}-scaling", service_namespace="ecs", scalable_dimension="ecs:service:DesiredCount",
             resource_id=f"service/{svc.cluster}/{svc.service}", min_capacity=scaling.min, max_capacity=scaling.max,
