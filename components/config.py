@@ -147,6 +147,10 @@ class NetworkConfig(_Strict):
     _cidr_check = field_validator("cidr")(lambda v: _cidr(v, min_prefix=16, max_prefix=24))
 
 
+DEFAULT_SHIFT_PERCENT = 10
+DEFAULT_SHIFT_MINUTES = 5
+
+
 class TrafficShiftConfig(_Strict):
     """How CodeDeploy moves production traffic to the new task set."""
 
@@ -758,8 +762,8 @@ def blue_green_minutes(shift_type: str, percent: int | None, interval: int | Non
     if shift_type == "canary":
         steps = 1
     elif shift_type == "linear":
-        steps = -(-100 // (percent or 10)) - 1
-    return BLUE_GREEN_START_MINUTES + steps * (interval or 5) + termination_wait
+        steps = -(-100 // (percent or DEFAULT_SHIFT_PERCENT)) - 1
+    return BLUE_GREEN_START_MINUTES + steps * (interval or DEFAULT_SHIFT_MINUTES) + termination_wait
 
 
 def _release_outlasts_blue_green(release: Mapping[str, Any], envs: list) -> list[str]:

@@ -7,7 +7,13 @@ derived here and nowhere else.
 
 from __future__ import annotations
 
-from components.config import EnvironmentConfig, ServiceConfig, StackConfig
+from components.config import (
+    DEFAULT_SHIFT_MINUTES,
+    DEFAULT_SHIFT_PERCENT,
+    EnvironmentConfig,
+    ServiceConfig,
+    StackConfig,
+)
 from components.policies import arn, iam_name, role_arn
 
 
@@ -131,8 +137,6 @@ PREDEFINED_ECS_CONFIGS = {
     ("linear", 10, 1): "CodeDeployDefault.ECSLinear10PercentEvery1Minutes",
     ("linear", 10, 3): "CodeDeployDefault.ECSLinear10PercentEvery3Minutes",
 }
-DEFAULT_SHIFT_PERCENT = 10
-DEFAULT_SHIFT_MINUTES = 5
 
 
 def traffic_shift(env: EnvironmentConfig) -> tuple[str, int | None, int | None]:

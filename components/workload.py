@@ -50,6 +50,7 @@ from components.blue_green import (
 )
 from components.config import AutoscalingConfig, BlueGreenConfig, EnvironmentConfig, ServiceConfig, StackConfig
 from components.network import Network, NetworkArgs
+from components.registry import PULL_ACTIONS
 from components.task_definition import bootstrap_image, secret_grant_arn, task_definition
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
@@ -59,7 +60,6 @@ SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 DEREGISTRATION_DELAY_SECONDS = 30  # AWS's 300-second default makes every rollout wait five minutes per old task
 # Faster than AWS's target group defaults (30 s x 5 healthy checks = 2.5 min before a new task gets traffic).
 HEALTH_CHECK_TIMING = {"interval": 15, "timeout": 5, "healthy_threshold": 2, "unhealthy_threshold": 3}
-PULL_ACTIONS = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
 
 
 # --------------------------------------------------------------------------------------------------- roles
