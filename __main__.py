@@ -83,7 +83,7 @@ for account in cfg.workload_accounts:
 
 workload_roles = {}
 for account in cfg.workload_accounts if cfg.workload_services else ():
-    uses_blue_green = any(e.strategy == "blue-green" for e in cfg.environments if e.account_id == account)
+    uses_blue_green = any(e.strategy == "codedeploy" for e in cfg.environments if e.account_id == account)
     workload_roles[account] = WorkloadRoles(f"workload-roles-{account}", WorkloadRolesArgs(
         provider=providers.get(account, cfg.account_regions(account)[0]),
         partition=cfg.partition,
@@ -115,7 +115,7 @@ if cfg.workload_services:
                     traffic_shift=naming.traffic_shift(env),
                     settings=env.blue_green_settings,
                     service_role_arn=roles.codedeploy_role_arn,
-                ) if env.strategy == "blue-green" else None,
+                ) if env.strategy == "codedeploy" else None,
                 name=iam_name(prefix, env.name),
             ), opts=pulumi.ResourceOptions(depends_on=roles.execution_role_policies))
 
@@ -196,7 +196,7 @@ if cfg.release:
             "environments": {env.name: {"accountId": env.account_id, "regions": list(env.regions),
                                         "deployRoleArn": naming.deploy_role_arn(cfg, env.account_id),
                                         **({"blueGreen": naming.release_blue_green_context(cfg, env)}
-                                           if env.strategy == "blue-green" else {})}
+                                           if env.strategy == "codedeploy" else {})}
                              for env in cfg.environments},
         },
         source=ReleaseSource(cfg.release.source.provider, cfg.release.source.repository, cfg.release.source.branch,

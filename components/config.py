@@ -173,7 +173,18 @@ class RollbackAlarmConfig(_Strict):
 
 
 class BlueGreenConfig(_Strict):
-    """Settings of ``strategy: blue-green`` environments."""
+    """Settings of the environments whose strategy shifts traffic: ``blue-green``, ``canary``, ``linear`` (ECS-native)
+    and ``codedeploy``. One block serves all four, so moving an environment from CodeDeploy to ECS-native changes
+    one word. How each key maps onto ECS's native deployment configuration:
+
+    * ``trafficShift`` -> ``canaryConfiguration`` (``percent``, bake ``intervalMinutes``) or ``linearConfiguration``
+      (``percent`` per step, ``intervalMinutes`` between steps). With a native strategy the type is implied by the
+      strategy; a contradicting ``type`` is an error.
+    * ``terminationWaitMinutes`` -> ``bakeTimeInMinutes``: how long old tasks stay up after the last shift, ready for
+      an instant rollback (ECS accepts 0-1440).
+    * ``testListenerPort`` / ``testTrafficCidrs`` -> the test listener rule of the service's load balancer.
+    * ``rollbackAlarm`` -> the service's deployment alarm (5xx of its target groups), with rollback.
+    """
 
     traffic_shift: TrafficShiftConfig = Field(default_factory=TrafficShiftConfig, alias="trafficShift")
     termination_wait_minutes: int = Field(default=5, alias="terminationWaitMinutes", ge=0, le=2880)
@@ -205,8 +216,14 @@ class EnvironmentConfig(_Strict):
     """The workload account; never the tools account."""
     regions: list[str] = Field(min_length=1)
     """One or more region names, unique. Each gets its own deploy action and artifact store."""
-    strategy: Literal["rolling", "blue-green"] = "rolling"
-    """``rolling`` (ECS deploy action, circuit breaker) or ``blue-green`` (CodeDeploy). Default ``rolling``."""
+    strategy: Literal["rolling", "blue-green", "canary", "linear", "codedeploy"] = "rolling"
+    """How ECS replaces the tasks: ``rolling`` (circuit breaker with rollback, deployment alarms), ECS-native
+    ``blue-green``, ``canary`` or ``linear`` (a second target group, test listener, traffic shifted by ECS, bake time),
+    or ``codedeploy`` (CodeDeploy blue/green, kept for teams already running it). Default ``rolling``."""
+    deployment_timeout_minutes: int | None = Field(default=None, alias="deploymentTimeoutMinutes", ge=5, le=1440)
+    """How long one deployment of this environment may take before it counts as failed and every region goes back
+    to what it ran before. Default 15 for ``rolling``; for the others derived from the traffic shift plus the bake
+    (:func:`minimum_deploy_minutes`), and never shorter than that."""
     require_approval: bool = Field(default=False, alias="requireApproval")
     """Manual approval (SNS) before this environment is deployed. Default false."""
     provision_role_name: str = Field(
@@ -225,12 +242,27 @@ class EnvironmentConfig(_Strict):
     """Region -> ACM certificate ARN (in this account and region). With one, the load balancer serves HTTPS on 443
     and redirects HTTP to it; without, it serves HTTP on 80. Default: none."""
     blue_green: BlueGreenConfig | None = Field(default=None, alias="blueGreen")
-    """Only with ``strategy: blue-green``. Default: all-at-once shift, 5-minute termination wait, test listener on
+    """Only with a strategy other than ``rolling``. Default: all-at-once shift (native canary and linear: 10 % every
+    5 minutes), 5-minute termination wait (bake), test listener on
     8443 reachable from nowhere, rollback on 10 target 5xx per minute for 2 minutes."""
 
     @property
     def blue_green_settings(self) -> BlueGreenConfig:
         return self.blue_green or BlueGreenConfig()
+
+    @property
+    def native(self) -> bool:
+        """ECS-native blue/green, canary or linear: ECS shifts traffic itself between two target groups."""
+        return self.strategy in NATIVE_STRATEGIES
+
+    @property
+    def codedeploy(self) -> bool:
+        return self.strategy == "codedeploy"
+
+    @property
+    def deploy_timeout_minutes(self) -> int:
+        """How long a deployment here may take: set, or the least a deployment of this strategy needs."""
+        return self.deployment_timeout_minutes or minimum_deploy_minutes(self)
 
     @field_validator("push_tags")
     @classmethod
@@ -558,8 +590,15 @@ class StackConfig:
         return 10 * (self.workload_services.index(service) + 1)
 
     @property
-    def uses_blue_green(self) -> bool:
-        return any(e.strategy == "blue-green" for e in self.environments)
+    def uses_codedeploy(self) -> bool:
+        return any(e.codedeploy for e in self.environments)
+
+    def engine_environments(self, service: ServiceConfig) -> tuple[EnvironmentConfig, ...]:
+        """The environments the deploy engine deploys `service` to: every one but CodeDeploy's, for services whose
+        task definition crossdeploy renders; none for existing services (the ECS deploy action swaps their image)."""
+        if service.existing:
+            return ()
+        return tuple(e for e in self.environments if not e.codedeploy)
 
 
 def _path(loc: Iterable[Any]) -> str:
@@ -664,9 +703,9 @@ def _environment_workload_checks(i: int, env: Mapping[str, Any], seen_places: di
                             f"environment {seen_places[place]!r}; each account and region holds one environment "
                             "(its services, load balancer and VPC would collide)")
         seen_places.setdefault(place, str(env.get("name")))
-    if "blueGreen" in env and strategy != "blue-green":
-        problems.append(f"environments[{i}].blueGreen: only applies to strategy: blue-green, got strategy "
-                        f"{strategy!r}")
+    if "blueGreen" in env and strategy == "rolling":
+        problems.append(f"environments[{i}].blueGreen: only applies to strategies blue-green, canary, linear and "
+                        f"codedeploy, got strategy {strategy!r}")
     certs = env.get("certificateArns")
     if isinstance(certs, Mapping):
         for region, value in certs.items():
@@ -688,19 +727,79 @@ def _environment_workload_checks(i: int, env: Mapping[str, Any], seen_places: di
                                 f"({', '.join(map(str, regions))})")
     blue_green = env.get("blueGreen")
     if isinstance(blue_green, Mapping):
-        shift = blue_green.get("trafficShift")
-        if isinstance(shift, Mapping) and shift.get("type", "all-at-once") == "all-at-once":
-            for key in ("percent", "intervalMinutes"):
-                if key in shift:
-                    problems.append(f"environments[{i}].blueGreen.trafficShift.{key}: only for canary and linear, "
-                                    f"got {shift[key]!r} with type 'all-at-once'")
+        problems.extend(_traffic_checks(i, strategy, blue_green))
         port = blue_green.get("testListenerPort")
         if port in (80, 443):
             problems.append(f"environments[{i}].blueGreen.testListenerPort: {port!r} is a production listener port")
     return problems
 
 
-def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: list[str]) -> list[str]:
+def _traffic_checks(i: int, strategy: Any, blue_green: Mapping[str, Any]) -> list[str]:
+    """The traffic shift must agree with the strategy; ECS-native strategies have ECS's tighter bounds."""
+    problems: list[str] = []
+    where = f"environments[{i}].blueGreen"
+    shift = blue_green.get("trafficShift") if isinstance(blue_green.get("trafficShift"), Mapping) else {}
+    if strategy in NATIVE_STRATEGIES and "type" in shift and shift["type"] != _shift_of(strategy, shift):
+        problems.append(f"{where}.trafficShift.type: strategy {strategy!r} shifts "
+                        f"{_shift_of(strategy, shift)}, got {shift['type']!r}; choose the strategy "
+                        f"{'blue-green' if shift['type'] == 'all-at-once' else shift['type']!r} instead, or drop type")
+    shift_type = _shift_of(strategy, shift) if isinstance(strategy, str) else "all-at-once"
+    if shift_type == "all-at-once":
+        for key in ("percent", "intervalMinutes"):
+            if key in shift:
+                problems.append(f"{where}.trafficShift.{key}: only for canary and linear, got {shift[key]!r} with "
+                                f"{'strategy' if strategy in NATIVE_STRATEGIES else 'type'} "
+                                f"{strategy if strategy in NATIVE_STRATEGIES else 'all-at-once'!r}")
+    if strategy in NATIVE_STRATEGIES:
+        percent = shift.get("percent")
+        if shift_type == "linear" and isinstance(percent, int) and percent < 3:
+            problems.append(f"{where}.trafficShift.percent: ECS shifts at least 3 percent per linear step, got "
+                            f"{percent!r}")
+        for key, value in (("trafficShift.intervalMinutes", shift.get("intervalMinutes")),
+                           ("terminationWaitMinutes", blue_green.get("terminationWaitMinutes"))):
+            if isinstance(value, int) and value > ECS_MAX_BAKE_MINUTES:
+                problems.append(f"{where}.{key}: ECS bakes at most {ECS_MAX_BAKE_MINUTES} minutes, got {value!r}")
+    return problems
+
+
+def _deploy_minutes(env: Mapping[str, Any]) -> int | None:
+    """The minimum deploy time of a raw environment, or None while its settings are malformed (reported elsewhere)."""
+    strategy = env.get("strategy", "rolling")
+    if strategy == "rolling":
+        return ROLLING_TIMEOUT_MINUTES
+    if not isinstance(strategy, str):
+        return None
+    settings = env.get("blueGreen") if isinstance(env.get("blueGreen"), Mapping) else {}
+    shift = settings.get("trafficShift") if isinstance(settings.get("trafficShift"), Mapping) else {}
+    wait = settings.get("terminationWaitMinutes", 5)
+    values = (shift.get("percent"), shift.get("intervalMinutes"), wait)
+    if not all(v is None or isinstance(v, int) for v in values) or not isinstance(wait, int):
+        return None
+    return blue_green_minutes(_shift_of(strategy, shift), *values)
+
+
+def _timeout_checks(i: int, env: Mapping[str, Any], pushed: bool) -> list[str]:
+    """A deployment timeout shorter than the strategy's own course would fail every deployment; a push deploy must
+    finish inside one Lambda invocation."""
+    problems: list[str] = []
+    needed = _deploy_minutes(env)
+    timeout = env.get("deploymentTimeoutMinutes")
+    if needed is None or (timeout is not None and not isinstance(timeout, int)):
+        return problems
+    if isinstance(timeout, int) and timeout < needed:
+        problems.append(f"environments[{i}].deploymentTimeoutMinutes: {timeout} is shorter than a "
+                        f"{env.get('strategy', 'rolling')} deployment here (about {needed} minutes: start, traffic "
+                        f"shift, bake); set at least {needed}")
+    effective = timeout if isinstance(timeout, int) else needed
+    if pushed and env.get("strategy", "rolling") in NATIVE_STRATEGIES and effective > PUSH_WAIT_MINUTES:
+        problems.append(f"environments[{i}].strategy: a push deploy waits for its rollout inside one Lambda "
+                        f"invocation ({PUSH_WAIT_MINUTES} minutes), but a {env.get('strategy')} deployment here takes "
+                        f"about {effective}; shorten the shift and bake, or use delivery: pipeline")
+    return problems
+
+
+def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: list[str],
+                             native_envs: list[str]) -> list[str]:
     problems: list[str] = []
     existing = svc.get("existing") is True
     if existing:
@@ -712,9 +811,14 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
             problems.append(f"services[{i}].executionRoleName: required with existing: true (the deploy role may "
                             "pass only the roles named here when it registers a new revision)")
         if blue_green_envs:
-            problems.append(f"services[{i}].existing: blue-green environments ({', '.join(blue_green_envs)}) deploy "
+            problems.append(f"services[{i}].existing: codedeploy environments ({', '.join(blue_green_envs)}) deploy "
                             "a task definition crossdeploy generates, which it cannot for a service it did not "
                             "create; create the service with crossdeploy or deploy those environments rolling")
+        if native_envs:
+            problems.append(f"services[{i}].existing: {', '.join(native_envs)} shift traffic between two target "
+                            "groups and listener rules of a load balancer route crossdeploy creates, which a service "
+                            "it did not create has not; create the service with crossdeploy or deploy those "
+                            "environments rolling")
     else:
         for key in ("executionRoleName", "taskRoleName"):
             if key in svc:
@@ -722,7 +826,7 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
                                 f"services it creates), got {svc[key]!r}")
     if svc.get("delivery") == "push" and blue_green_envs:
         problems.append(f"services[{i}].delivery: push deploys update the ECS service directly, which CodeDeploy "
-                        f"controls in blue-green environments ({', '.join(blue_green_envs)}); use delivery: "
+                        f"controls in codedeploy environments ({', '.join(blue_green_envs)}); use delivery: "
                         "pipeline or rolling environments")
     cpu, memory = svc.get("cpu", 256), svc.get("memory", 512)
     if isinstance(cpu, int) and isinstance(memory, int):
@@ -755,6 +859,32 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
 BLUE_GREEN_START_MINUTES = 5
 
 
+NATIVE_STRATEGIES = ("blue-green", "canary", "linear")
+ROLLING_TIMEOUT_MINUTES = 15
+"""A rolling deployment that has not finished in 15 minutes is failed (and rolled back): long enough for two waves
+of tasks to start and pass health checks, short enough that nobody waits on a pipeline for an hour."""
+PUSH_WAIT_MINUTES = 14
+"""A push deploy waits for its rollout inside one Lambda invocation (15 minutes at most), less a margin."""
+ECS_MAX_BAKE_MINUTES = 1440  # ECS's bakeTimeInMinutes and canary/linear bake times accept 0-1440
+
+
+def _shift_of(strategy: str, shift: Mapping[str, Any]) -> str:
+    """The traffic shift a strategy implies: native strategies name it, CodeDeploy takes it from the settings."""
+    if strategy in NATIVE_STRATEGIES:
+        return {"blue-green": "all-at-once"}.get(strategy, strategy)
+    return str(shift.get("type", "all-at-once"))
+
+
+def minimum_deploy_minutes(env: EnvironmentConfig) -> int:
+    """The least time a deployment of `env` takes: 15 minutes rolling; start, traffic shift and bake otherwise."""
+    if env.strategy == "rolling":
+        return ROLLING_TIMEOUT_MINUTES
+    settings = env.blue_green_settings
+    shift = settings.traffic_shift
+    return blue_green_minutes(_shift_of(env.strategy, {"type": shift.type}), shift.percent, shift.interval_minutes,
+                              settings.termination_wait_minutes)
+
+
 def blue_green_minutes(shift_type: str, percent: int | None, interval: int | None, termination_wait: int) -> int:
     """How long a CodeDeploy ECS deployment stays in progress: it succeeds only after the traffic shift and the
     termination wait of the original tasks, plus the time new tasks take to become healthy."""
@@ -766,27 +896,25 @@ def blue_green_minutes(shift_type: str, percent: int | None, interval: int | Non
     return BLUE_GREEN_START_MINUTES + steps * (interval or DEFAULT_SHIFT_MINUTES) + termination_wait
 
 
-def _release_outlasts_blue_green(release: Mapping[str, Any], envs: list) -> list[str]:
-    """A release waits for each service up to serviceTimeoutMinutes, then rolls everything back: with blue/green
-    environments that limit must outlast a whole CodeDeploy deployment, or every release would roll back."""
+def _release_outlasts_deployments(release: Mapping[str, Any], envs: list) -> list[str]:
+    """A release waits for each service up to serviceTimeoutMinutes, then rolls everything back: that limit must
+    outlast a whole deployment in every environment, or every release would roll back."""
     timeout = release.get("serviceTimeoutMinutes", 15)
     if not isinstance(timeout, int):
         return []
     problems = []
     for env in envs:
-        if not isinstance(env, Mapping) or env.get("strategy") != "blue-green":
+        if not isinstance(env, Mapping):
             continue
-        settings = env.get("blueGreen") if isinstance(env.get("blueGreen"), Mapping) else {}
-        shift = settings.get("trafficShift") if isinstance(settings.get("trafficShift"), Mapping) else {}
-        wait = settings.get("terminationWaitMinutes", 5)
-        values = (shift.get("percent"), shift.get("intervalMinutes"), wait)
-        if not all(v is None or isinstance(v, int) for v in values) or not isinstance(wait, int):
+        needed = _deploy_minutes(env)
+        if env.get("strategy", "rolling") == "rolling" or needed is None:
             continue
-        needed = blue_green_minutes(str(shift.get("type", "all-at-once")), *values)
+        explicit = env.get("deploymentTimeoutMinutes")
+        needed = explicit if isinstance(explicit, int) and explicit > needed else needed
         if timeout < needed:
-            problems.append(f"release.serviceTimeoutMinutes: {timeout} is shorter than a blue/green deployment in "
-                            f"environment {env.get('name')!r} (about {needed} minutes: start, traffic shift, "
-                            f"termination wait); set at least {needed}")
+            problems.append(f"release.serviceTimeoutMinutes: {timeout} is shorter than a {env.get('strategy')} "
+                            f"deployment in environment {env.get('name')!r} (about {needed} minutes: start, "
+                            f"traffic shift, bake); set at least {needed}")
     return problems
 
 
@@ -892,17 +1020,23 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
     for i, env in enumerate(envs):
         if isinstance(env, Mapping):
             problems.extend(_environment_workload_checks(i, env, seen_places))
-    blue_green_envs = [str(e.get("name")) for e in envs if isinstance(e, Mapping) and e.get("strategy") == "blue-green"]
+    blue_green_envs = [str(e.get("name")) for e in envs if isinstance(e, Mapping) and e.get("strategy") == "codedeploy"]
+    native_envs = [f"{e.get('strategy')} environment {e.get('name')!r}" for e in envs
+                   if isinstance(e, Mapping) and e.get("strategy") in NATIVE_STRATEGIES]
+    pushed = any(isinstance(s, Mapping) and s.get("delivery") == "push" for s in services)
+    for i, env in enumerate(envs):
+        if isinstance(env, Mapping):
+            problems.extend(_timeout_checks(i, env, pushed))
     for i, svc in enumerate(services):
         if isinstance(svc, Mapping):
-            problems.extend(_service_workload_checks(i, svc, blue_green_envs))
+            problems.extend(_service_workload_checks(i, svc, blue_green_envs, native_envs))
     problems.extend(_priorities(services))
     problems.extend(_shared_clusters(services))
     if blue_green_envs:
         problems.extend(_unique_service_names(services))
     release = raw.get("release")
     if isinstance(release, Mapping):
-        problems.extend(_release_outlasts_blue_green(release, envs))
+        problems.extend(_release_outlasts_deployments(release, envs))
     source = release.get("source") if isinstance(release, Mapping) else None
     if isinstance(source, Mapping):
         provider, connection = source.get("provider"), source.get("connectionArn")

@@ -128,7 +128,7 @@ def codedeploy_targets(cfg: StackConfig, account: str) -> tuple[CodeDeployTarget
     targets = (
         CodeDeployTarget(region, naming.codedeploy_application_name(cfg, env.name),
                          naming.deployment_group_name(cfg, service), naming.deployment_config_name(cfg, env))
-        for env in cfg.environments if env.account_id == account and env.strategy == "blue-green"
+        for env in cfg.environments if env.account_id == account and env.strategy == "codedeploy"
         for region in env.regions
         for service in cfg.services if not service.existing
     )

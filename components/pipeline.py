@@ -169,7 +169,7 @@ def blue_green_targets(cfg: StackConfig, env: EnvironmentConfig, service: Servic
     The task definition is the one the workload component registers (:func:`components.task_definition.task_definition`)
     with the image as ``<IMAGE1_NAME>``, so every release registers exactly what ``pulumi up`` created, new image
     aside."""
-    if env.strategy != "blue-green":
+    if env.strategy != "codedeploy":
         return ()
     return tuple(
         BlueGreenTarget(

@@ -91,3 +91,45 @@ def task_definition(cfg: StackConfig, account: str, region: str, service: Servic
     if task_role:
         request["taskRoleArn"] = task_role
     return request
+
+
+DEPLOY_DOCUMENT_VERSION = 1
+DEPLOY_DOCUMENT_FILE = "deploy.json"
+"""The file name of the deploy document inside the zip that ``pulumi up`` writes for the pipeline's config source."""
+
+
+def deploy_document(cfg: StackConfig, service: ServiceConfig) -> dict[str, Any]:
+    """What every deploy of `service` renders from, whatever triggers it: per environment the deploy engine serves
+    (all but ``codedeploy``), its strategy and timeout, and per region the target and the task definition rendered
+    from the stack config (``None`` for an existing service, whose task definition is not ours: the engine then
+    copies the running one and swaps only the image). The engine replaces the container's image with the region's
+    ``repo@sha256:`` replica; everything else it registers exactly as written here.
+
+    The pipeline receives it as a source artifact (the snapshot of the config when its execution started), push
+    deploys in their package, releases from the same object the pipeline's source reads.
+    """
+    return {
+        "version": DEPLOY_DOCUMENT_VERSION,
+        "service": service.name,
+        "environments": [
+            {
+                "name": env.name,
+                "strategy": env.strategy,
+                "timeoutSeconds": env.deploy_timeout_minutes * 60,
+                "targets": [
+                    {
+                        "accountId": env.account_id,
+                        "region": region,
+                        "roleArn": naming.deploy_role_arn(cfg, env.account_id),
+                        "cluster": service.cluster,
+                        "service": service.service,
+                        "container": service.container,
+                        "taskDefinition": None if service.existing else task_definition(
+                            cfg, env.account_id, region, service, bootstrap_image(cfg, region, service)),
+                    }
+                    for region in env.regions
+                ],
+            }
+            for env in cfg.environments if not env.codedeploy
+        ],
+    }

@@ -202,7 +202,7 @@ class WorkloadArgs:
     certificate_arn: str | None = None
     """ACM certificate for HTTPS. Default none: HTTP on port 80."""
     blue_green: BlueGreenSettings | None = None
-    """Set for ``strategy: blue-green`` environments. Default none: rolling."""
+    """Set for ``strategy: codedeploy`` environments. Default none: rolling."""
     name: str = ""
     """Prefix of Name tags and generated names, e.g. ``crossdeploy-prod-prod``."""
 
@@ -488,7 +488,7 @@ def workload_services(cfg: StackConfig, env: EnvironmentConfig, region: str) -> 
             task_definition=task_definition(cfg, env.account_id, region, svc, bootstrap_image(cfg, region, svc)),
             priority=cfg.rule_priority(svc),
             log_group_name=naming.log_group_name(cfg, svc),
-            deployment_group_name=naming.deployment_group_name(cfg, svc) if env.strategy == "blue-green" else "",
+            deployment_group_name=naming.deployment_group_name(cfg, svc) if env.strategy == "codedeploy" else "",
         )
         for svc in cfg.workload_services
     )

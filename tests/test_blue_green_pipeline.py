@@ -44,9 +44,9 @@ SERVICES = [
 # regions (a predefined canary config), behind an approval.
 ENVIRONMENTS = [
     {"name": "qa", "accountId": QA, "regions": ["us-east-2"]},
-    {"name": "stage", "accountId": QA, "regions": ["us-west-2"], "strategy": "blue-green",
+    {"name": "stage", "accountId": QA, "regions": ["us-west-2"], "strategy": "codedeploy",
      "blueGreen": {"trafficShift": {"type": "linear", "percent": 20, "intervalMinutes": 7}}},
-    {"name": "prod", "accountId": PROD, "regions": PROD_REGIONS, "strategy": "blue-green", "requireApproval": True,
+    {"name": "prod", "accountId": PROD, "regions": PROD_REGIONS, "strategy": "codedeploy", "requireApproval": True,
      "blueGreen": {"trafficShift": {"type": "canary", "percent": 10, "intervalMinutes": 5}}},
 ]
 BG_CONFIG = config(**{"crossdeploy:environments": ENVIRONMENTS, "crossdeploy:services": SERVICES})
@@ -58,8 +58,8 @@ MOTO_ACCOUNT = "123456789012"  # moto's account: the image registry of the end-t
 ALL_BG_CONFIG = config(**{
     "crossdeploy:tools": {"accountId": MOTO_ACCOUNT, "region": "us-east-2"},
     "crossdeploy:environments": [
-        {"name": "qa", "accountId": QA, "regions": ["us-east-2"], "strategy": "blue-green"},
-        {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "us-west-2"], "strategy": "blue-green"}],
+        {"name": "qa", "accountId": QA, "regions": ["us-east-2"], "strategy": "codedeploy"},
+        {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "us-west-2"], "strategy": "codedeploy"}],
     "crossdeploy:services": SERVICES})
 
 

@@ -48,10 +48,46 @@ BROKEN = {
     "environment in tools account": (
         {"crossdeploy:environments": [env(accountId=TOOLS)]}, "environments[0].accountId", "tools account"),
     "unknown strategy": (
-        {"crossdeploy:environments": [env(strategy="canary")]}, "environments[0].strategy", "'canary'"),
+        {"crossdeploy:environments": [env(strategy="blue_green")]}, "environments[0].strategy", "'blue_green'"),
     "blueGreen settings on a rolling environment": (
         {"crossdeploy:environments": [env(blueGreen={"terminationWaitMinutes": 1})]}, "environments[0].blueGreen",
-        "strategy: blue-green"),
+        "got strategy 'rolling'"),
+    "canary percent out of range": (
+        {"crossdeploy:environments": [env(strategy="canary", blueGreen={"trafficShift": {"percent": 100}})]},
+        "environments[0].blueGreen.trafficShift.percent", "100"),
+    "linear step below ECS's minimum": (
+        {"crossdeploy:environments": [env(strategy="linear", blueGreen={"trafficShift": {"percent": 2}})]},
+        "environments[0].blueGreen.trafficShift.percent", "at least 3 percent"),
+    "native bake beyond ECS's day": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"terminationWaitMinutes": 1500})]},
+        "environments[0].blueGreen.terminationWaitMinutes", "at most 1440"),
+    "native step bake beyond ECS's day": (
+        {"crossdeploy:environments": [env(strategy="canary", blueGreen={"trafficShift": {"intervalMinutes": 2000}})]},
+        "environments[0].blueGreen.trafficShift.intervalMinutes", "at most 1440"),
+    "shift type contradicting a native strategy": (
+        {"crossdeploy:environments": [env(strategy="canary", blueGreen={"trafficShift": {"type": "linear"}})]},
+        "environments[0].blueGreen.trafficShift.type", "'linear' instead"),
+    "percent with native blue-green": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"trafficShift": {"percent": 10}})]},
+        "environments[0].blueGreen.trafficShift.percent", "only for canary and linear"),
+    "native strategy for a service without a crossdeploy route": (
+        {"crossdeploy:environments": [env(strategy="linear")],
+         "crossdeploy:services": [{"name": "orders", "existing": True, "executionRoleName": "r"}]},
+        "services[0].existing", "linear environment 'qa'"),
+    "timeout shorter than the strategy's course": (
+        {"crossdeploy:environments": [env(strategy="canary", deploymentTimeoutMinutes=10)]},
+        "environments[0].deploymentTimeoutMinutes", "about 15 minutes"),
+    "timeout below five minutes": (
+        {"crossdeploy:environments": [env(deploymentTimeoutMinutes=1)]},
+        "environments[0].deploymentTimeoutMinutes", "1"),
+    "push into a native environment longer than a Lambda invocation": (
+        {"crossdeploy:environments": [env(strategy="linear")],
+         "crossdeploy:services": [{"name": "orders", "delivery": "push"}]},
+        "environments[0].strategy", "delivery: pipeline"),
+    "release shorter than a native canary": (
+        {"crossdeploy:environments": [env(strategy="canary", blueGreen={"trafficShift": {"intervalMinutes": 20}})],
+         "crossdeploy:release": {"source": {"provider": "codecommit", "repository": "r"}}},
+        "release.serviceTimeoutMinutes", "about 30 minutes"),
     "approval as string": (
         {"crossdeploy:environments": [env(requireApproval="yes")]}, "environments[0].requireApproval", "'yes'"),
     "bad provision role": (
@@ -134,12 +170,12 @@ BROKEN = {
     "role names on a created service": (
         {"crossdeploy:services": [{"name": "orders", "executionRoleName": "r"}]}, "services[0].executionRoleName",
         "only for existing"),
-    "existing service in a blue-green environment": (
-        {"crossdeploy:environments": [env(strategy="blue-green")],
+    "existing service in a codedeploy environment": (
+        {"crossdeploy:environments": [env(strategy="codedeploy")],
          "crossdeploy:services": [{"name": "orders", "existing": True, "executionRoleName": "r"}]},
-        "services[0].existing", "blue-green environments (qa)"),
-    "push delivery into blue-green": (
-        {"crossdeploy:environments": [env(strategy="blue-green")],
+        "services[0].existing", "codedeploy environments (qa)"),
+    "push delivery into codedeploy": (
+        {"crossdeploy:environments": [env(strategy="codedeploy")],
          "crossdeploy:services": [{"name": "orders", "delivery": "push"}]}, "services[0].delivery", "CodeDeploy"),
     "certificate of another region": (
         {"crossdeploy:environments": [env(certificateArns={
@@ -172,24 +208,24 @@ BROKEN = {
     "NAT option": ({"crossdeploy:environments": [env(network={"natGateways": "none"})]},
                    "environments[0].network.natGateways", "'none'"),
     "percent with all-at-once": (
-        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"trafficShift": {"percent": 10}})]},
+        {"crossdeploy:environments": [env(strategy="codedeploy", blueGreen={"trafficShift": {"percent": 10}})]},
         "environments[0].blueGreen.trafficShift.percent", "only for canary and linear"),
     "test listener on a production port": (
-        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"testListenerPort": 443})]},
+        {"crossdeploy:environments": [env(strategy="codedeploy", blueGreen={"testListenerPort": 443})]},
         "environments[0].blueGreen.testListenerPort", "production listener port"),
     "test traffic range": (
-        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"testTrafficCidrs": ["anywhere"]})]},
+        {"crossdeploy:environments": [env(strategy="codedeploy", blueGreen={"testTrafficCidrs": ["anywhere"]})]},
         "environments[0].blueGreen.testTrafficCidrs", "'anywhere'"),
     "termination wait beyond CodeDeploy's two days": (
-        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"terminationWaitMinutes": 3000})]},
+        {"crossdeploy:environments": [env(strategy="codedeploy", blueGreen={"terminationWaitMinutes": 3000})]},
         "environments[0].blueGreen.terminationWaitMinutes", "3000"),
     "one service name in two clusters with blue/green": (
-        {"crossdeploy:environments": [env(strategy="blue-green")],
+        {"crossdeploy:environments": [env(strategy="codedeploy")],
          "crossdeploy:services": [{"name": "orders"}, {"name": "orders2", "serviceName": "orders", "cluster": "b",
                                                        "routing": {"priority": 99}}]},
         "services[1].serviceName", "deployment groups"),
     "release shorter than a blue/green deployment": (
-        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={
+        {"crossdeploy:environments": [env(strategy="codedeploy", blueGreen={
             "trafficShift": {"type": "linear", "percent": 25, "intervalMinutes": 3}, "terminationWaitMinutes": 10})],
          "crossdeploy:release": {"source": {"provider": "codecommit", "repository": "r"}}},
         "release.serviceTimeoutMinutes", "about 24 minutes"),

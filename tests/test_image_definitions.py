@@ -505,7 +505,7 @@ ECS_REGISTER = (
 def stack_config(regions=REGIONS, service=SERVICE):
     return parse({"tools": {"accountId": TOOLS_ACCOUNT, "region": HOME},
                   "environments": [{"name": "prod", "accountId": WORKLOAD_ACCOUNT, "regions": list(regions),
-                                    "strategy": "blue-green"}],
+                                    "strategy": "codedeploy"}],
                   "services": [service]}, project="crossdeploy", stack="test", aws_region=HOME)
 
 

@@ -261,7 +261,7 @@ def test_deploy_role_policy_stays_within_iam_limit_at_300_services() -> None:
     overflows IAM's 10,240 characters at a few dozen services (measured: 28,111 at 40 services, 3 regions)."""
     services = [{"name": f"svc-{i:03d}", **({"cluster": f"team-{i % 4}"} if i % 2 else {})} for i in range(300)]
     environments = [{"name": "prod", "accountId": PROD, "regions": ["us-east-2", "us-west-2", "eu-west-1"],
-                     "strategy": "blue-green",
+                     "strategy": "codedeploy",
                      "blueGreen": {"trafficShift": {"type": "linear", "percent": 20, "intervalMinutes": 2}}}]
     raw = {"tools": {"accountId": "111111111111"}, "environments": environments, "services": services,
            "release": {"source": {"provider": "codecommit", "repository": "r"}, "serviceTimeoutMinutes": 60}}

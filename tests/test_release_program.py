@@ -250,7 +250,7 @@ def test_blue_green_environments_reach_the_release_with_their_codedeploy_names_a
 
 def test_without_a_release_the_deploy_role_cannot_stop_deployments() -> None:
     cfg = config(**{"crossdeploy:environments": [
-        {"name": "prod", "accountId": PROD, "regions": ["us-east-2"], "strategy": "blue-green"}]})
+        {"name": "prod", "accountId": PROD, "regions": ["us-east-2"], "strategy": "codedeploy"}]})
     run = run_program(cfg, stack="nr")
     deploy = next(r for r in run.of_type("aws:iam/role:Role") if r.account == PROD and "/deploy/" in r.outputs["arn"])
     policy = role_policy(run, deploy)

@@ -21,7 +21,7 @@ ADOPTED = {"vpcId": "vpc-0123456789abcdef0",
 ENVIRONMENTS = [
     {"name": "qa", "accountId": QA, "regions": ["us-east-2"], "network": {"natGateways": "single"}},
     {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "eu-west-1"], "requireApproval": True,
-     "strategy": "blue-green", "certificateArns": {"us-east-2": CERT},
+     "strategy": "codedeploy", "certificateArns": {"us-east-2": CERT},
      "network": {"existingVpcs": {"eu-west-1": ADOPTED}},
      "blueGreen": {"trafficShift": {"type": "canary", "percent": 20, "intervalMinutes": 7},
                    "terminationWaitMinutes": 15, "testTrafficCidrs": ["10.8.0.0/16"]}},

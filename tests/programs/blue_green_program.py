@@ -32,7 +32,7 @@ conf = pulumi.Config("crossdeploy")
 account = conf.require("accountId")
 region = conf.require("region")
 raw_env = {"name": conf.get("environment") or "prod", "accountId": account, "regions": [region],
-           "strategy": "blue-green"}
+           "strategy": "codedeploy"}
 if conf.get_object("blueGreen") is not None:
     raw_env["blueGreen"] = conf.get_object("blueGreen")
 env = EnvironmentConfig.model_validate(raw_env)
