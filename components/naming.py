@@ -54,6 +54,32 @@ def release_steps_role_arn(cfg: StackConfig) -> str:
     return role_arn(cfg.partition, cfg.tools_account_id, release_steps_role_name(cfg), iam_path(cfg, "release"))
 
 
+def engine_function_name(cfg: StackConfig) -> str:
+    """The deploy engine's Lambda function, which the pipelines invoke once per environment."""
+    return iam_name(cfg.project, cfg.stack, "deploy-engine")
+
+
+def engine_role_arn(cfg: StackConfig) -> str:
+    """The deploy engine function's role: trusted by the deploy roles next to the pipeline role path."""
+    return role_arn(cfg.partition, cfg.tools_account_id, engine_function_name(cfg), iam_path(cfg, "engine"))
+
+
+def deploy_document_key(service: ServiceConfig) -> str:
+    """Where ``pulumi up`` writes the service's deploy document (a zip holding ``deploy.json``) in the config
+    bucket: the pipeline's config source reads it, and so do releases."""
+    return f"services/{safe(service.name)}/deploy.zip"
+
+
+def infrastructure_role_name(cfg: StackConfig) -> str:
+    """The role ECS assumes in a workload account to move listener rules and target groups during native
+    blue/green, canary and linear deployments."""
+    return iam_name(cfg.project, cfg.stack, "ecs-infrastructure")
+
+
+def infrastructure_role_arn(cfg: StackConfig, account: str) -> str:
+    return role_arn(cfg.partition, account, infrastructure_role_name(cfg), iam_path(cfg, "infrastructure"))
+
+
 def forwarder_role_arn(cfg: StackConfig, account: str) -> str:
     return role_arn(cfg.partition, account, iam_name(cfg.project, cfg.stack, "rollout-forwarder"),
                     iam_path(cfg, "notices"))
@@ -142,9 +168,11 @@ PREDEFINED_ECS_CONFIGS = {
 def traffic_shift(env: EnvironmentConfig) -> tuple[str, int | None, int | None]:
     """(type, percent, minutes) of an environment's blue/green traffic shift, defaults applied."""
     shift = env.blue_green_settings.traffic_shift
-    if shift.type == "all-at-once":
+    # A native strategy names its shift; only CodeDeploy environments take the type from the settings.
+    kind = {"blue-green": "all-at-once", "canary": "canary", "linear": "linear"}.get(env.strategy, shift.type)
+    if kind == "all-at-once":
         return ("all-at-once", None, None)
-    return (shift.type, shift.percent or DEFAULT_SHIFT_PERCENT, shift.interval_minutes or DEFAULT_SHIFT_MINUTES)
+    return (kind, shift.percent or DEFAULT_SHIFT_PERCENT, shift.interval_minutes or DEFAULT_SHIFT_MINUTES)
 
 
 def deployment_config_name(cfg: StackConfig, env: EnvironmentConfig) -> str:
