@@ -251,8 +251,9 @@ def default_alarm_name(application_name: str, deployment_group_name: str) -> str
 
 
 def target_5xx_queries(load_balancer_arn_suffix: pulumi.Input[str],
-                       target_group_arn_suffixes: tuple[pulumi.Input[str], pulumi.Input[str]]) -> list:
-    """Metric math: each target group's 5xx count (missing minutes as 0), added up; only the sum is returned."""
+                       target_group_arn_suffixes: tuple[pulumi.Input[str], ...]) -> list:
+    """Metric math: each target group's 5xx count (missing minutes as 0), added up; only the sum is returned.
+    Two groups for blue/green (CodeDeploy or ECS-native), one for a rolling service."""
     queries: list = []
     for i, suffix in enumerate(target_group_arn_suffixes, start=1):
         queries.append(aws.cloudwatch.MetricAlarmMetricQueryArgs(
@@ -268,7 +269,8 @@ def target_5xx_queries(load_balancer_arn_suffix: pulumi.Input[str],
         ))
     expression = " + ".join(f"FILL({q.id}, 0)" for q in queries)
     queries.append(aws.cloudwatch.MetricAlarmMetricQueryArgs(
-        id="target5xx", expression=expression, label="Target 5xx responses, both target groups", return_data=True))
+        id="target5xx", expression=expression, return_data=True,
+        label="Target 5xx responses" + (", both target groups" if len(target_group_arn_suffixes) == 2 else "")))
     return queries
 
 

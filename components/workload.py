@@ -7,22 +7,33 @@ Two components:
     :mod:`components.naming` fixes, which the deploy role may pass), and the CodeDeploy service role where an
     environment of the account deploys blue/green. The execution role can pull exactly the service's repository
     from the tools account in each of the account's regions (the repository policy grants the other half), write
-    its own log group and read the secrets the service names, nothing else.
+    its own log group and read the secrets the service names, nothing else. Where an environment of the account
+    deploys ECS-native (``blue-green``, ``canary``, ``linear``), the ECS infrastructure role: trusted by
+    ``ecs.amazonaws.com`` of this account only, with AWS's ``AmazonECSInfrastructureRolePolicyForLoadBalancers``.
 
 :class:`Workload` (one per environment x region)
     the network (:mod:`components.network`), one cluster per cluster name with Container Insights, an internet-
     facing ALB (HTTPS with HTTP->HTTPS redirect when the environment gives a certificate for the region, HTTP
     otherwise; unmatched requests get a 404), security groups so tasks accept traffic only from the ALB, and per
     service: log group, task definition (:mod:`components.task_definition`), target group(s), listener rule(s),
-    the ECS service in the private subnets and optional CPU target-tracking autoscaling. Blue/green environments
-    add a test listener, a second target group per service and CodeDeploy (:mod:`components.blue_green`).
+    the ECS service in the private subnets and optional CPU target-tracking autoscaling. Rolling and native services
+    get a deployment alarm (target 5xx per minute, the environment's ``rollbackAlarm``) that ECS rolls back on,
+    beside the circuit breaker. ``codedeploy`` environments add a test listener, a second target group per service
+    and CodeDeploy (:mod:`components.blue_green`). Native environments add the test listener and, per service, an
+    alternate target group, a production and a test rule forwarding to both groups by weight (primary 100,
+    alternate 0), and the service's ``deploymentConfiguration`` (strategy, bake, canary/linear steps) and
+    ``advancedConfiguration`` (alternate group, both rules, the infrastructure role); ECS shifts the weights.
 
 Ownership after creation (``ignore_changes``), so a later ``pulumi up`` never reverts a deployment:
 
 * every service: ``taskDefinition`` (the pipeline registers a new revision per release) and ``desiredCount``
   (autoscaling and operators own it);
-* blue/green services: also ``loadBalancers`` (CodeDeploy swaps the target group the service's task set uses),
-  and their listener rules' ``actions`` (CodeDeploy swaps the forward target on the production and test rules).
+* codedeploy services: also ``loadBalancers`` (CodeDeploy swaps the target group the service's task set uses),
+  and their listener rules' ``actions`` (CodeDeploy swaps the forward target on the production and test rules);
+* native services: their listener rules' ``actions`` (ECS rewrites the weights on every deployment, DESIGN.md
+  pitfall 13), but not ``loadBalancers``: ECS shifts traffic by rewriting the rules, and the service keeps the
+  primary and alternate groups it was created with. (Should ECS ever report them swapped, ignore
+  ``load_balancers`` here as for codedeploy.)
 
 A rolling service's later task definitions are copies of the one it runs, with the image replaced (that is what
 the ECS deploy action does): changes to its sizing, environment or secrets are registered by ``pulumi up`` but
@@ -34,7 +45,7 @@ Services marked ``existing`` get nothing here: the pipeline and the deploy role 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -47,14 +58,31 @@ from components.blue_green import (
     BlueGreenApplicationArgs,
     BlueGreenDeployment,
     BlueGreenDeploymentArgs,
+    target_5xx_queries,
 )
-from components.config import AutoscalingConfig, BlueGreenConfig, EnvironmentConfig, ServiceConfig, StackConfig
+from components.config import (
+    AutoscalingConfig,
+    BlueGreenConfig,
+    EnvironmentConfig,
+    RollbackAlarmConfig,
+    ServiceConfig,
+    StackConfig,
+)
 from components.network import Network, NetworkArgs
 from components.registry import PULL_ACTIONS
 from components.task_definition import bootstrap_image, secret_grant_arn, task_definition
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
+ECS = "ecs.amazonaws.com"
 CODEDEPLOY_ECS_POLICY = "AWSCodeDeployRoleForECS"
+# AWS managed: elasticloadbalancing Describe*/ModifyListener/ModifyRule/RegisterTargets/DeregisterTargets, limited
+# to what ECS needs to move the weights of a production and a test listener rule (DESIGN.md pitfall 13).
+ECS_INFRASTRUCTURE_LB_POLICY = "AmazonECSInfrastructureRolePolicyForLoadBalancers"
+NATIVE_STRATEGIES = {"blue-green": "BLUE_GREEN", "canary": "CANARY", "linear": "LINEAR"}
+"""crossdeploy's native strategy -> ECS's ``deploymentConfiguration.strategy``."""
+ECS_MAX_BAKE_MINUTES = 1440  # bakeTimeInMinutes, canary and linear bake times: 0-1440 (ECS API)
+ECS_MIN_LINEAR_PERCENT = 3  # linearConfiguration.stepPercent: 3.0-100.0 (ECS API)
+MAX_ALARM_NAME = 255  # CloudWatch PutMetricAlarm AlarmName
 # TLS 1.3 with 1.2 fallback: AWS's recommended policy for new HTTPS listeners.
 SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 DEREGISTRATION_DELAY_SECONDS = 30  # AWS's 300-second default makes every rollout wait five minutes per old task
@@ -93,14 +121,20 @@ class WorkloadRolesArgs:
     codedeploy_role_name: str | None = None
     """The CodeDeploy service role, when an environment of the account deploys blue/green. Default none."""
     codedeploy_role_path: str = "/"
+    infrastructure_role_name: str | None = None
+    """The ECS infrastructure role (:func:`components.naming.infrastructure_role_name`), when an environment of the
+    account deploys ECS-native blue-green, canary or linear. Default none."""
+    infrastructure_role_path: str = "/"
 
     def __post_init__(self) -> None:
         names = [n for s in self.services for n in (s.task_role_name, s.execution_role_name)]
         problems = []
         if len(set(names)) != len(names):
             problems.append("services: role names must be unique")
-        if not self.path.startswith("/") or not self.path.endswith("/"):
-            problems.append(f"path: must start and end with '/', got {self.path!r}")
+        for label, path in (("path", self.path), ("codedeploy_role_path", self.codedeploy_role_path),
+                            ("infrastructure_role_path", self.infrastructure_role_path)):
+            if not path.startswith("/") or not path.endswith("/"):
+                problems.append(f"{label}: must start and end with '/', got {path!r}")
         for s in self.services:
             if not s.repository_arns or not s.log_group_arns:
                 problems.append(f"services: {s.execution_role_name} needs its repositories and log groups")
@@ -162,7 +196,23 @@ class WorkloadRoles(pulumi.ComponentResource):
                 f"{name}-codedeploy-ecs", role=role.name,
                 policy_arn=f"arn:{args.partition}:iam::aws:policy/{CODEDEPLOY_ECS_POLICY}", opts=child)
             self.codedeploy_role_arn = role.arn
-        self.register_outputs({"codedeployRoleArn": self.codedeploy_role_arn})
+
+        self.infrastructure_role_arn: pulumi.Output[str] | None = None
+        self.infrastructure_role_ready: tuple[pulumi.Resource, ...] = ()
+        """What a native service must wait for: ECS checks the role's permissions when the service is created."""
+        if args.infrastructure_role_name:
+            role = aws.iam.Role(
+                f"{name}-ecs-infrastructure", name=args.infrastructure_role_name, path=args.infrastructure_role_path,
+                description="crossdeploy: lets ECS shift listener rule weights between target groups "
+                            "(native blue-green, canary, linear)",
+                assume_role_policy=p.to_json(p.service_trust(ECS, args.account_id)), opts=child)
+            attachment = aws.iam.RolePolicyAttachment(
+                f"{name}-ecs-infrastructure-lb", role=role.name,
+                policy_arn=f"arn:{args.partition}:iam::aws:policy/{ECS_INFRASTRUCTURE_LB_POLICY}", opts=child)
+            self.infrastructure_role_arn = role.arn
+            self.infrastructure_role_ready = (attachment,)
+        self.register_outputs({"codedeployRoleArn": self.codedeploy_role_arn,
+                               "infrastructureRoleArn": self.infrastructure_role_arn})
 
 
 # ------------------------------------------------------------------------------------------------ workload
@@ -192,6 +242,69 @@ class BlueGreenSettings:
 
 
 @dataclass(frozen=True)
+class NativeSettings:
+    """ECS-native blue-green, canary or linear (:func:`native_settings`): ECS itself shifts the production listener
+    rule's weights from the service's primary target group to its alternate one, bakes, and rolls back on the
+    deployment alarm or the circuit breaker."""
+
+    strategy: str
+    """``blue-green``, ``canary`` or ``linear``."""
+    traffic_shift: tuple[str, int | None, int | None]
+    """:func:`components.naming.traffic_shift`: (``all-at-once`` | ``canary`` | ``linear``, percent, minutes)."""
+    settings: BlueGreenConfig
+    """Bake (``terminationWaitMinutes``), test listener port and ranges, rollback alarm."""
+    infrastructure_role_arn: pulumi.Input[str] | None
+    """The account's ECS infrastructure role (:attr:`WorkloadRoles.infrastructure_role_arn`): ECS assumes it to
+    rewrite the listener rules."""
+    infrastructure_role_ready: tuple[pulumi.Resource, ...] = ()
+    """Resources the services wait for (the role's managed policy attachment): ECS validates the role's permissions
+    when the service is created."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.strategy not in NATIVE_STRATEGIES:
+            problems.append(f"strategy: one of {', '.join(NATIVE_STRATEGIES)}, got {self.strategy!r}")
+        if not self.infrastructure_role_arn:
+            problems.append("infrastructure_role_arn: ECS-native deployments need the account's ECS infrastructure "
+                            "role (WorkloadRolesArgs.infrastructure_role_name)")
+        elif isinstance(self.infrastructure_role_arn, str) and ":role/" not in self.infrastructure_role_arn:
+            problems.append(f"infrastructure_role_arn: not an IAM role ARN: {self.infrastructure_role_arn!r}")
+        kind, percent, minutes = (*self.traffic_shift, None, None, None)[:3]
+        implied = {"blue-green": "all-at-once"}.get(self.strategy, self.strategy)
+        if len(self.traffic_shift) != 3 or kind != implied:
+            problems.append(f"traffic_shift: strategy {self.strategy!r} shifts {implied}, got {self.traffic_shift!r}")
+        elif kind == "all-at-once" and (percent, minutes) != (None, None):
+            problems.append(f"traffic_shift: all-at-once takes no percent or minutes, got {self.traffic_shift!r}")
+        elif kind != "all-at-once":
+            low = ECS_MIN_LINEAR_PERCENT if kind == "linear" else 1
+            if not isinstance(percent, int) or not low <= percent <= 99:
+                problems.append(f"traffic_shift: {kind} percent must be {low} to 99, got {percent!r}")
+            if not isinstance(minutes, int) or not 0 <= minutes <= ECS_MAX_BAKE_MINUTES:
+                problems.append(f"traffic_shift: {kind} minutes must be 0 to {ECS_MAX_BAKE_MINUTES}, got {minutes!r}")
+        if not 0 <= self.settings.termination_wait_minutes <= ECS_MAX_BAKE_MINUTES:
+            problems.append(f"settings.termination_wait_minutes: ECS bakes 0 to {ECS_MAX_BAKE_MINUTES} minutes, got "
+                            f"{self.settings.termination_wait_minutes}")
+        if problems:
+            raise ValueError("NativeSettings: " + "; ".join(problems))
+
+    def deployment_configuration(self) -> aws.ecs.ServiceDeploymentConfigurationArgs:
+        """The service's ``deploymentConfiguration``: strategy, bake, and the canary or linear steps."""
+        _, percent, minutes = self.traffic_shift
+        strategy = NATIVE_STRATEGIES[self.strategy]
+        return aws.ecs.ServiceDeploymentConfigurationArgs(
+            strategy=strategy,
+            # The provider models the minutes as strings (the ECS API takes integers 0-1440).
+            bake_time_in_minutes=str(self.settings.termination_wait_minutes),
+            canary_configuration=aws.ecs.ServiceDeploymentConfigurationCanaryConfigurationArgs(
+                canary_percent=float(percent), canary_bake_time_in_minutes=str(minutes),
+            ) if strategy == "CANARY" else None,
+            linear_configuration=aws.ecs.ServiceDeploymentConfigurationLinearConfigurationArgs(
+                step_percent=float(percent), step_bake_time_in_minutes=str(minutes),
+            ) if strategy == "LINEAR" else None,
+        )
+
+
+@dataclass(frozen=True)
 class WorkloadArgs:
     provider: aws.Provider
     """The workload account's provider in this region."""
@@ -203,6 +316,13 @@ class WorkloadArgs:
     """ACM certificate for HTTPS. Default none: HTTP on port 80."""
     blue_green: BlueGreenSettings | None = None
     """Set for ``strategy: codedeploy`` environments. Default none: rolling."""
+    native: NativeSettings | None = None
+    """Set for ECS-native ``blue-green``, ``canary`` and ``linear`` environments (:func:`native_settings`).
+    Default none: rolling."""
+    rollback_alarm: RollbackAlarmConfig = field(default_factory=RollbackAlarmConfig)
+    """Threshold and evaluation periods of each rolling or native service's deployment alarm (target 5xx per
+    minute), which ECS watches during a deployment and rolls back on. Default 10 per minute for 2 minutes.
+    CodeDeploy environments take theirs from ``blue_green.settings`` (their alarm is CodeDeploy's)."""
     name: str = ""
     """Prefix of Name tags and generated names, e.g. ``crossdeploy-prod-prod``."""
 
@@ -218,6 +338,11 @@ class WorkloadArgs:
             problems.append("services: two services with the same cluster and name")
         if self.blue_green and not all(s.deployment_group_name for s in self.services):
             problems.append("services: blue/green needs a deployment group name for every service")
+        if self.blue_green and self.native:
+            problems.append("blue_green, native: an environment deploys with CodeDeploy or natively, not both")
+        if self.rollback_alarm.threshold < 1 or self.rollback_alarm.evaluation_periods < 1:
+            problems.append(f"rollback_alarm: threshold and evaluation periods must be at least 1, got "
+                            f"{self.rollback_alarm.threshold}/{self.rollback_alarm.evaluation_periods}")
         if self.certificate_arn and f":{self.region}:" not in self.certificate_arn:
             problems.append(f"certificate_arn: not in {self.region}: {self.certificate_arn}")
         if problems:
@@ -226,6 +351,13 @@ class WorkloadArgs:
     @property
     def https(self) -> bool:
         return self.certificate_arn is not None
+
+    @property
+    def traffic_settings(self) -> BlueGreenConfig | None:
+        """The test listener and shift settings of a CodeDeploy or native environment; none when rolling."""
+        if self.blue_green:
+            return self.blue_green.settings
+        return self.native.settings if self.native else None
 
     @property
     def protocol(self) -> str:
@@ -277,12 +409,14 @@ class Workload(pulumi.ComponentResource):
         prod = self._production_listener(alb)
         test = None
         application = None
-        if args.blue_green:
-            bg = args.blue_green
+        if args.traffic_settings:
+            # CodeDeploy and native environments alike: new tasks are reachable here before production traffic.
             test = aws.lb.Listener(
-                f"{name}-test-listener", load_balancer_arn=alb.arn, port=bg.settings.test_listener_port,
+                f"{name}-test-listener", load_balancer_arn=alb.arn, port=args.traffic_settings.test_listener_port,
                 protocol=args.protocol, certificate_arn=args.certificate_arn,
                 ssl_policy=SSL_POLICY if args.https else None, default_actions=[_fixed_404()], opts=self._child)
+        if args.blue_green:
+            bg = args.blue_green
             application = BlueGreenApplication(f"{name}-codedeploy", BlueGreenApplicationArgs(
                 provider=args.provider, application_name=bg.application_name,
                 deployment_config_name=bg.deployment_config_name, traffic_shift=bg.traffic_shift),
@@ -307,9 +441,9 @@ class Workload(pulumi.ComponentResource):
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-alb-in-{port}", security_group_id=alb_sg.id, ip_protocol="tcp", from_port=port,
                 to_port=port, cidr_ipv4="0.0.0.0/0", description="public listener", opts=child)
-        if args.blue_green:
-            test_port = args.blue_green.settings.test_listener_port
-            for i, cidr in enumerate(args.blue_green.settings.test_traffic_cidrs):
+        if args.traffic_settings:
+            test_port = args.traffic_settings.test_listener_port
+            for i, cidr in enumerate(args.traffic_settings.test_traffic_cidrs):
                 aws.vpc.SecurityGroupIngressRule(
                     f"{name}-alb-in-test-{i}", security_group_id=alb_sg.id, ip_protocol="tcp", from_port=test_port,
                     to_port=test_port, cidr_ipv4=cidr, description="blue/green test listener", opts=child)
@@ -351,14 +485,42 @@ class Workload(pulumi.ComponentResource):
             opts=self._child)
 
     def _rule(self, logical: str, listener: aws.lb.Listener, spec: WorkloadService, target: aws.lb.TargetGroup,
-              owned_by_codedeploy: bool) -> aws.lb.ListenerRule:
+              owned_by_codedeploy: bool, alternate: aws.lb.TargetGroup | None = None) -> aws.lb.ListenerRule:
+        """A rule forwarding the service's routes to `target`; with an `alternate` group (native strategies) a
+        weighted forward to both, the primary at 100 and the alternate at 0, which ECS shifts during a deployment.
+        """
         opts = self._child
-        if owned_by_codedeploy:
-            # CodeDeploy moves the forward between the blue and green groups on every deployment.
+        if owned_by_codedeploy or alternate is not None:
+            # CodeDeploy moves the forward between the blue and green groups on every deployment; ECS-native
+            # deployments rewrite the weights (DESIGN.md pitfall 13). Either way the next `pulumi up` must not put
+            # back what it created, or it would cut production traffic over to the idle group.
             opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["actions"]))
+        if alternate is None:
+            action = aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=target.arn)
+        else:
+            action = aws.lb.ListenerRuleActionArgs(type="forward", forward=aws.lb.ListenerRuleActionForwardArgs(
+                target_groups=[aws.lb.ListenerRuleActionForwardTargetGroupArgs(arn=target.arn, weight=100),
+                               aws.lb.ListenerRuleActionForwardTargetGroupArgs(arn=alternate.arn, weight=0)]))
         return aws.lb.ListenerRule(
             logical, listener_arn=listener.arn, priority=spec.priority, conditions=_conditions(spec.config),
-            actions=[aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=target.arn)], opts=opts)
+            actions=[action], opts=opts)
+
+    def _deployment_alarm(self, base: str, svc: ServiceConfig, alb: aws.lb.LoadBalancer,
+                          groups: list[aws.lb.TargetGroup]) -> aws.cloudwatch.MetricAlarm:
+        """The 5xx alarm ECS watches during a rolling or native deployment (both target groups when native: either
+        may serve the new tasks), with the same metric math as CodeDeploy's alarm (:func:`target_5xx_queries`)."""
+        alarm = self._args.rollback_alarm
+        alarm_name = p.iam_name(self._args.name or self._args.environment, svc.cluster, svc.service, "target-5xx",
+                                max_len=MAX_ALARM_NAME)
+        return aws.cloudwatch.MetricAlarm(
+            f"{base}-target-5xx", name=alarm_name,
+            alarm_description=f"crossdeploy: target 5xx responses of {svc.service} ({svc.cluster}); ECS stops a "
+                              "deployment and rolls it back while this alarm is in ALARM",
+            metric_queries=target_5xx_queries(alb.arn_suffix, tuple(g.arn_suffix for g in groups)),
+            comparison_operator="GreaterThanOrEqualToThreshold", threshold=alarm.threshold,
+            evaluation_periods=alarm.evaluation_periods,
+            # A minute without traffic is not a failure.
+            treat_missing_data="notBreaching", opts=self._child)
 
     def _service(self, spec: WorkloadService, network: Network, task_sg: aws.ec2.SecurityGroup,
                  alb: aws.lb.LoadBalancer, prod: aws.lb.Listener, test: aws.lb.Listener | None,
@@ -378,42 +540,65 @@ class Workload(pulumi.ComponentResource):
             skip_destroy=True, opts=child)
 
         blue_green = args.blue_green is not None
+        native = args.native
+        # Native services keep the rolling service's logical names for the primary group and production rule, so
+        # an environment moving from rolling to native keeps both. Its existing production rule then keeps its plain
+        # forward, though (actions are ignored from that `pulumi up` on): move it once to the weighted forward below
+        # (elbv2 modify-rule) before the first native deployment.
         blue = self._target_group(f"{base}-tg" if not blue_green else f"{base}-tg-blue", spec, network)
-        rules = [self._rule(f"{base}-rule", prod, spec, blue, blue_green)]
+        alternate = self._target_group(f"{base}-tg-alternate", spec, network) if native else None
+        rules = [self._rule(f"{base}-rule", prod, spec, blue, blue_green, alternate)]
         green = None
         if blue_green and test is not None:
             green = self._target_group(f"{base}-tg-green", spec, network)
             rules.append(self._rule(f"{base}-test-rule", test, spec, blue, True))
+        elif native and test is not None:
+            rules.append(self._rule(f"{base}-test-rule", test, spec, blue, False, alternate))
 
         owned = ["task_definition", "desired_count"]
         common: dict[str, Any] = {}
+        depends_on: list[pulumi.Resource] = list(rules)  # ECS refuses a target group that no listener uses yet.
+        load_balancer = aws.ecs.ServiceLoadBalancerArgs(
+            target_group_arn=blue.arn, container_name=svc.container, container_port=svc.port)
         if blue_green:
             owned.append("load_balancers")  # CodeDeploy swaps the target group of the service's task set
             common["deployment_controller"] = aws.ecs.ServiceDeploymentControllerArgs(type="CODE_DEPLOY")
         else:
+            alarm = self._deployment_alarm(base, svc, alb, [blue, alternate] if alternate else [blue])
             common.update(
                 deployment_controller=aws.ecs.ServiceDeploymentControllerArgs(type="ECS"),
                 # A rollout whose tasks keep failing stops and returns to the last good revision; the pipeline's
                 # DeploymentTimeout then fails the action instead of waiting an hour.
                 deployment_circuit_breaker=aws.ecs.ServiceDeploymentCircuitBreakerArgs(enable=True, rollback=True),
+                # ... and so does one whose new tasks answer with errors.
+                alarms=aws.ecs.ServiceAlarmsArgs(alarm_names=[alarm.name], enable=True, rollback=True),
                 # Full capacity throughout: new tasks start before old ones stop.
                 deployment_minimum_healthy_percent=100, deployment_maximum_percent=200)
+        if native and alternate is not None:
+            # No "load_balancers" in ignore_changes: ECS-native deployments move the listener rules' weights, not
+            # the service definition (the primary and alternate groups keep their roles in it), so Pulumi's inputs
+            # stay what AWS holds.
+            load_balancer = aws.ecs.ServiceLoadBalancerArgs(
+                target_group_arn=blue.arn, container_name=svc.container, container_port=svc.port,
+                advanced_configuration=aws.ecs.ServiceLoadBalancerAdvancedConfigurationArgs(
+                    alternate_target_group_arn=alternate.arn, production_listener_rule=rules[0].arn,
+                    test_listener_rule=rules[1].arn if len(rules) > 1 else None,
+                    role_arn=native.infrastructure_role_arn))
+            common["deployment_configuration"] = native.deployment_configuration()
+            depends_on.extend(native.infrastructure_role_ready)
         service = aws.ecs.Service(
             f"{base}-service", name=svc.service, cluster=self.clusters[svc.cluster].arn,
             task_definition=task_definition.arn, desired_count=svc.desired_count, launch_type="FARGATE",
             network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
                 subnets=network.private_subnet_ids, security_groups=[task_sg.id], assign_public_ip=False),
-            load_balancers=[aws.ecs.ServiceLoadBalancerArgs(
-                target_group_arn=blue.arn, container_name=svc.container, container_port=svc.port)],
+            load_balancers=[load_balancer],
             health_check_grace_period_seconds=svc.health_check.grace_period_seconds,
             propagate_tags="SERVICE", enable_ecs_managed_tags=True,
             # `pulumi up` on empty accounts must not wait for tasks that cannot start before the first image push.
             wait_for_steady_state=False,
             **common,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                ignore_changes=owned,
-                # ECS refuses a target group that no listener uses yet.
-                depends_on=rules)),
+                ignore_changes=owned, depends_on=depends_on)),
         )
         if svc.autoscaling:
             self._autoscaling(base, svc, svc.autoscaling, service)
@@ -492,3 +677,19 @@ def workload_services(cfg: StackConfig, env: EnvironmentConfig, region: str) -> 
         )
         for svc in cfg.workload_services
     )
+
+
+def needs_infrastructure_role(cfg: StackConfig, account: str) -> bool:
+    """Whether an environment of `account` deploys ECS-native (blue-green, canary, linear) and so needs the ECS
+    infrastructure role there."""
+    return bool(cfg.workload_services) and any(e.native for e in cfg.environments if e.account_id == account)
+
+
+def native_settings(cfg: StackConfig, env: EnvironmentConfig, roles: WorkloadRoles) -> NativeSettings | None:
+    """What an ECS-native environment's services need (none for rolling and codedeploy environments): strategy,
+    traffic shift with defaults, bake, and the infrastructure role of the environment's account."""
+    if not env.native:
+        return None
+    return NativeSettings(strategy=env.strategy, traffic_shift=naming.traffic_shift(env),
+                          settings=env.blue_green_settings, infrastructure_role_arn=roles.infrastructure_role_arn,
+                          infrastructure_role_ready=roles.infrastructure_role_ready)

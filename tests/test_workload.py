@@ -221,6 +221,28 @@ def test_rolling_services_have_circuit_breaker_and_full_capacity_rollouts(run) -
         assert service.inputs["launchType"] == "FARGATE"
         assert service.inputs["healthCheckGracePeriodSeconds"] == 60
         assert service.inputs["waitForSteadyState"] is False
+        assert "deploymentConfiguration" not in service.inputs  # ECS's default: ROLLING
+
+
+def test_rolling_services_roll_back_on_their_deployment_alarm(run) -> None:
+    """README: rolling is "circuit breaker with rollback plus the environment's deployment alarms"."""
+    alb = one(at(run, "aws:lb/loadBalancer:LoadBalancer", QA, "us-east-2"))
+    alarms = {a.outputs["name"]: a for a in at(run, "aws:cloudwatch/metricAlarm:MetricAlarm", QA, "us-east-2")}
+    assert len(alarms) == 2
+    for name in ("orders", "payments"):
+        service = ecs_service(run, QA, "us-east-2", name)
+        assert service.inputs["alarms"] == {"alarmNames": [service.inputs["alarms"]["alarmNames"][0]],
+                                            "enable": True, "rollback": True}
+        alarm = alarms[service.inputs["alarms"]["alarmNames"][0]]
+        tg = target_group_of(run, service.inputs["loadBalancers"][0]["targetGroupArn"])
+        (metric,) = [q["metric"] for q in alarm.inputs["metricQueries"] if "metric" in q]
+        assert metric["metricName"] == "HTTPCode_Target_5XX_Count" and metric["stat"] == "Sum"
+        assert metric["dimensions"] == {"LoadBalancer": alb.outputs["arnSuffix"],
+                                        "TargetGroup": tg.outputs["arnSuffix"]}
+        (total,) = [q for q in alarm.inputs["metricQueries"] if "expression" in q]
+        assert total["expression"] == "FILL(tg1, 0)" and total["returnData"] is True
+        assert (alarm.inputs["threshold"], alarm.inputs["evaluationPeriods"]) == (10, 2)  # no blueGreen: defaults
+        assert alarm.inputs["treatMissingData"] == "notBreaching"
 
 
 def test_services_run_in_private_subnets_of_their_own_vpc(run) -> None:
@@ -301,6 +323,17 @@ def test_blue_green_services_are_codedeploy_controlled_with_two_target_groups(ru
               project="crossdeploy", stack="test", aws_region="us-east-2"), "prod")
     assert group.inputs["blueGreenDeploymentConfig"]["terminateBlueInstancesOnDeploymentSuccess"][
         "terminationWaitTimeInMinutes"] == 15
+    # CodeDeploy watches its own alarm; ECS gets no alarms, deployment configuration or native wiring.
+    assert "alarms" not in service.inputs and "deploymentConfiguration" not in service.inputs
+    assert "advancedConfiguration" not in service.inputs["loadBalancers"][0]
+    assert group.inputs["alarmConfiguration"]["enabled"] is True
+    alarms = [a for a in at(run, "aws:cloudwatch/metricAlarm:MetricAlarm", PROD, region)
+              if a.outputs["name"] in group.inputs["alarmConfiguration"]["alarms"]]
+    (total,) = [q for q in one(alarms).inputs["metricQueries"] if "expression" in q]
+    assert total == {"id": "target5xx", "expression": "FILL(tg1, 0) + FILL(tg2, 0)",
+                     "label": "Target 5xx responses, both target groups", "returnData": True}
+    # one alarm per service in a CodeDeploy environment: CodeDeploy's
+    assert len(at(run, "aws:cloudwatch/metricAlarm:MetricAlarm", PROD, region)) == 2
     assert set(group.inputs["autoRollbackConfiguration"]["events"]) == {"DEPLOYMENT_FAILURE",
                                                                         "DEPLOYMENT_STOP_ON_ALARM"}
 
@@ -325,6 +358,12 @@ def test_codedeploy_role_only_where_blue_green_runs(run) -> None:
     assert trust[0]["Principal"] == {"Service": "codedeploy.amazonaws.com"}
     for group in at(run, "aws:codedeploy/deploymentGroup:DeploymentGroup", PROD, "us-east-2"):
         assert group.inputs["serviceRoleArn"] == role.outputs["arn"]
+
+
+def test_no_ecs_infrastructure_role_without_a_native_environment(run) -> None:
+    assert not [a for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+                if "AmazonECSInfrastructureRolePolicy" in a.inputs["policyArn"]]
+    assert not [r for r in run.of_type("aws:iam/role:Role") if "/infrastructure/" in r.inputs.get("path", "")]
 
 
 # ------------------------------------------------------------------------------------------------ roles, pulls
