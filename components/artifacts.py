@@ -19,6 +19,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import policies as p
+from components.buckets import encrypted_bucket, tls_only_policy
 from components.providers import Providers
 
 
@@ -77,7 +78,7 @@ def key_policy(partition: str, tools_account: str, reader_role_arns: dict[str, l
 
 
 def bucket_policy(bucket_arn: pulumi.Output[str], partition: str, reader_role_arns: dict[str, list[str]]) -> dict:
-    statements = [p.deny_insecure_transport(bucket_arn)]
+    statements = []
     roles = [arn for arns in reader_role_arns.values() for arn in arns]
     if roles:
         statements.append(p.statement(
@@ -86,7 +87,7 @@ def bucket_policy(bucket_arn: pulumi.Output[str], partition: str, reader_role_ar
             principals={"AWS": sorted(p.account_root(partition, a) for a in reader_role_arns)},
             conditions=p.principal_arn_condition(sorted(roles)),
         ))
-    return p.document(statements)
+    return tls_only_policy(bucket_arn, *statements)
 
 
 class ArtifactStores(pulumi.ComponentResource):
@@ -129,30 +130,8 @@ class ArtifactStores(pulumi.ComponentResource):
 
     def _bucket(self, name: str, region: str, key_arn: pulumi.Output[str], args: ArtifactStoresArgs) -> ArtifactStore:
         opts = pulumi.ResourceOptions(parent=self, provider=args.providers.tools(region))
-        bucket = aws.s3.Bucket(f"{name}-bucket", force_destroy=False, opts=opts)
-        aws.s3.BucketPublicAccessBlock(
-            f"{name}-public-access", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
-            ignore_public_acls=True, restrict_public_buckets=True, opts=opts,
-        )
-        aws.s3.BucketOwnershipControls(
-            f"{name}-ownership", bucket=bucket.id,
-            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"), opts=opts,
-        )
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{name}-encryption", bucket=bucket.id,
-            rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
-                apply_server_side_encryption_by_default=(
-                    aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                        sse_algorithm="aws:kms", kms_master_key_id=key_arn)),
-                # Bucket keys cut KMS request costs (one data key per bucket, not per object).
-                bucket_key_enabled=True,
-            )],
-            opts=opts,
-        )
-        versioning = aws.s3.BucketVersioning(
-            f"{name}-versioning", bucket=bucket.id,
-            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"), opts=opts,
-        )
+        created = encrypted_bucket(name, key_arn, opts)
+        bucket, versioning = created.bucket, created.versioning
         aws.s3.BucketLifecycleConfiguration(
             f"{name}-lifecycle", bucket=bucket.id,
             rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(

@@ -1,21 +1,31 @@
 """The workload side of the cross-account trust: one deploy role per workload account.
 
-CodePipeline's ECS and CodeDeployToECS actions run *as* this role (their ``role_arn``), in the workload account, in
-the action's region. The role can do exactly what those actions do and nothing more:
+The deploy engine (:mod:`components.deploy_engine`) assumes it, and CodePipeline's ECS and CodeDeployToECS actions
+run *as* it (their ``role_arn``), in the workload account, in the action's region. The role can do exactly what
+they do and nothing more:
 
-* describe and update the configured ECS services (by ARN, per region);
-* register and describe task definitions (ECS supports no resource-level permissions for these two);
-* pass only the services' task and execution roles, and only to ``ecs-tasks.amazonaws.com``;
-* for blue/green environments, start CodeDeploy deployments: register the AppSpec revision with the application,
+* describe and update the configured ECS services (by ARN, per region), and follow and stop their ECS service
+  deployments (list them on the service; describe and stop them on the service *and* the service-deployment ARN,
+  both of which IAM checks) — the engine follows ECS's own rolling, blue-green, canary and linear deployments and
+  stops one with ECS's rollback when another region fails;
+* register and describe task definitions (ECS supports no resource-level permissions for these two), tag only a
+  revision being registered;
+* pass only the services' task and execution roles, and only to ``ecs-tasks.amazonaws.com``; in accounts with an
+  ECS-native blue-green, canary or linear environment also the ECS infrastructure role, only to
+  ``ecs.amazonaws.com`` (ECS moves the listener rules with it);
+* for CodeDeploy environments, start CodeDeploy deployments: register the AppSpec revision with the application,
   create and follow a deployment of the service's deployment group, read its deployment configuration, each on
   exactly the ARNs of the configured applications, groups and configurations in their regions;
 * read artifacts from the tools account's buckets and decrypt them with the artifact keys: the other two halves
   of that grant are the bucket and key policies in :mod:`components.artifacts`.
 
-Trust: only roles under the stack's pipeline role path in the tools account, and the push-deploy function's role
-(``aws:PrincipalArn`` with ``ArnLike``). One pipeline role per service keeps each pipeline's own rights minimal,
-and the path keeps the trust policy one line long however many services there are (trust policies are capped at
-2,048 characters).
+Trust: only roles under the stack's pipeline role path in the tools account, and the engine, push-deploy and
+release roles where the stack has them (``aws:PrincipalArn`` with ``ArnLike``). One pipeline role per service keeps
+each pipeline's own rights minimal, and the path keeps the trust policy one line long however many services there
+are (trust policies are capped at 2,048 characters).
+
+Grant size grows with clusters and regions, not services (:func:`service_resources`): IAM caps a role's inline
+policies at 10,240 characters.
 """
 
 from __future__ import annotations
@@ -28,8 +38,11 @@ import pulumi_aws as aws
 from components import naming
 from components import policies as p
 from components.config import StackConfig
+from components.deploy_engine import engine_accounts
+from components.workload import needs_infrastructure_role
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
+ECS = "ecs.amazonaws.com"
 
 
 @dataclass(frozen=True)
@@ -67,8 +80,8 @@ class DeployRoleArgs:
     """IAM path of the role, e.g. ``/crossdeploy/prod/deploy/``."""
     tools_account_id: str
     trusted_principal_patterns: tuple[str, ...]
-    """``aws:PrincipalArn`` patterns of the roles allowed to assume this one: the stack's pipeline role path, and
-    the push-deploy function's role where push delivery is used."""
+    """``aws:PrincipalArn`` patterns of the roles allowed to assume this one (:func:`trusted_principals`): the
+    stack's pipeline role path, the deploy engine's role, and the push and release roles where those are used."""
     targets: tuple[DeployTarget, ...]
     passable_role_arns: tuple[str, ...]
     """Task and execution roles of the targets; nothing else can be passed."""
@@ -81,6 +94,9 @@ class DeployRoleArgs:
     updated. Default none."""
     codedeploy_targets: tuple[CodeDeployTarget, ...] = ()
     """Deployment groups of blue/green environments (CodeDeployToECS actions). Default none: no CodeDeploy rights."""
+    infrastructure_role_arns: tuple[str, ...] = ()
+    """The ECS infrastructure role of this account, where an ECS-native blue-green, canary or linear environment
+    runs: passed only to ``ecs.amazonaws.com``. Default none."""
     codedeploy_release: bool = False
     """Whether a release (Step Functions) deploys to the codedeploy_targets too: adds reading the deployment group,
     listing its deployments and stopping one (a release's rollback). Default false."""
@@ -102,8 +118,20 @@ class DeployRoleArgs:
             # A '*' or an empty name would silently widen the grant to every application, group or configuration.
             if any(not n or "*" in n or "?" in n for n in (t.region, *names)):
                 problems.append(f"codedeploy_targets: region and names must be non-empty, without wildcards: {t}")
+        for arn in self.infrastructure_role_arns:
+            if "*" in arn or "?" in arn or not arn.startswith(f"arn:{self.partition}:iam::{self.account_id}:role/"):
+                problems.append(f"infrastructure_role_arns: exact roles of account {self.account_id}, got {arn!r}")
         if problems:
             raise ValueError("DeployRoleArgs: " + "; ".join(problems))
+
+
+def trusted_principals(cfg: StackConfig, account: str) -> tuple[str, ...]:
+    """Who may assume the deploy role of `account`: the pipeline role path, the deploy engine's role where it
+    deploys to this account, and the push and release roles where the stack has them."""
+    return (naming.pipeline_role_pattern(cfg),
+            *([naming.engine_role_arn(cfg)] if account in engine_accounts(cfg) else []),
+            *([naming.push_role_arn(cfg)] if cfg.push_services else []),
+            *([naming.release_steps_role_arn(cfg)] if cfg.release else []))
 
 
 def deploy_targets(cfg: StackConfig, account: str) -> tuple[DeployTarget, ...]:
@@ -120,6 +148,13 @@ def passable_roles(cfg: StackConfig, account: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys([
         *([naming.workload_role_pattern(cfg, account)] if cfg.workload_services else []),
         *(arn for s in cfg.services if s.existing for arn in naming.workload_role_arns(cfg, account, s))]))
+
+
+def infrastructure_roles(cfg: StackConfig, account: str) -> tuple[str, ...]:
+    """The ECS infrastructure role, where `account` runs an ECS-native blue-green, canary or linear environment
+    for services crossdeploy creates; else none."""
+    # The same rule that makes the workload side create the role (one definition, so the two cannot disagree).
+    return (naming.infrastructure_role_arn(cfg, account),) if needs_infrastructure_role(cfg, account) else ()
 
 
 def codedeploy_targets(cfg: StackConfig, account: str) -> tuple[CodeDeployTarget, ...]:
@@ -183,11 +218,23 @@ def service_resources(args: DeployRoleArgs) -> list[str]:
                    for t in args.targets})
 
 
+def service_deployment_resources(args: DeployRoleArgs) -> list[str]:
+    """The service deployments of :func:`service_resources`' services
+    (``service-deployment/<cluster>/<service or *>/<id>``), one pattern per pattern there."""
+    return [arn.replace(":service/", ":service-deployment/", 1) + "/*" for arn in service_resources(args)]
+
+
 def deploy_role_policy(args: DeployRoleArgs) -> dict:
     service_arns = service_resources(args)
     cluster_arns = sorted({t.cluster_arn for t in args.targets})
     statements = [
-        p.statement("DeployConfiguredServices", ["ecs:DescribeServices", "ecs:UpdateService"], service_arns),
+        # IAM checks DescribeServiceDeployments and StopServiceDeployment against the service *and* the service
+        # deployment; the other actions only against the service. One statement: listing the service patterns
+        # twice would cost the inline policy limit one more pattern per cluster and region.
+        p.statement("DeployConfiguredServices", ["ecs:DescribeServiceDeployments", "ecs:DescribeServices",
+                                                 "ecs:ListServiceDeployments", "ecs:StopServiceDeployment",
+                                                 "ecs:UpdateService"],
+                    [*service_arns, *service_deployment_resources(args)]),
         p.unscoped("TaskDefinitions", ["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"],
                    why="ECS supports no resource-level permissions for these actions"),
         # DescribeTaskDefinition(include=["TAGS"]) reads the tags to copy them onto the new revision.
@@ -204,6 +251,8 @@ def deploy_role_policy(args: DeployRoleArgs) -> dict:
                    conditions={"ArnEquals": {"ecs:cluster": cluster_arns}}),
         p.pass_role("PassServiceRoles", sorted(args.passable_role_arns), ECS_TASKS),
     ]
+    if args.infrastructure_role_arns:
+        statements.append(p.pass_role("PassInfrastructureRole", sorted(args.infrastructure_role_arns), ECS))
     if args.scheduled_task_regions:
         rules = [p.arn(args.partition, "events", r, args.account_id, "rule/*") for r in args.scheduled_task_regions]
         # Rule names come from deployment.yaml, which changes with every release: scoped to the account's regions.

@@ -1,30 +1,52 @@
-"""ServicePipeline: one CodePipeline V2 per service, from an ECR push to every environment, in promotion order.
+"""ServicePipeline: one CodePipeline V2 per service, from an ECR push (or a config change) to every environment, in
+promotion order.
 
 Stages::
 
-    Source   ECR action on the service's repository and trigger tag (started by an EventBridge rule: pipelines
-             created through the API get no automatic ECR trigger)
+    Source   Image   ECR action on the service's repository and trigger tag
+             Config  S3 action on the service's deploy document (``deploy.json`` in a zip, written by ``pulumi up``;
+                     only where the deploy engine deploys the service)
+             Both are started by EventBridge rules (pipelines created through the API get no automatic triggers):
+             a push of the trigger tag, or a new version of exactly this service's document. Either way the
+             execution takes the newest image *and* the newest document.
     Build    CodeBuild on Lambda compute, after waiting (bounded) for replication to deliver the image, in parallel:
-               PinImageByDigest         imageDetail.json -> imagedefinitions-<region>.json for the rolling
-                                        environments' regions, pinned by digest to each region's replica
-               BlueGreen-<env>[-<n>]    per blue/green environment, up to five regions each (CodePipeline's
+               PinImageByDigest         imageDetail.json -> imagedefinitions-<region>.json for every region of the
+                                        engine and ECS environments, pinned by digest to each region's replica
+               BlueGreen-<env>[-<n>]    per CodeDeploy environment, up to five regions each (CodePipeline's
                                         output artifact limit): one artifact BlueGreen-<env>-<region> per region
                                         with taskdef.json, appspec.yaml and imageDetail.json (regional, by digest)
     per environment, in config order:
       Approve-<env>  manual approval, notice to the SNS topic (only where requireApproval is set)
-      Deploy-<env>   one deploy action per region, in parallel, each run as the environment's deploy role in that
-                     region: ECS (rolling), or CodeDeployToECS (blue/green) reading that region's artifact
+      Deploy-<env>   rolling, blue-green, canary, linear: ONE Lambda invoke action (home region) running the deploy
+                     engine for every region of the environment at once (``UserParameters`` names the environment;
+                     inputs ImageDefinitions and DeployConfig); codedeploy: one CodeDeployToECS action per region;
+                     existing services: one ECS action per region. The last two run as the environment's deploy role
+                     in that region.
 
 Why these choices:
 
+* The deploy engine instead of the ECS standard action: that action copies the service's *running* task
+  definition and swaps only the image, so cpu, memory, environment or secrets changes never reached the tasks
+  (DESIGN.md pitfall 12). The engine registers exactly the task definition rendered from the stack config, waits
+  for ECS's own rolling, blue-green, canary or linear deployment and, if one region fails, puts every region of
+  the environment back. A Lambda invoke action may wait 24 hours (a reply with a continuation token at least every
+  20 minutes), enough for ECS's longest bake; see :mod:`components.deploy_engine`. CodePipeline's per-action
+  ``timeoutInMinutes`` applies to manual approvals only, so the engine enforces the environment's deploy timeout
+  itself (it is at most 1440 minutes, the action's own limit).
+* The document is a *source*: each execution deploys the snapshot of the config it started with, and a
+  superseding execution carries the newer one. Existing services (``existing: true``) keep the ECS action: their
+  task definition is not crossdeploy's, so swapping the image is all there is to do.
 * Deploying ``repo@sha256:…`` instead of a tag: ECS resolves a tag once, so a re-pushed ``:latest`` would never
-  roll out again, and a tag can point elsewhere by the time a later environment deploys (DESIGN.md pitfall 4).
+  roll out again, and a tag can point elsewhere by the time a later environment deploys (pitfall 4).
 * ``DeploymentTimeout`` on each ECS action: with the circuit breaker a failed rollout otherwise leaves the pipeline
   "In Progress" for 60 minutes (pitfall 7).
-* One artifact store per region, each with its key's **ARN** (an alias does not resolve across accounts).
-* One pipeline role and one build role per service: each can touch only its own repository, projects and the
-  shared artifact stores. The deploy roles trust the pipeline role *path*, so adding a service never edits them.
-* Blue/green builds have a project each (a buildspec names its output artifacts) but share the service's build
+* An artifact store in the home region and in each region where an ECS or CodeDeploy action runs, each with its
+  key's **ARN** (an alias does not resolve across accounts). The engine's action runs in the home region.
+* One pipeline role and one build role per service: each can touch only its own repository, projects, document and
+  the shared artifact stores; the pipeline role may invoke exactly the engine function, and assumes deploy roles
+  only where it still runs ECS or CodeDeploy actions. The deploy roles trust the pipeline role *path*, so adding a
+  service never edits them.
+* CodeDeploy builds have a project each (a buildspec names its output artifacts) but share the service's build
   role and log group; each artifact carries all three files CodeDeployToECS reads, so the action takes exactly one
   input artifact and names it in all three of its ``*Artifact`` keys.
 """
@@ -33,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
@@ -56,6 +79,10 @@ from handlers import image_definitions as idf
 LAMBDA_BUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-lambda-standard:python3.12"
 SOURCE_ARTIFACT = "SourceImage"
 BUILD_ARTIFACT = "ImageDefinitions"
+CONFIG_ARTIFACT = "DeployConfig"
+"""The deploy document source (names fixed by :mod:`handlers.pipeline_deploy`, which reads both by name)."""
+ENGINE_ACTION_LIMIT_MINUTES = 24 * 60
+"""CodePipeline's limit for a Lambda invoke action with continuation tokens."""
 IMAGE1_CONTAINER = IMAGE_PLACEHOLDER.strip("<>")
 """``Image1ContainerName``: the CodeDeployToECS action replaces ``<IMAGE1_NAME>`` in taskdef.json with the image."""
 TASKDEF_FILE, APPSPEC_FILE, _ = BLUE_GREEN_FILES
@@ -99,9 +126,22 @@ class EnvironmentStage:
     """Manual approval before this environment. Default false."""
     blue_green: tuple[BlueGreenTarget, ...] = ()
     """Exactly one target per region of the stage: deploy with CodeDeploy blue/green (CodeDeployToECS). Default
-    none: ECS rolling deploy actions on ``cluster``/``service``."""
+    none."""
+    engine: bool = False
+    """Deploy with the deploy engine: one Lambda invoke action for all regions, strategy and task definition from
+    the deploy document. Default false: with no ``blue_green`` targets either, ECS standard deploy actions on
+    ``cluster``/``service`` (image only; existing services)."""
+    deploy_timeout_minutes: int | None = None
+    """The environment's deploy timeout (enforced by the engine), checked against the action's 24-hour limit."""
 
     def __post_init__(self) -> None:
+        if self.engine and self.blue_green:
+            raise ValueError(f"EnvironmentStage {self.name}: engine and blue_green (CodeDeploy) exclude each other")
+        if self.engine and self.deploy_timeout_minutes is not None and not (
+                0 < self.deploy_timeout_minutes <= ENGINE_ACTION_LIMIT_MINUTES):
+            raise ValueError(f"EnvironmentStage {self.name}: deploy_timeout_minutes must be 1-"
+                             f"{ENGINE_ACTION_LIMIT_MINUTES} (the Lambda invoke action's limit), got "
+                             f"{self.deploy_timeout_minutes}")
         if not self.blue_green:
             return
         problems = []
@@ -122,6 +162,11 @@ class EnvironmentStage:
             problems.append(f"blue_green: {exc}")
         if problems:
             raise ValueError(f"EnvironmentStage {self.name}: " + "; ".join(problems))
+
+    @property
+    def ecs_actions(self) -> bool:
+        """ECS standard deploy actions (image only), one per region."""
+        return not self.engine and not self.blue_green
 
     @property
     def blue_green_targets(self) -> list[BlueGreenTarget]:
@@ -164,7 +209,7 @@ class BlueGreenBuild:
 
 
 def blue_green_targets(cfg: StackConfig, env: EnvironmentConfig, service: ServiceConfig) -> tuple[BlueGreenTarget, ...]:
-    """What `service`'s pipeline deploys in each region of `env` with CodeDeploy; empty for a rolling environment.
+    """What `service`'s pipeline deploys in each region of `env` with CodeDeploy; empty for any other strategy.
 
     The task definition is the one the workload component registers (:func:`components.task_definition.task_definition`)
     with the image as ``<IMAGE1_NAME>``, so every release registers exactly what ``pulumi up`` created, new image
@@ -181,6 +226,35 @@ def blue_green_targets(cfg: StackConfig, env: EnvironmentConfig, service: Servic
             container_port=service.port,
         )
         for region in env.regions
+    )
+
+
+@dataclass(frozen=True)
+class EngineWiring:
+    """What the engine stages need: the function to invoke, and the service's deploy document."""
+
+    function_name: pulumi.Input[str]
+    function_arn: pulumi.Input[str]
+    config_bucket: pulumi.Input[str]
+    """The deploy document bucket (:class:`components.deploy_config.DeployConfigStore`), in the home region."""
+    config_bucket_arn: pulumi.Input[str]
+    config_key: str
+    """This service's document (:func:`components.naming.deploy_document_key`)."""
+
+
+def environment_stages(cfg: StackConfig, service: ServiceConfig,
+                       deploy_role_arns: Mapping[str, pulumi.Input[str]]) -> tuple[EnvironmentStage, ...]:
+    """`service`'s pipeline stages, one per environment in promotion order: the engine for every environment
+    :meth:`~components.config.StackConfig.engine_environments` names, CodeDeploy for ``codedeploy`` ones, ECS
+    actions for the rest (existing services). `deploy_role_arns`: workload account -> its deploy role."""
+    engine = {env.name for env in cfg.engine_environments(service)}
+    return tuple(
+        EnvironmentStage(name=env.name, account_id=env.account_id, regions=tuple(env.regions),
+                         deploy_role_arn=deploy_role_arns[env.account_id], cluster=service.cluster,
+                         service=service.service, require_approval=env.require_approval,
+                         blue_green=blue_green_targets(cfg, env, service), engine=env.name in engine,
+                         deploy_timeout_minutes=env.deploy_timeout_minutes if env.name in engine else None)
+        for env in cfg.environments
     )
 
 
@@ -211,6 +285,8 @@ class ServicePipelineArgs:
     notification_topic_arn: pulumi.Input[str] | None = None
     """Topic for approval requests and failure notices. Default: none (approvals then have no notice)."""
     notification_key_arn: pulumi.Input[str] | None = None
+    engine: EngineWiring | None = None
+    """Required when a stage deploys with the engine. Default none."""
     deployment_timeout_minutes: int = 15
     """ECS action DeploymentTimeout (1-60). Default 15: a healthy Fargate rollout takes a few minutes, and a failed
     one must fail the pipeline long before AWS's 60-minute default."""
@@ -224,10 +300,12 @@ class ServicePipelineArgs:
         problems = []
         if not self.stages:
             problems.append("stages: at least one environment is required")
-        needed = {self.home_region, *(r for s in self.stages for r in s.regions)}
-        missing = sorted(needed - set(self.artifact_stores))
+        missing = sorted(set(self.store_regions) - set(self.artifact_stores))
         if missing:
             problems.append(f"artifact_stores: no store for regions {missing}")
+        if self.uses_engine and self.engine is None:
+            problems.append("engine: required when a stage deploys with the deploy engine")
+        needed = {self.home_region, *self.target_regions}
         missing_repos = sorted(needed - set(self.repository_arns))
         if missing_repos:
             problems.append(f"repository_arns: no repository for regions {missing_repos}")
@@ -240,8 +318,8 @@ class ServicePipelineArgs:
         # Source + build + up to two stages per environment: CodePipeline allows 50 stages.
         if 2 + sum(2 if s.require_approval else 1 for s in self.stages) > 50:
             problems.append("stages: more than CodePipeline's 50 stages")
-        # CodePipeline allows 50 actions per stage; the Build stage holds the rolling build and the blue/green ones.
-        build_actions = (1 if self.rolling_regions else 0) + len(self.blue_green_builds)
+        # CodePipeline allows 50 actions per stage: the imagedefinitions build and the CodeDeploy ones.
+        build_actions = (1 if self.image_definition_regions else 0) + len(self.blue_green_builds)
         if build_actions > 50:
             problems.append(f"stages: {build_actions} build actions, more than CodePipeline's 50 per stage")
         if problems:
@@ -252,9 +330,24 @@ class ServicePipelineArgs:
         return list(dict.fromkeys(r for s in self.stages for r in s.regions))
 
     @property
-    def rolling_regions(self) -> list[str]:
-        """Regions some rolling stage deploys to: those the imagedefinitions build writes files for."""
+    def image_definition_regions(self) -> list[str]:
+        """Regions of the engine and ECS stages: those the imagedefinitions build pins the image for."""
         return list(dict.fromkeys(r for s in self.stages if not s.blue_green for r in s.regions))
+
+    @property
+    def uses_engine(self) -> bool:
+        return any(s.engine for s in self.stages)
+
+    @property
+    def action_regions(self) -> list[str]:
+        """Regions where ECS or CodeDeploy actions run (the engine's action runs in the home region)."""
+        return list(dict.fromkeys(r for s in self.stages if not s.engine for r in s.regions))
+
+    @property
+    def assumes_deploy_roles(self) -> list[pulumi.Input[str]]:
+        """Deploy roles the pipeline itself runs actions as: those of its ECS and CodeDeploy stages."""
+        # Environments sharing an account share its deploy role (the same Output object): list it once.
+        return list({id(s.deploy_role_arn): s.deploy_role_arn for s in self.stages if not s.engine}.values())
 
     @functools.cached_property
     def blue_green_builds(self) -> list[BlueGreenBuild]:
@@ -277,11 +370,12 @@ class ServicePipelineArgs:
 
     @property
     def store_regions(self) -> list[str]:
-        return list(dict.fromkeys([self.home_region, *self.target_regions]))
+        """The home region and every region an action runs in: each needs an artifact store."""
+        return list(dict.fromkeys([self.home_region, *self.action_regions]))
 
 
 def pipeline_role_policy(args: ServicePipelineArgs, project_arns: list[pulumi.Input[str]]) -> dict:
-    """The pipeline role's grant; `project_arns` are all of the service's build projects (rolling and blue/green)."""
+    """The pipeline role's grant; `project_arns` are all of the service's build projects."""
     stores = [args.artifact_stores[r] for r in args.store_regions]
     statements = [
         p.statement("ReadSourceImage", ["ecr:DescribeImages"], [args.repository_arns[args.home_region]]),
@@ -292,10 +386,18 @@ def pipeline_role_policy(args: ServicePipelineArgs, project_arns: list[pulumi.In
                     [s.bucket_arn for s in stores]),
         p.statement("ArtifactKeys", ["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey",
                                      "kms:ReEncryptFrom", "kms:ReEncryptTo"], [s.key_arn for s in stores]),
-        # Environments sharing an account share its deploy role (the same Output object): list it once.
-        p.statement("AssumeDeployRoles", ["sts:AssumeRole"],
-                    list({id(s.deploy_role_arn): s.deploy_role_arn for s in args.stages}.values())),
     ]
+    if args.assumes_deploy_roles:
+        statements.append(p.statement("AssumeDeployRoles", ["sts:AssumeRole"], args.assumes_deploy_roles))
+    if args.engine is not None and args.uses_engine:
+        engine = args.engine
+        statements += [
+            p.statement("InvokeDeployEngine", ["lambda:InvokeFunction"], [engine.function_arn]),
+            # The Config source: exactly this service's document (decrypted with the home key above).
+            p.statement("ReadDeployDocument", ["s3:GetObject", "s3:GetObjectVersion"],
+                        [pulumi.Output.concat(engine.config_bucket_arn, "/", engine.config_key)]),
+            p.statement("ReadDeployDocumentBucket", ["s3:GetBucketVersioning"], [engine.config_bucket_arn]),
+        ]
     if any(s.require_approval for s in args.stages):
         statements.append(p.statement("NotifyApprovers", ["sns:Publish"], [args.notification_topic_arn]))
         statements.append(p.statement("EncryptApprovalNotices", ["kms:Decrypt", "kms:GenerateDataKey"],
@@ -328,10 +430,24 @@ def source_event_pattern(repository: str, tag: str) -> dict:
     }
 
 
+def config_event_pattern(bucket: str, key: str) -> dict:
+    """Exactly a new version of one deploy document (S3's EventBridge "Object Created" event)."""
+    return {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {"bucket": {"name": [bucket]}, "object": {"key": [key]}},
+    }
+
+
+def engine_user_parameters(environment: str) -> str:
+    """The invoke action's ``UserParameters``: which environment of the document to deploy."""
+    return json.dumps({"environment": environment})
+
+
 def _build_actions(args: ServicePipelineArgs, project_names: dict[str, pulumi.Input[str]]) -> list:
     """The Build stage: all actions in parallel, each waiting for replication to its own regions."""
     actions = []
-    if args.rolling_regions:
+    if args.image_definition_regions:
         actions.append(aws.codepipeline.PipelineStageActionArgs(
             name="PinImageByDigest", category="Build", owner="AWS", provider="CodeBuild", version="1",
             input_artifacts=[SOURCE_ARTIFACT], output_artifacts=[BUILD_ARTIFACT],
@@ -347,6 +463,15 @@ def _build_actions(args: ServicePipelineArgs, project_names: dict[str, pulumi.In
 
 
 def _deploy_actions(args: ServicePipelineArgs, stage: EnvironmentStage) -> list:
+    if stage.engine:
+        assert args.engine is not None  # checked by ServicePipelineArgs
+        # One action for every region: the engine deploys them in parallel and puts all back if one fails.
+        return [aws.codepipeline.PipelineStageActionArgs(
+            name="Deploy", category="Invoke", owner="AWS", provider="Lambda", version="1",
+            input_artifacts=[BUILD_ARTIFACT, CONFIG_ARTIFACT],
+            configuration={"FunctionName": args.engine.function_name,
+                           "UserParameters": engine_user_parameters(stage.name)},
+        )]
     if not stage.blue_green:
         return [
             aws.codepipeline.PipelineStageActionArgs(
@@ -382,14 +507,27 @@ def _deploy_actions(args: ServicePipelineArgs, stage: EnvironmentStage) -> list:
     return actions
 
 
+def _source_actions(args: ServicePipelineArgs) -> list:
+    actions = [aws.codepipeline.PipelineStageActionArgs(
+        name="Image", category="Source", owner="AWS", provider="ECR", version="1",
+        output_artifacts=[SOURCE_ARTIFACT],
+        configuration={"RepositoryName": args.repository_name, "ImageTag": args.trigger_tag},
+    )]
+    if args.engine is not None and args.uses_engine:
+        actions.append(aws.codepipeline.PipelineStageActionArgs(
+            name="Config", category="Source", owner="AWS", provider="S3", version="1",
+            output_artifacts=[CONFIG_ARTIFACT],
+            # Started by the EventBridge rule on the object instead of polling.
+            configuration={"S3Bucket": args.engine.config_bucket, "S3ObjectKey": args.engine.config_key,
+                           "PollForSourceChanges": "false"},
+        ))
+    return actions
+
+
 def _stages(args: ServicePipelineArgs, project_names: dict[str, pulumi.Input[str]]) -> list:
     """`project_names`: build action name -> its CodeBuild project's name."""
     stages = [
-        aws.codepipeline.PipelineStageArgs(name="Source", actions=[aws.codepipeline.PipelineStageActionArgs(
-            name="Image", category="Source", owner="AWS", provider="ECR", version="1",
-            output_artifacts=[SOURCE_ARTIFACT],
-            configuration={"RepositoryName": args.repository_name, "ImageTag": args.trigger_tag},
-        )]),
+        aws.codepipeline.PipelineStageArgs(name="Source", actions=_source_actions(args)),
         aws.codepipeline.PipelineStageArgs(name="Build", actions=_build_actions(args, project_names)),
     ]
     for stage in args.stages:
@@ -445,11 +583,11 @@ class ServicePipeline(pulumi.ComponentResource):
             )
 
         projects: dict[str, aws.codebuild.Project] = {}
-        if args.rolling_regions:
+        if args.image_definition_regions:
             projects["PinImageByDigest"] = project(
                 f"{name}-build", args.build_project_name,
                 f"Pins {args.repository_name} by digest for every target region",
-                render_buildspec(container_name=args.container_name, target_regions=args.rolling_regions,
+                render_buildspec(container_name=args.container_name, target_regions=args.image_definition_regions,
                                  home_region=args.home_region, timeout_seconds=args.replication_timeout_seconds))
         for build in args.blue_green_builds:
             regions = ", ".join(t["region"] for t in build.targets)
@@ -498,6 +636,16 @@ class ServicePipeline(pulumi.ComponentResource):
             event_pattern=json.dumps(source_event_pattern(args.repository_name, args.trigger_tag)), opts=child)
         aws.cloudwatch.EventTarget(f"{name}-trigger-target", rule=rule.name, arn=pipeline.arn,
                                    role_arn=trigger_role.arn, opts=child)
+        if args.engine is not None and args.uses_engine:
+            key = args.engine.config_key
+            config_rule = aws.cloudwatch.EventRule(
+                f"{name}-config-trigger",
+                description=f"A new deploy document of {args.repository_name} (pulumi up) starts its pipeline",
+                event_pattern=pulumi.Output.from_input(args.engine.config_bucket).apply(
+                    lambda bucket: json.dumps(config_event_pattern(bucket, key))),
+                opts=child)
+            aws.cloudwatch.EventTarget(f"{name}-config-trigger-target", rule=config_rule.name, arn=pipeline.arn,
+                                       role_arn=trigger_role.arn, opts=child)
 
         if args.notification_topic_arn is not None:
             aws.codestarnotifications.NotificationRule(

@@ -11,7 +11,10 @@ What it guarantees, per deployment (one service, one environment, its account-re
   never by image text). For services crossdeploy does not own (``taskDefinition: null``) the service's current
   revision is copied whole and only that image is replaced.
 * **Idempotent.** A target whose current revision already equals what would be registered is left alone
-  (UNCHANGED): a retried invocation never deploys twice.
+  (UNCHANGED): a retried invocation never deploys twice. If ECS is still rolling the service out to that revision
+  (or rolling it back from it), a retry follows that rollout rather than starting another: it registers nothing,
+  waits for ECS's verdict like a deployment of its own, and restores the target after a failure elsewhere when the
+  revision it replaces is known.
 * **All or nothing.** If any target fails (ECS rolls back or stops the deployment, the role is refused, ECS rejects
   the task definition, the service is missing, the timeout passes), every target that changed goes back to its
   previous revision: a deployment still in progress is stopped with ECS's own rollback
@@ -534,23 +537,58 @@ def _service(ecs: Any, target: Target) -> dict[str, Any] | None:
     return services[0] if services else None
 
 
-def _newest_deployment(ecs: Any, target: Target, update_response: Mapping[str, Any]) -> str | None:
-    arn = (update_response.get("service") or {}).get("currentServiceDeployment")
-    if arn:
-        return str(arn)
+def _open_deployments(ecs: Any, target: Target, statuses: Sequence[str]) -> list[dict[str, Any]] | None:
+    """The service's service deployments in ``statuses``; None where ECS has no service deployment API."""
     try:
-        listed = ecs.list_service_deployments(cluster=target.cluster, service=target.service,
-                                              status=["PENDING", "IN_PROGRESS"])["serviceDeployments"]
+        return list(ecs.list_service_deployments(cluster=target.cluster, service=target.service,
+                                                 status=list(statuses))["serviceDeployments"])
     except ClientError as exc:
         if _code(exc) in _NO_SERVICE_DEPLOYMENT_API:
             return None
         raise
     except AttributeError:  # a boto3 older than the API: rolloutState it is
         return None
+
+
+def _newest(listed: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     if not listed:
         return None
-    newest = max(listed, key=lambda d: (d.get("createdAt") or d.get("startedAt") or 0, d["serviceDeploymentArn"]))
-    return str(newest["serviceDeploymentArn"])
+    return max(listed, key=lambda d: (d.get("createdAt") or d.get("startedAt") or 0, d["serviceDeploymentArn"]))
+
+
+def _newest_deployment(ecs: Any, target: Target, update_response: Mapping[str, Any]) -> str | None:
+    arn = (update_response.get("service") or {}).get("currentServiceDeployment")
+    if arn:
+        return str(arn)
+    newest = _newest(_open_deployments(ecs, target, ["PENDING", "IN_PROGRESS"]) or [])
+    return str(newest["serviceDeploymentArn"]) if newest else None
+
+
+def _rollout_to_follow(ecs: Any, target: Target, service: Mapping[str, Any],
+                       current_arn: str) -> tuple[str | None, str | None, str | None] | None:
+    """Whether ECS is still rolling ``service`` out to ``current_arn`` (or rolling back from it), so that a retry
+    must follow that rollout rather than report the revision deployed: (the revision it replaces, when
+    ``deployments[]`` names it; the service deployment, where ECS has the API; its status), or None if the
+    rollout is over. The service deployment API decides where ECS has it (the same ListServiceDeployments the
+    engine uses after UpdateService, with the rolling-back statuses too); elsewhere the primary deployment's
+    ``rolloutState`` does, as in :func:`poll`."""
+    deployments = service.get("deployments") or []
+    replaced = [d for d in deployments if d.get("status") == "ACTIVE" and d.get("taskDefinition")
+                and d["taskDefinition"] != current_arn]
+    # The newest ACTIVE one is what served before (a missing createdAt sorts first, never compared with a date).
+    newest_active = max(replaced, key=lambda d: (d.get("createdAt") is not None, d.get("createdAt")), default=None)
+    previous = str(newest_active["taskDefinition"]) if newest_active else None
+    listed = _open_deployments(ecs, target, sorted(_IN_PROGRESS | _ECS_ROLLING_BACK))
+    if listed is not None:
+        newest = _newest(listed)
+        if newest is None:
+            return None
+        return previous, str(newest["serviceDeploymentArn"]), (str(newest["status"]) if newest.get("status")
+                                                               else None)
+    primary = next((d for d in deployments if d.get("status") == "PRIMARY"), {})
+    if primary.get("taskDefinition") == current_arn and primary.get("rolloutState") == "IN_PROGRESS":
+        return previous, None, "IN_PROGRESS"
+    return None
 
 
 def start(target: Target, session: boto3.Session, deployment_id: str, *, now: float | None = None,
@@ -573,8 +611,19 @@ def start(target: Target, session: boto3.Session, deployment_id: str, *, now: fl
         current = register_kwargs(described, ecs)
         desired = render(target, current, deployment_id)
         if same_revision(current, desired):
-            state.phase, state.new_task_definition = UNCHANGED, current_arn
-            log("target-unchanged", **fields_, taskDefinition=current_arn, image=target.image)
+            rollout = _rollout_to_follow(ecs, target, service, current_arn)
+            if rollout is None:
+                state.phase, state.new_task_definition = UNCHANGED, current_arn
+                log("target-unchanged", **fields_, taskDefinition=current_arn, image=target.image)
+                return state
+            # A retry of an invocation that already pointed the service here while ECS is still at it: follow
+            # that rollout (nothing registered, no UpdateService). Restorable only if the revision it replaces
+            # is known.
+            previous, state.service_deployment, state.ecs_status = rollout
+            state.phase, state.new_task_definition = DEPLOYING, current_arn
+            state.previous_task_definition, state.changed = previous, previous is not None
+            log("target-resumed", **fields_, oldTaskDefinition=previous, newTaskDefinition=current_arn,
+                serviceDeployment=state.service_deployment, ecsStatus=state.ecs_status, changed=state.changed)
             return state
         try:
             registered = ecs.register_task_definition(**desired)["taskDefinition"]["taskDefinitionArn"]
@@ -801,8 +850,9 @@ def advance(targets: Sequence[Target], states: Sequence[TargetState], *, session
         except _RoleRefused as exc:
             state = copy.copy(state)
             return _finish(target, state, state.phase == RESTORING or restoring, ok=False, reason=str(exc))
-        if restoring and state.phase not in (RESTORING, RESTORED, RESTORE_FAILED):
+        if restoring and state.changed and state.phase not in (RESTORING, RESTORED, RESTORE_FAILED):
             return restore(target, state, session, now)
+        # (A resumed rollout whose previous revision is unknown cannot be restored: it is followed to its end.)
         return poll(target, state, session, now)
 
     new = list(states)

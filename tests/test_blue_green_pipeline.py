@@ -267,9 +267,12 @@ def test_rolling_stages_are_unchanged(bg_run, rolling_run) -> None:
         with_bg, rolling = pipeline_for(bg_run, repository), pipeline_for(rolling_run, repository)
         assert stage(with_bg, "Deploy-qa") == stage(rolling, "Deploy-qa")
         assert stage(with_bg, "Build")["actions"][0] == stage(rolling, "Build")["actions"][0]
-        assert [a["provider"] for a in stage(rolling, "Deploy-prod")["actions"]] == ["ECS"] * len(PROD_REGIONS)
-        assert len(stage(rolling, "Build")["actions"]) == 1, "no blue/green builds without blue-green stages"
-        # The imagedefinitions build now writes (and waits for) only the rolling regions.
+        # A rolling environment is one deploy engine action, however many regions it has.
+        assert [a["provider"] for a in stage(rolling, "Deploy-prod")["actions"]] == ["Lambda"]
+        assert json.loads(stage(rolling, "Deploy-prod")["actions"][0]["configuration"]["UserParameters"]) == {
+            "environment": "prod"}
+        assert len(stage(rolling, "Build")["actions"]) == 1, "no blue/green builds without codedeploy stages"
+        # The imagedefinitions build writes (and waits for) only the engine's regions.
         spec = yaml.safe_load(project_of(bg_run, stage(with_bg, "Build")["actions"][0]).inputs["source"]["buildspec"])
         assert spec["artifacts"]["files"] == ["imagedefinitions-us-east-2.json"]
         assert spec["env"]["variables"]["TARGET_REGIONS"] == "us-east-2"

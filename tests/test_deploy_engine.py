@@ -134,6 +134,7 @@ def _validated(model: Any, parsed: dict[str, Any]) -> dict[str, Any]:
 
 
 SUCCESS = ("IN_PROGRESS", "SUCCESSFUL")
+OPEN = ("PENDING", "IN_PROGRESS", "ROLLBACK_REQUESTED", "ROLLBACK_IN_PROGRESS")
 
 
 @dataclass
@@ -163,6 +164,7 @@ class FakeRollouts:
     scripts: dict[tuple[str, str], list[tuple[str, ...]]] = field(default_factory=dict)
     api: bool = True  # False: an ECS without the service deployment API (rolloutState only)
     current_in_update: bool = True  # UpdateService returns currentServiceDeployment
+    active_in_describe: bool = True  # DescribeServices lists the revision an open rollout replaces (ACTIVE)
     rollouts: dict[str, Rollout] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: itertools.count = field(default_factory=itertools.count)
@@ -214,19 +216,25 @@ class FakeRollouts:
         return status
 
     def _described(self, account: str, parsed: dict, context: dict, **_: Any) -> None:
-        if self.api:
-            return
-        # ECS without service deployments: the primary deployment's rolloutState tells.
+        # ECS's deployments[]: the primary on the service's revision with its rolloutState, and while the rollout
+        # is open the revision it replaces (ACTIVE). Without service deployments each read moves the script one
+        # step (the primary deployment's rolloutState is all there is to tell); with them, reads only look.
         for service in parsed.get("services", []):
             cluster, name = self._key(service["serviceArn"])
             with self.lock:
                 rollout = self._latest(account, context["client_region"], cluster, name)
-                status = self._step(rollout) if rollout else "SUCCESSFUL"
+                if rollout is None and self.api:
+                    continue
+                status = (rollout.status() if self.api else self._step(rollout)) if rollout else "SUCCESSFUL"
             state = {"SUCCESSFUL": "COMPLETED", "IN_PROGRESS": "IN_PROGRESS", "PENDING": "IN_PROGRESS"}.get(
                 status, "FAILED")
             service["deployments"] = [{"id": "ecs-svc/1", "status": "PRIMARY", "rolloutState": state,
                                        "taskDefinition": service["taskDefinition"],
                                        "rolloutStateReason": f"deployment {state.lower()}"}]
+            if rollout and self.active_in_describe and status in OPEN and (
+                    service["taskDefinition"] == rollout.task_definition):
+                service["deployments"].append({"id": "ecs-svc/0", "status": "ACTIVE", "rolloutState": "COMPLETED",
+                                               "taskDefinition": rollout.previous})
 
     def _answer(self, account: str, model: Any, params: dict, context: dict, **_: Any) -> tuple[AWSResponse, dict]:
         region = context["client_region"]
@@ -606,6 +614,118 @@ def test_the_same_document_and_image_twice_deploys_once(world):
     assert second.reason == "2 target(s) deployed: 0 updated, 2 already on the revision"
     assert not world.recorder.ops("RegisterTaskDefinition") and not world.recorder.ops("UpdateService")
     assert world.snapshot() == after_first
+
+
+def first_invocation(world: World, regions: tuple[str, ...] = REGIONS) -> list[engine.TargetState]:
+    """An invocation that pointed the services at the new revision and stopped (the Lambda timed out, its reply
+    was lost) before ECS finished: the retry starts from nothing but the services as they are."""
+    targets = engine.targets_for(engine.parse_document(document(regions=regions)), "test", images(regions=regions))
+    states = engine.start_all(targets, session_for=world.session_for(), deployment_id=DEPLOYMENT,
+                              timeout_seconds=900, now=0.0)
+    assert [s.phase for s in states] == [engine.DEPLOYING] * len(regions)
+    world.recorder.reset()
+    return states
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["service-deployments", "rollout-state"])
+@pytest.mark.parametrize("final", ["SUCCESSFUL", "ROLLBACK_SUCCESSFUL"])
+def test_a_retry_follows_a_rollout_still_in_progress(world, capsys, api, final):
+    world.fake.api = api
+    world.fake.scripts[(TEST, EAST)] = [("IN_PROGRESS", "IN_PROGRESS", final)]
+    (first,) = first_invocation(world, regions=(EAST,))
+    new = world.service(TEST, EAST)["taskDefinition"]
+    assert new == first.new_task_definition != world.originals[(TEST, EAST)]
+    clock = FakeClock()
+    capsys.readouterr()
+
+    retry = deploy(world, document(regions=(EAST,)), images(regions=(EAST,)), clock=clock)
+
+    assert not world.recorder.ops("RegisterTaskDefinition") and not world.recorder.ops("UpdateService")
+    assert not world.recorder.ops("StopServiceDeployment")
+    assert clock.now > 1000, "the retry waited for ECS"
+    (state,) = retry.states
+    assert state.changed and state.previous_task_definition == world.originals[(TEST, EAST)]
+    assert state.new_task_definition == new
+    assert state.service_deployment == (first.service_deployment if api else None)
+    (resumed,) = [r for r in logs(capsys) if r["event"] == "target-resumed"]
+    assert (resumed["oldTaskDefinition"], resumed["newTaskDefinition"]) == (world.originals[(TEST, EAST)], new)
+    if final == "SUCCESSFUL":
+        assert retry.succeeded, retry.reason
+        assert retry.reason == "1 target(s) deployed: 1 updated, 0 already on the revision"
+        assert state.phase == engine.SUCCEEDED
+        assert world.service(TEST, EAST)["taskDefinition"] == new
+    else:
+        assert not retry.succeeded
+        assert retry.reason.startswith(f"1 of 1 target(s) failed: {TEST}/{EAST} crossdeploy/orders: "
+                                       "ECS rolled back the deployment")
+        assert state.phase == engine.RESTORED  # ECS put it back; nothing for the engine to do
+        assert world.service(TEST, EAST)["taskDefinition"] == world.originals[(TEST, EAST)]
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["service-deployments", "rollout-state"])
+def test_a_resumed_target_is_restored_when_another_fails(world, api):
+    world.fake.api = api
+    world.fake.scripts[(TEST, EAST)] = [("IN_PROGRESS",) * 20 + ("SUCCESSFUL",)]
+    world.fake.scripts[(TEST, WEST)] = [("IN_PROGRESS", "IN_PROGRESS", "ROLLBACK_SUCCESSFUL")]
+    east, _ = first_invocation(world)
+
+    retry = deploy(world)
+
+    assert not retry.succeeded
+    assert f"{TEST}/{WEST} crossdeploy/orders: ECS rolled back the deployment" in retry.reason
+    assert "Restored 2 changed target(s)" in retry.reason
+    assert [s.phase for s in retry.states] == [engine.RESTORED, engine.RESTORED]
+    for region in REGIONS:
+        assert world.service(TEST, region)["taskDefinition"] == world.originals[(TEST, region)]
+    assert not world.recorder.ops("RegisterTaskDefinition")
+    if api:  # still rolling out: ECS's own rollback of the deployment the first invocation started
+        (stop,) = world.recorder.ops("StopServiceDeployment")
+        assert stop.params == {"serviceDeploymentArn": east.service_deployment, "stopType": "ROLLBACK"}
+        assert not world.recorder.ops("UpdateService")
+    else:  # no deployment to stop: UpdateService back to the revision deployments[] named
+        (update,) = world.recorder.ops("UpdateService")
+        assert (update.region, update.params["taskDefinition"]) == (EAST, world.originals[(TEST, EAST)])
+
+
+def test_a_resumed_rollout_without_a_known_previous_revision_is_followed_not_restored(world):
+    world.fake.active_in_describe = False
+    world.fake.scripts[(TEST, EAST)] = [("IN_PROGRESS", "IN_PROGRESS", "IN_PROGRESS", "SUCCESSFUL")]
+    world.fake.scripts[(TEST, WEST)] = [("IN_PROGRESS", "ROLLBACK_SUCCESSFUL")]
+    first_invocation(world)
+
+    retry = deploy(world)
+
+    assert not retry.succeeded
+    east, west = retry.states
+    assert not east.changed and east.previous_task_definition is None
+    assert east.phase == engine.SUCCEEDED  # followed to its end: nothing to put it back on
+    assert west.phase == engine.FAILED and not west.changed
+    assert not world.recorder.ops("UpdateService") and not world.recorder.ops("StopServiceDeployment")
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["service-deployments", "rollout-state"])
+@pytest.mark.parametrize("finished_by", ["ecs", "engine"])
+def test_a_retry_after_the_rollout_completed_is_unchanged(world, capsys, api, finished_by):
+    world.fake.api = api
+    if finished_by == "ecs":  # the first invocation stopped, ECS finished the rollout on its own
+        world.fake.scripts.update({(TEST, region): [("SUCCESSFUL",)] for region in REGIONS})
+        first_invocation(world)
+    else:
+        assert deploy(world).succeeded
+    after_first = world.snapshot()
+    world.recorder.reset()
+    capsys.readouterr()
+
+    retry = deploy(world, deployment_id="job-retry")
+
+    assert retry.succeeded, retry.reason
+    assert [s.phase for s in retry.states] == [engine.UNCHANGED, engine.UNCHANGED]
+    assert not any(s.changed for s in retry.states)
+    assert retry.reason == "2 target(s) deployed: 0 updated, 2 already on the revision"
+    assert not world.recorder.ops("RegisterTaskDefinition") and not world.recorder.ops("UpdateService")
+    assert world.snapshot() == after_first
+    events = [r["event"] for r in logs(capsys)]
+    assert events.count("target-unchanged") == 2 and "target-resumed" not in events
 
 
 def test_only_the_digest_changes_deploys_only_the_digest(world):

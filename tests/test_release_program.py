@@ -108,6 +108,15 @@ def test_every_step_is_a_lambda_running_the_handler_the_tests_run(release_run) -
         variables = function.inputs["environment"]["variables"]
         assert variables["CROSSDEPLOY_REGISTRY_ID"] == TOOLS and variables["CROSSDEPLOY_HOME_REGION"] == "us-east-2"
         assert ("CROSSDEPLOY_TOPIC_ARN" in variables) == function.inputs["handler"].endswith(".notify")
+        # Rolling services deploy through the engine from their deploy documents: the engine ships with the steps,
+        # with the context naming every service's document, and the steps know the bucket.
+        assert "handlers/deploy_engine.py" in function.inputs["code"].assets
+        context = json.loads(function.inputs["code"].assets["release-context.json"].text)
+        assert context["services"] == {"crossdeploy/orders": "services/orders/deploy.zip",
+                                       "core/payments": "services/team-payments/deploy.zip"}
+        bucket = next(b for b in release_run.of_type("aws:s3/bucket:Bucket")
+                      if b.name.startswith("deploy-config"))
+        assert variables["CROSSDEPLOY_CONFIG_BUCKET"] == bucket.outputs["bucket"]
 
 
 def test_roles_have_exactly_what_their_steps_use(release_run) -> None:
@@ -124,6 +133,17 @@ def test_roles_have_exactly_what_their_steps_use(release_run) -> None:
                           principal_arn=functions["notify"].inputs["role"])
     assert allows(steps, "ecr:DescribeImages", f"arn:aws:ecr:eu-west-1:{TOOLS}:repository/any/repo")
     assert not allows(steps, "sns:Publish", "arn:aws:sns:us-east-2:111111111111:x")
+    # Deploy documents: read (any version) under services/ of the config bucket, decrypt with its key; no more.
+    bucket = next(b for b in release_run.of_type("aws:s3/bucket:Bucket") if b.name.startswith("deploy-config"))
+    document = f"{bucket.outputs['arn']}/services/orders/deploy.zip"
+    for action in ("s3:GetObject", "s3:GetObjectVersion"):
+        assert allows(steps, action, document)
+    assert not allows(steps, "s3:PutObject", document)
+    assert not allows(steps, "s3:GetObject", f"{bucket.outputs['arn']}/other/x")
+    home_key = next(k.outputs["arn"] for k in release_run.of_type("aws:kms/key:Key")
+                    if k.region == "us-east-2" and k.account == TOOLS)
+    assert allows(steps, "kms:Decrypt", home_key) and not allows(steps, "kms:Encrypt", home_key)
+    assert not allows(notify, "s3:GetObject", document)
     topic = release_run.of_type("aws:sns/topic:Topic")[0].outputs["arn"]
     assert allows(notify, "sns:Publish", topic)
     assert not allows(notify, "sts:AssumeRole", deploy_roles[0].outputs["arn"])
@@ -157,7 +177,9 @@ def test_deploy_roles_gain_only_the_scheduled_task_rights(release_run, base_run)
 
 
 def _bundle(run) -> dict[str, str]:
-    [bundle] = run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    # (The other objects are the services' deploy documents: tests/test_engine_program.py.)
+    [bundle] = [o for o in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+                if "release-context.json" in o.inputs["source"].assets]
     return {name: asset.text for name, asset in bundle.inputs["source"].assets.items()}
 
 
@@ -221,7 +243,20 @@ def test_the_build_fails_on_a_bad_release_file_and_writes_nothing(release_run, t
     assert not (tmp_path / "src" / "sfn-input.json").exists()
 
 
-def test_blue_green_environments_reach_the_release_with_their_codedeploy_names_and_rights(prod_run) -> None:
+@pytest.fixture(scope="module")
+def codedeploy_run():
+    """The prod stack with its prod environment on CodeDeploy blue/green (the stack itself is ECS-native canary)."""
+    from conftest import ROOT, stack_config
+
+    cfg = stack_config(ROOT / "Pulumi.prod.yaml")
+    prod = next(e for e in cfg["crossdeploy:environments"] if e["name"] == "prod")
+    prod["strategy"] = "codedeploy"
+    prod["blueGreen"]["trafficShift"]["type"] = "canary"  # CodeDeploy names its shift; ECS takes the strategy's
+    return run_program(cfg, stack="prod")
+
+
+def test_blue_green_environments_reach_the_release_with_their_codedeploy_names_and_rights(codedeploy_run) -> None:
+    prod_run = codedeploy_run
     context = json.loads(_bundle(prod_run)["release-context.json"])
     assert "blueGreen" not in context["environments"]["test"]  # rolling
     blue_green = context["environments"]["prod"]["blueGreen"]
