@@ -9,15 +9,25 @@ import pulumi
 from components import naming
 from components.artifacts import ArtifactStores, ArtifactStoresArgs
 from components.config import load
-from components.deploy_role import DeployRole, DeployRoleArgs, codedeploy_targets, deploy_targets, passable_roles
+from components.deploy_config import DeployConfigStore, DeployConfigStoreArgs, deploy_documents
+from components.deploy_engine import DeployEngine, DeployEngineArgs, engine_deploy_role_arns
+from components.deploy_role import (
+    DeployRole,
+    DeployRoleArgs,
+    codedeploy_targets,
+    deploy_targets,
+    infrastructure_roles,
+    passable_roles,
+    trusted_principals,
+)
 from components.network import NetworkArgs
 from components.notifications import Notifications, NotificationsArgs
-from components.pipeline import EnvironmentStage, ServicePipeline, ServicePipelineArgs, blue_green_targets
+from components.pipeline import EngineWiring, ServicePipeline, ServicePipelineArgs, environment_stages
 from components.policies import iam_name, role_arn
 from components.providers import Providers, ProvidersArgs
-from components.push_deploy import PushDeploy, PushDeployArgs, PushService, PushTarget
+from components.push_deploy import PushDeploy, PushDeployArgs, push_services
 from components.registry import Registry, RegistryArgs, RepositorySpec
-from components.release import Release, ReleaseArgs, ReleaseSource
+from components.release import Release, ReleaseArgs, ReleaseSource, release_context
 from components.rollout_notices import RolloutForwarder, RolloutForwarderArgs, RolloutNotices, RolloutNoticesArgs
 from components.workload import (
     BlueGreenSettings,
@@ -25,6 +35,8 @@ from components.workload import (
     WorkloadArgs,
     WorkloadRoles,
     WorkloadRolesArgs,
+    native_settings,
+    needs_infrastructure_role,
     service_roles,
     workload_services,
 )
@@ -68,9 +80,7 @@ for account in cfg.workload_accounts:
         role_name=naming.deploy_role_name(cfg),
         path=naming.iam_path(cfg, "deploy"),
         tools_account_id=cfg.tools_account_id,
-        trusted_principal_patterns=(naming.pipeline_role_pattern(cfg),
-                                    *([naming.push_role_arn(cfg)] if cfg.push_services else []),
-                                    *([naming.release_steps_role_arn(cfg)] if cfg.release else [])),
+        trusted_principal_patterns=trusted_principals(cfg, account),
         targets=deploy_targets(cfg, account),
         passable_role_arns=passable_roles(cfg, account),
         artifact_bucket_arns=tuple(artifacts.stores[r].bucket_arn for r in regions),
@@ -78,8 +88,27 @@ for account in cfg.workload_accounts:
         scheduled_task_regions=regions if cfg.release else (),
         scheduled_task_role_names=tuple(cfg.release.pass_role_names) if cfg.release else (),
         codedeploy_targets=codedeploy_targets(cfg, account),
+        infrastructure_role_arns=infrastructure_roles(cfg, account),
         codedeploy_release=cfg.release is not None,
     ))
+
+# What `pulumi up` says each service runs: the documents every deploy reads, and the engine that deploys them.
+deploy_config = DeployConfigStore("deploy-config", DeployConfigStoreArgs(
+    provider=tools_home,
+    key_arn=artifacts.stores[cfg.tools_region].key_arn,
+    documents=deploy_documents(cfg),
+))
+engine = None
+if engine_deploy_role_arns(cfg):
+    engine = DeployEngine("deploy-engine", DeployEngineArgs(
+        provider=tools_home,
+        tools_account_id=cfg.tools_account_id,
+        function_name=naming.engine_function_name(cfg),
+        role_name=naming.engine_function_name(cfg),
+        role_path=naming.iam_path(cfg, "engine"),
+        deploy_role_arns=engine_deploy_role_arns(cfg),
+        # The function assumes deploy roles that must exist first.
+    ), opts=pulumi.ResourceOptions(depends_on=list(deploy_roles.values())))
 
 workload_roles = {}
 for account in cfg.workload_accounts if cfg.workload_services else ():
@@ -92,6 +121,9 @@ for account in cfg.workload_accounts if cfg.workload_services else ():
         services=service_roles(cfg, account),
         codedeploy_role_name=naming.codedeploy_role_name(cfg) if uses_blue_green else None,
         codedeploy_role_path=naming.iam_path(cfg, "codedeploy"),
+        infrastructure_role_name=(naming.infrastructure_role_name(cfg) if needs_infrastructure_role(cfg, account)
+                                  else None),
+        infrastructure_role_path=naming.iam_path(cfg, "infrastructure"),
     ))
 
 workloads = {}
@@ -116,6 +148,8 @@ if cfg.workload_services:
                     settings=env.blue_green_settings,
                     service_role_arn=roles.codedeploy_role_arn,
                 ) if env.strategy == "codedeploy" else None,
+                native=native_settings(cfg, env, roles),
+                rollback_alarm=env.blue_green_settings.rollback_alarm,
                 name=iam_name(prefix, env.name),
             ), opts=pulumi.ResourceOptions(depends_on=roles.execution_role_policies))
 
@@ -136,13 +170,9 @@ for service in cfg.pipeline_services:
         repository_arns=registry.repositories[service.name].arns,
         container_name=service.container,
         trigger_tag=service.trigger_tag,
-        stages=tuple(
-            EnvironmentStage(name=env.name, account_id=env.account_id, regions=tuple(env.regions),
-                             deploy_role_arn=deploy_roles[env.account_id].role_arn, cluster=service.cluster,
-                             service=service.service, require_approval=env.require_approval,
-                             blue_green=blue_green_targets(cfg, env, service))
-            for env in cfg.environments
-        ),
+        stages=environment_stages(cfg, service, {a: r.role_arn for a, r in deploy_roles.items()}),
+        engine=EngineWiring(engine.function_name, engine.function_arn, deploy_config.bucket, deploy_config.bucket_arn,
+                            deploy_config.keys[service.name]) if engine else None,
         artifact_stores=artifacts.stores,
         pipeline_name=iam_name(prefix, safe, max_len=100),
         # CodeBuild project names allow no '.', which ECR repository names may contain.
@@ -163,18 +193,8 @@ if cfg.push_services:
         partition=cfg.partition,
         tools_account_id=cfg.tools_account_id,
         home_region=cfg.tools_region,
-        services=tuple(
-            PushService(
-                repository=s.name, container=s.container, mode=s.mode,
-                repository_arns=tuple(registry.repositories[s.name].arns.values()),
-                targets=tuple(
-                    PushTarget(environment=env.name, tag_patterns=tuple(env.tag_patterns), account_id=env.account_id,
-                               region=region, cluster=s.cluster, service=s.service,
-                               role_arn=naming.deploy_role_arn(cfg, env.account_id))
-                    for env in cfg.environments for region in env.regions),
-            )
-            for s in cfg.push_services
-        ),
+        services=push_services(cfg, {s.name: tuple(registry.repositories[s.name].arns.values())
+                                     for s in cfg.push_services}),
         function_name=naming.push_function_name(cfg),
         role_name=naming.push_function_name(cfg),
         role_path=naming.iam_path(cfg, "push"),
@@ -190,21 +210,17 @@ if cfg.release:
         tools_account_id=cfg.tools_account_id,
         home_region=cfg.tools_region,
         regions=cfg.regions,
-        context={
-            "version": 1, "partition": cfg.partition, "registryId": cfg.tools_account_id,
-            "homeRegion": cfg.tools_region,
-            "environments": {env.name: {"accountId": env.account_id, "regions": list(env.regions),
-                                        "deployRoleArn": naming.deploy_role_arn(cfg, env.account_id),
-                                        **({"blueGreen": naming.release_blue_green_context(cfg, env)}
-                                           if env.strategy == "codedeploy" else {})}
-                             for env in cfg.environments},
-        },
+        context=release_context(cfg),
         source=ReleaseSource(cfg.release.source.provider, cfg.release.source.repository, cfg.release.source.branch,
                              cfg.release.source.connection_arn),
         artifact_store=artifacts.stores[cfg.tools_region],
         notification_topic_arn=notifications.topic_arn,
         notification_key_arn=notifications.key_arn,
         name_prefix=prefix,
+        # Rolling services deploy from their deploy documents: the steps read them (one version per release).
+        config_bucket=deploy_config.bucket,
+        config_bucket_arn=deploy_config.bucket_arn,
+        config_key_arn=artifacts.stores[cfg.tools_region].key_arn,
         steps_role_name=naming.release_steps_role_name(cfg),
         notify_role_name=iam_name(prefix, "release-notify"),
         role_path=naming.iam_path(cfg, "release"),
@@ -241,6 +257,9 @@ pulumi.export("pipelineNames", {name: p.pipeline_name for name, p in pipelines.i
 pulumi.export("deployRoleArns", {account: role.role_arn for account, role in deploy_roles.items()})
 pulumi.export("artifactBuckets", {region: store.bucket for region, store in artifacts.stores.items()})
 pulumi.export("notificationTopicArn", notifications.topic_arn)
+pulumi.export("deployConfigBucket", deploy_config.bucket)
+if engine is not None:
+    pulumi.export("deployEngineFunctionArn", engine.function_arn)
 pulumi.export("loadBalancers", {f"{env}/{region}": w.load_balancer_dns for (env, region), w in workloads.items()})
 if push is not None:
     pulumi.export("pushDeployFunctionArn", push.function_arn)

@@ -58,7 +58,7 @@ ENVIRONMENTS: tuple[dict[str, Any], ...] = (
     {"name": "test", "accountId": "222222222222", "regions": ["us-east-2"]},
     {"name": "staging", "accountId": "333333333333", "regions": ["us-east-2", "us-west-2"]},
     {"name": "prod", "accountId": "444444444444", "regions": ["us-east-2", "us-west-2", "eu-west-1"],
-     "requireApproval": True, "strategy": "codedeploy"},
+     "requireApproval": True, "strategy": "canary"},
 )
 # Every service is created in every environment (VPC, ALB, cluster, service, ...): the workloads are most of the
 # program since the workloads issue, and prod deploys blue/green (two target groups, a test rule, a deployment
@@ -97,7 +97,7 @@ BARE_KIND_CHOICES = ("topic", "queue", "loggroup", "repository", "bucket", "role
 
 
 
-def stack_config(services: int, prod_strategy: str = "codedeploy") -> dict[str, Any]:
+def stack_config(services: int, prod_strategy: str = "canary") -> dict[str, Any]:
     """A ``config:`` block for ``services`` services over the three environments, as a stack file would give it."""
     return {
         "pulumi:disable-default-providers": ["aws"],
@@ -145,7 +145,7 @@ class Setup:
     bare_program: Path
     bare_kinds: tuple[str, ...] = BARE_KINDS
     gc_mode: str = "default"
-    prod_strategy: str = "codedeploy"
+    prod_strategy: str = "canary"
 
     def run(self, services: int) -> ProgramRun:
         return run_program(stack_config(services, self.prod_strategy), stack="bench", program=self.program)
@@ -387,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also cProfile both programs at the largest size, writing program.prof and bare.prof")
     parser.add_argument("--top", type=int, default=15, help="our functions listed by --profile")
-    parser.add_argument("--prod-strategy", choices=("rolling", "blue-green", "canary", "linear", "codedeploy"), default="canary",
+    parser.add_argument("--prod-strategy", choices=("rolling", "blue-green", "canary", "linear", "codedeploy"),
+                        default="canary",
                         help="deployment strategy of the prod environment (three of the six targets)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)

@@ -220,7 +220,7 @@ class EnvironmentConfig(_Strict):
     """How ECS replaces the tasks: ``rolling`` (circuit breaker with rollback, deployment alarms), ECS-native
     ``blue-green``, ``canary`` or ``linear`` (a second target group, test listener, traffic shifted by ECS, bake time),
     or ``codedeploy`` (CodeDeploy blue/green, kept for teams already running it). Default ``rolling``."""
-    deployment_timeout_minutes: int | None = Field(default=None, alias="deploymentTimeoutMinutes", ge=5, le=1440)
+    deployment_timeout_minutes: int | None = Field(default=None, alias="deploymentTimeoutMinutes", ge=5, le=1380)
     """How long one deployment of this environment may take before it counts as failed and every region goes back
     to what it ran before. Default 15 for ``rolling``; for the others derived from the traffic shift plus the bake
     (:func:`minimum_deploy_minutes`), and never shorter than that."""
@@ -791,6 +791,10 @@ def _timeout_checks(i: int, env: Mapping[str, Any], pushed: bool) -> list[str]:
                         f"{env.get('strategy', 'rolling')} deployment here (about {needed} minutes: start, traffic "
                         f"shift, bake); set at least {needed}")
     effective = timeout if isinstance(timeout, int) else needed
+    if effective > MAX_DEPLOY_MINUTES:
+        problems.append(f"environments[{i}].blueGreen: a {env.get('strategy')} deployment here takes about {effective} "
+                        f"minutes, but the pipeline's deploy action lives at most 24 hours and keeps one for "
+                        f"restoring every region ({MAX_DEPLOY_MINUTES} minutes); shorten the shift or the bake")
     if pushed and env.get("strategy", "rolling") in NATIVE_STRATEGIES and effective > PUSH_WAIT_MINUTES:
         problems.append(f"environments[{i}].strategy: a push deploy waits for its rollout inside one Lambda "
                         f"invocation ({PUSH_WAIT_MINUTES} minutes), but a {env.get('strategy')} deployment here takes "
@@ -866,6 +870,9 @@ of tasks to start and pass health checks, short enough that nobody waits on a pi
 PUSH_WAIT_MINUTES = 14
 """A push deploy waits for its rollout inside one Lambda invocation (15 minutes at most), less a margin."""
 ECS_MAX_BAKE_MINUTES = 1440  # ECS's bakeTimeInMinutes and canary/linear bake times accept 0-1440
+MAX_DEPLOY_MINUTES = 1380
+"""CodePipeline gives a Lambda invoke action 24 hours in all; one hour of it is kept for putting every region of
+the environment back after a deployment fails at its very end."""
 
 
 def _shift_of(strategy: str, shift: Mapping[str, Any]) -> str:

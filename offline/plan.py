@@ -131,11 +131,11 @@ def environment_of(stage_name: str) -> str:
     return stage_name.removeprefix(DEPLOY_STAGE_PREFIX)
 
 
-def deploy_actions(pipeline: Recorded) -> list[DeployAction]:
-    """Every Deploy-category action of a registered pipeline, in stage order."""
-    home = pipeline.region or "?"
+def deploy_actions(inputs: Mapping[str, Any], home: str | None) -> list[DeployAction]:
+    """Every Deploy-category action of a registered pipeline's inputs, in stage order."""
+    home = home or "?"
     found = []
-    for stage in pipeline.inputs.get("stages") or []:
+    for stage in inputs.get("stages") or []:
         for action in stage.get("actions") or []:
             if action.get("category") != "Deploy":
                 continue
@@ -165,10 +165,18 @@ def accounts(run: ProgramRun) -> dict[str, AccountInfo]:
         tools = {p.account for p in providers if p.account and not p.inputs.get("assumeRoles")}
 
     envs: dict[str, list[str]] = defaultdict(list)
+    engine_envs = engine_environments(run)
     for pipeline in pipelines:
-        for action in deploy_actions(pipeline):
-            if action.role_account and action.environment not in envs[action.role_account]:
-                envs[action.role_account].append(action.environment)
+        for stage in pipeline.inputs.get("stages") or []:
+            # Deploy engine actions name only their environment; its account comes from the deploy document.
+            for action in stage.get("actions") or []:
+                env = engine_environment(action)
+                targets = (engine_envs.get(env) or {}).get("targets") or [] if env else []
+                if targets and env not in envs[targets[0]["accountId"]]:
+                    envs[targets[0]["accountId"]].append(env)
+            for action in deploy_actions({**pipeline.inputs, "stages": [stage]}, pipeline.region):
+                if action.role_account and action.environment not in envs[action.role_account]:
+                    envs[action.role_account].append(action.environment)
 
     infos: dict[str, AccountInfo] = {}
 
@@ -250,14 +258,38 @@ def _last_segment(value: object) -> str:
     return re.split(r"[:/]", text)[-1] if text.startswith("arn:") else text
 
 
-def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: Mapping[str, Sequence[str]]
-                  ) -> tuple[str, tuple[str, ...]]:
+def engine_environment(action: Mapping[str, Any]) -> str | None:
+    """The environment a deploy engine action deploys (its ``UserParameters``), or None for other actions."""
+    if (action.get("category"), action.get("provider")) != ("Invoke", "Lambda"):
+        return None
+    try:
+        return str(json.loads((action.get("configuration") or {}).get("UserParameters", "{}"))["environment"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
+
+
+def _engine_lines(env: str, engine_envs: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    spec = engine_envs.get(env) or {}
+    regions = ", ".join(t["region"] for t in spec.get("targets") or []) or "?"
+    minutes = int(spec.get("timeoutSeconds", 0)) // 60
+    return ("deploy engine · Lambda", f"{env}: {spec.get('strategy', '?')} in {regions}",
+            "rendered task definition + digest", f"all regions back on failure · timeout {minutes} min")
+
+
+def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: Mapping[str, Sequence[str]],
+                  engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, tuple[str, ...]]:
     category = action.get("category", "?")
     provider = action.get("provider", "?")
     config = action.get("configuration") or {}
     region = action.get("region") or home_region
     if category == "Source" and provider == "ECR":
         return "source", (f"ECR · {region}", f"{config.get('RepositoryName', '?')}:{config.get('ImageTag', 'latest')}")
+    if category == "Source" and provider == "S3":
+        return "source", (f"S3 · {region}", "deploy document (config as of this run)",
+                          str(config.get("S3ObjectKey", "?")))
+    env = engine_environment(action)
+    if env is not None:
+        return "deploy", _engine_lines(env, engine_envs or {})
     if category == "Build":
         return "build", (f"{provider} · {region}", str(config.get("ProjectName", action.get("name", "?"))))
     if category == "Approval":
@@ -282,17 +314,22 @@ def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: M
 
 
 def pipeline_flow(stages: Sequence[Mapping[str, Any]], home_region: str,
-                  env_by_account: Mapping[str, Sequence[str]] | None = None) -> list[FlowStage]:
+                  env_by_account: Mapping[str, Sequence[str]] | None = None,
+                  engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> list[FlowStage]:
     """The registered ``stages`` of one pipeline as stages of nodes, keeping stage and action order."""
     flow = []
     for i, stage in enumerate(stages):
         nodes = []
         for j, action in enumerate(stage.get("actions") or []):
-            shape, lines = _action_lines(action, home_region, env_by_account or {})
+            shape, lines = _action_lines(action, home_region, env_by_account or {}, engine_envs)
             nodes.append(FlowNode(f"s{i}a{j}", shape, lines, int(action.get("runOrder") or 1)))
         title = str(stage.get("name", f"stage {i}"))
         if _is_blue_green(stage):
-            title += " · blue/green"
+            title += " · CodeDeploy blue/green"
+        for action in stage.get("actions") or []:
+            env = engine_environment(action)
+            if env is not None:
+                title += f" · {(engine_envs or {}).get(env, {}).get('strategy', '?')}"
         flow.append(FlowStage(f"s{i}", title, tuple(nodes)))
     return flow
 
@@ -338,8 +375,8 @@ def render_mermaid(flow: Sequence[FlowStage]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_mermaid_doc(title: str, pipelines: Sequence[Recorded], env_by_account: Mapping[str, Sequence[str]]
-                       ) -> str:
+def render_mermaid_doc(title: str, pipelines: Sequence[Recorded], env_by_account: Mapping[str, Sequence[str]],
+                       engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """A Markdown document with one ```mermaid block per pipeline, sorted by pipeline name."""
     parts = [f"# {title}", "",
              "Generated by `python -m offline.plan` from the pipelines as registered under the mocks: this is what "
@@ -348,26 +385,33 @@ def render_mermaid_doc(title: str, pipelines: Sequence[Recorded], env_by_account
         parts += [f"## {physical_name(pipeline)}", "",
                   f"Account {pipeline.account}, region {pipeline.region}.", "", "```mermaid",
                   render_mermaid(pipeline_flow(pipeline.inputs.get("stages") or [], pipeline.region or "?",
-                                               env_by_account)).rstrip("\n"),
+                                               env_by_account, engine_envs)).rstrip("\n"),
                   "```", ""]
     return "\n".join(parts)
 
 
-def stage_summary(pipeline: Recorded) -> str:
-    """One line per pipeline for the text plan: ``orders:latest -> Build -> test[us-east-2] -> approve -> …``."""
+def stage_summary(pipeline: Recorded, engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """One line per pipeline for the text plan: ``orders:latest + config -> Build -> test[us-east-2] rolling -> …``."""
     steps = []
     home = pipeline.region or "?"
     for stage in pipeline.inputs.get("stages") or []:
         actions = stage.get("actions") or []
         categories = {a.get("category") for a in actions}
-        if categories == {"Source"} and len(actions) == 1 and actions[0].get("provider") == "ECR":
-            config = actions[0].get("configuration") or {}
-            steps.append(f"{config.get('RepositoryName', '?')}:{config.get('ImageTag', 'latest')}")
+        ecr = [a for a in actions if a.get("provider") == "ECR"]
+        if categories == {"Source"} and ecr:
+            config = ecr[0].get("configuration") or {}
+            config_source = " + config" if any(a.get("provider") == "S3" for a in actions) else ""
+            steps.append(f"{config.get('RepositoryName', '?')}:{config.get('ImageTag', 'latest')}{config_source}")
+        elif len(actions) == 1 and engine_environment(actions[0]) is not None:
+            env = engine_environment(actions[0]) or "?"
+            spec = (engine_envs or {}).get(env) or {}
+            regions = ", ".join(t["region"] for t in spec.get("targets") or []) or "?"
+            steps.append(f"{env}[{regions}] {spec.get('strategy', '?')}")
         elif categories == {"Approval"}:
             steps.append("approve")
         elif categories == {"Deploy"}:
             regions = ", ".join(a.get("region") or home for a in actions)
-            kind = " blue/green" if _is_blue_green(stage) else ""
+            kind = " codedeploy" if _is_blue_green(stage) else " image-only"
             steps.append(f"{environment_of(stage.get('name', '?'))}[{regions}]{kind}")
         else:
             steps.append(str(stage.get("name", "?")))
@@ -414,6 +458,26 @@ def render_push_mermaid(targets: Mapping[str, Any]) -> str:
         out.append(f"  t{i}[{mermaid_label(repo, route, *places)}]")
         out.append(f"  fn --> t{i}")
     return "\n".join(out) + "\n"
+
+
+def deploy_documents(run: ProgramRun) -> dict[str, dict[str, Any]]:
+    """Service -> the deploy document ``pulumi up`` writes for it (the pipelines' config source)."""
+    documents = {}
+    for obj in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2"):
+        assets = getattr(obj.inputs.get("source"), "assets", None) or {}
+        if "deploy.json" in assets:
+            document = json.loads(assets["deploy.json"].text)
+            documents[document["service"]] = document
+    return documents
+
+
+def engine_environments(run: ProgramRun) -> dict[str, dict[str, Any]]:
+    """Environment -> strategy, timeout and targets as the deploy documents give them (alike for every service)."""
+    envs: dict[str, dict[str, Any]] = {}
+    for document in deploy_documents(run).values():
+        for env in document["environments"]:
+            envs.setdefault(env["name"], env)
+    return envs
 
 
 def release_context(run: ProgramRun) -> str | None:
@@ -507,10 +571,18 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
                 else:
                     out.append(f"      {type_:<{width}}  {len(names):>4}  {_inline(names)}".rstrip())
 
+    engine_envs = engine_environments(plan.run)
     out += ["", f"Pipelines ({len(plan.pipelines)})"]
     width = max((len(physical_name(p)) for p in plan.pipelines), default=0)
     for pipeline in plan.pipelines:
-        out.append(f"  {physical_name(pipeline):<{width}}  {stage_summary(pipeline)}")
+        out.append(f"  {physical_name(pipeline):<{width}}  {stage_summary(pipeline, engine_envs)}")
+    if engine_envs:
+        out += ["", "Deploy engine (config travels with the run: each execution deploys the deploy document it "
+                "started with)"]
+        for name, env in engine_envs.items():
+            regions = ", ".join(t["region"] for t in env["targets"])
+            out.append(f"  {name:<12} {env['strategy']:<10} {regions}; fails and restores every region after "
+                       f"{int(env['timeoutSeconds']) // 60} min")
 
     rows = workload_rows(plan)
     if rows:
@@ -541,7 +613,13 @@ def workload_rows(plan: Plan) -> list[tuple[str, str, str, str, str]]:
             return [r for r in run.of_type(type_) if (r.account, r.region) == (account, region)]
 
         services = here(ECS_SERVICE_TYPE)
-        blue_green = any((s.inputs.get("deploymentController") or {}).get("type") == "CODE_DEPLOY" for s in services)
+        strategy = "rolling"
+        for svc in services:
+            if (svc.inputs.get("deploymentController") or {}).get("type") == "CODE_DEPLOY":
+                strategy = "codedeploy"
+            native = (svc.inputs.get("deploymentConfiguration") or {}).get("strategy")
+            if native and native != "ROLLING":
+                strategy = str(native).lower().replace("_", "-")
         vpcs = here("aws:ec2/vpc:Vpc")
         if vpcs:
             nats = len(here("aws:ec2/natGateway:NatGateway"))
@@ -555,7 +633,7 @@ def workload_rows(plan: Plan) -> list[tuple[str, str, str, str, str]]:
                           f"{_scalar((s.inputs.get('loadBalancers') or [{}])[0].get('containerPort'))}"
                           for s in sorted(services, key=lambda s: str(s.inputs.get("name"))))
         envs = ", ".join(plan.accounts[account].environments) if account in plan.accounts else "?"
-        rows.append((account, envs, region, "blue/green" if blue_green else "rolling",
+        rows.append((account, envs, region, strategy,
                      f"{network}; ALB {listeners}; {names}"))
     return rows
 
@@ -658,7 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The diagrams are written before anything is printed, so `... | head` still leaves a complete file.
     out = args.out or ROOT / "build" / f"plan-{stack}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = render_mermaid_doc(f"Pipelines of {project}/{stack}", plan.pipelines, plan.env_by_account)
+    doc = render_mermaid_doc(f"Pipelines of {project}/{stack}", plan.pipelines, plan.env_by_account,
+                             engine_environments(run))
     targets = push_targets(run)
     if targets:
         doc += "\n".join(["## Push delivery", "", "```mermaid", render_push_mermaid(targets).rstrip("\n"), "```", ""])

@@ -77,6 +77,12 @@ BROKEN = {
     "timeout shorter than the strategy's course": (
         {"crossdeploy:environments": [env(strategy="canary", deploymentTimeoutMinutes=10)]},
         "environments[0].deploymentTimeoutMinutes", "about 15 minutes"),
+    "native course beyond the pipeline action's day": (
+        {"crossdeploy:environments": [env(strategy="blue-green", blueGreen={"terminationWaitMinutes": 1400})]},
+        "environments[0].blueGreen", "1380 minutes"),
+    "timeout beyond the pipeline action's day": (
+        {"crossdeploy:environments": [env(deploymentTimeoutMinutes=1440)]},
+        "environments[0].deploymentTimeoutMinutes", "1440"),
     "timeout below five minutes": (
         {"crossdeploy:environments": [env(deploymentTimeoutMinutes=1)]},
         "environments[0].deploymentTimeoutMinutes", "1"),
@@ -318,3 +324,24 @@ def test_stack_files_have_the_documented_shape() -> None:
     assert len(prod["crossdeploy:environments"][1]["regions"]) == 2
     assert len(prod["crossdeploy:services"]) == 3
     assert yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["name"] == "crossdeploy"
+
+
+@pytest.mark.parametrize(("strategy", "settings", "timeout", "minutes"), [
+    ("rolling", None, None, 15),
+    ("blue-green", None, None, 10),  # start 5 + bake 5
+    ("canary", {"trafficShift": {"percent": 20, "intervalMinutes": 7}, "terminationWaitMinutes": 15}, None, 27),
+    ("linear", {"trafficShift": {"percent": 25, "intervalMinutes": 3}}, None, 19),  # 3 more steps of 3 minutes
+    ("codedeploy", {"trafficShift": {"type": "linear", "percent": 25, "intervalMinutes": 3}}, None, 19),
+    ("canary", None, 60, 60),  # an explicit timeout may lengthen the derived one
+])
+def test_native_strategies_parse_with_derived_timeouts(strategy, settings, timeout, minutes) -> None:
+    extra = {"blueGreen": settings} if settings else {}
+    if timeout:
+        extra["deploymentTimeoutMinutes"] = timeout
+    raw = config(**{"crossdeploy:environments": [env(strategy=strategy, **extra)]})
+    cfg = parse({k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("crossdeploy:")},
+                project="crossdeploy", stack="t", aws_region=raw.get("aws:region"))
+    (environment,) = cfg.environments
+    assert environment.strategy == strategy
+    assert environment.native == (strategy in ("blue-green", "canary", "linear"))
+    assert environment.deploy_timeout_minutes == minutes

@@ -36,7 +36,8 @@ def prod_plan(prod_config) -> p.Plan:
 
 @pytest.fixture(scope="module")
 def prod_doc(prod_plan) -> str:
-    return p.render_mermaid_doc("prod", prod_plan.pipelines, prod_plan.env_by_account)
+    return p.render_mermaid_doc("prod", prod_plan.pipelines, prod_plan.env_by_account,
+                                p.engine_environments(prod_plan.run))
 
 
 def _accounts(config: dict) -> tuple[str, dict[str, str], list[str]]:
@@ -122,7 +123,8 @@ def test_grouping_puts_delivery_resources_in_the_tools_regions(prod_plan, prod_c
     assert len(pipelines) == len(services) + ("crossdeploy:release" in prod_config)
     for region in regions:
         assert sorted(grouped[region]["ecr:Repository"]) == sorted(services)
-        assert len(grouped[region]["s3:Bucket"]) == 1
+        # An artifact bucket per region; the home region also holds the deploy documents' bucket.
+        assert len(grouped[region]["s3:Bucket"]) == (2 if region == home else 1)
     assert len(grouped[home]["kms:Key"]) == 2  # the artifacts key (multi-region) and the notifications key
     assert any(k.startswith("mrk-") for k in grouped[home]["kms:Key"])
     for region in replicas:
@@ -158,8 +160,8 @@ def test_text_plan(prod_plan, prod_config):
     assert f"  {envs['prod']}  workload (prod)" in text
     assert re.search(r"^      iam:Role +\d+  crossdeploy-prod-deploy, crossdeploy-prod-rollout-forwarder, \+\d+ more$",
                      text, re.M)
-    assert re.search(r"^  crossdeploy-prod-web-storefront +web/storefront:latest -> Build -> test\[us-east-2\] "
-                     r"-> approve -> prod\[us-east-2, us-west-2\] blue/green$", text, re.M)
+    assert re.search(r"^  crossdeploy-prod-web-storefront +web/storefront:latest \+ config -> Build -> "
+                     r"test\[us-east-2\] rolling -> approve -> prod\[us-east-2, us-west-2\] canary$", text, re.M)
     for output in ("repositoryUrls", "pipelineNames", "deployRoleArns", "artifactBuckets"):
         assert f"\n  {output}\n" in text
     assert f"arn:aws:iam::{envs['prod']}:role/crossdeploy/prod/deploy/crossdeploy-prod-deploy" in text
@@ -170,28 +172,46 @@ def test_text_plan(prod_plan, prod_config):
     assert all(f"        {name}\n" in detail for name in ("prod-orders-build", "prod-web-storefront-trigger"))
 
 
-def test_text_plan_marks_blue_green_and_lists_workloads(prod_plan, prod_config):
+def test_text_plan_shows_strategies_config_source_and_workloads(prod_plan, prod_config):
     _, envs, _ = _accounts(prod_config)
     text = p.render_text(prod_plan)
-    assert re.search(r"^  crossdeploy-prod-orders +orders:latest -> Build -> test\[us-east-2\] -> approve -> "
-                     r"prod\[us-east-2, us-west-2\] blue/green$", text, re.M)
+    assert re.search(r"^  crossdeploy-prod-orders +orders:latest \+ config -> Build -> test\[us-east-2\] rolling -> "
+                     r"approve -> prod\[us-east-2, us-west-2\] canary$", text, re.M)
+    engine = text.split("\nDeploy engine (config travels with the run", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    # prod: start 5 + canary 5 + bake 15 minutes, from Pulumi.prod.yaml's blueGreen settings.
+    assert [line.split() for line in engine] == [
+        ["test", "rolling", "us-east-2;", "fails", "and", "restores", "every", "region", "after", "15", "min"],
+        ["prod", "canary", "us-east-2,", "us-west-2;", "fails", "and", "restores", "every", "region", "after", "25",
+         "min"]]
     section = text.split("\nWorkloads (", 1)[1].split("\n\n", 1)[0]
     rows = section.splitlines()[1:]
     assert len(rows) == 3
     assert re.match(rf"^  {envs['test']}  test  us-east-2  rolling +new VPC 10\.0\.0\.0/16 \(1 NAT\); ALB HTTP:80; "
                     r"orders:8080, payments:8080, storefront:8080$", rows[0]), rows[0]
     for row, region in zip(rows[1:], ("us-east-2", "us-west-2"), strict=True):
-        assert row.startswith(f"  {envs['prod']}  prod  {region}  blue/green")
+        assert row.startswith(f"  {envs['prod']}  prod  {region}  canary")
         assert "(2 NAT)" in row and "HTTP:8443" in row  # per-AZ NAT by default, the test listener
 
 
-def test_mermaid_marks_blue_green_stages(prod_plan):
-    doc = p.render_mermaid_doc("t", prod_plan.pipelines, prod_plan.env_by_account)
+def test_mermaid_marks_each_stage_with_its_strategy_and_the_config_source(prod_plan):
+    doc = p.render_mermaid_doc("t", prod_plan.pipelines, prod_plan.env_by_account, p.engine_environments(prod_plan.run))
     block = doc.split("## crossdeploy-prod-orders", 1)[1].split("```mermaid", 1)[1].split("```", 1)[0]
     assert mermaid_problems(block) == []
-    assert 'subgraph s4 ["Deploy-prod · blue/green"]' in block
-    assert "CodeDeploy blue/green · us-west-2<br/>app crossdeploy-prod-prod<br/>group orders" in block
-    assert 'subgraph s2 ["Deploy-test"]' in block  # rolling stages stay unmarked
+    assert "S3 · us-east-2<br/>deploy document (config as of this run)<br/>services/orders/deploy.zip" in block
+    assert 'subgraph s4 ["Deploy-prod · canary"]' in block
+    assert "deploy engine · Lambda<br/>prod: canary in us-east-2, us-west-2" in block
+    assert 'subgraph s2 ["Deploy-test · rolling"]' in block
+
+
+def test_mermaid_marks_codedeploy_stages():
+    stages = [{"name": "Deploy-prod", "actions": [
+        {"name": "CodeDeploy-us-west-2", "category": "Deploy", "provider": "CodeDeployToECS", "region": "us-west-2",
+         "roleArn": "arn:aws:iam::123456789012:role/r",
+         "configuration": {"ApplicationName": "crossdeploy-prod-prod", "DeploymentGroupName": "orders"}}]}]
+    flow = p.pipeline_flow(stages, "us-east-2", {"123456789012": ["prod"]})
+    assert flow[0].title == "Deploy-prod · CodeDeploy blue/green"
+    assert flow[0].nodes[0].lines[:3] == ("CodeDeploy blue/green · us-west-2", "app crossdeploy-prod-prod",
+                                          "group orders")
 
 
 def test_text_plan_stays_compact_for_many_entries():
@@ -277,36 +297,32 @@ def test_one_valid_mermaid_block_per_pipeline(prod_doc, prod_config):
 
 
 def test_mermaid_stages_in_order_with_approval_before_prod(prod_doc, prod_config):
-    _, envs, _ = _accounts(prod_config)
     prod_regions = next(e["regions"] for e in prod_config["crossdeploy:environments"] if e["name"] == "prod")
     service_blocks = [b for b in _blocks(prod_doc) if "ECR · " in b]
     assert len(service_blocks) == len(prod_config["crossdeploy:services"])
     for block in service_blocks:
         titles = re.findall(r'^\s*subgraph (\w+) \["([^"]*)"\]$', block, re.M)
-        assert [t for _, t in titles] == ["Source", "Build", "Deploy-test", "Approve-prod",
-                                          "Deploy-prod · blue/green"]
+        assert [t for _, t in titles] == ["Source", "Build", "Deploy-test · rolling", "Approve-prod",
+                                          "Deploy-prod · canary"]
         ids = [i for i, _ in titles]
         chain = re.findall(r"^\s*(\w+) --> (\w+)$", block, re.M)
         assert chain == list(itertools.pairwise(ids))
         sections = dict(zip([t for _, t in titles], re.split(r"^\s*subgraph .*$", block, flags=re.M)[1:],
                             strict=True))
         assert "{{\"Manual approval" in sections["Approve-prod"]
-        prod = sections["Deploy-prod · blue/green"]
-        deploys = re.findall(r'^\s*\w+\["CodeDeploy blue/green · ([a-z0-9-]+)<br/>app (\S+)<br/>group (\S+)<br/>'
-                             r'as role in (\d{12}) \((\w+)\)"\]$', prod, re.M)
-        assert [d[0] for d in deploys] == prod_regions  # one node per prod region, parallel (no edge between)
-        assert {(d[3], d[4]) for d in deploys} == {(envs["prod"], "prod")}
-        assert not re.search(r"-->", prod.split("\n  end")[0])
-        assert re.search(r'\["ECS · us-east-2<br/>cluster \S+<br/>service \S+<br/>', sections["Deploy-test"])
-        test_deploys = re.findall(r"as role in (\d{12}) \(test\)", sections["Deploy-test"])
-        assert test_deploys == [envs["test"]]
+        # One engine action per environment covers all its regions at once.
+        prod = re.findall(r'^\s*\w+\["deploy engine · Lambda<br/>prod: canary in ([a-z0-9, -]+)<br/>',
+                          sections["Deploy-prod · canary"], re.M)
+        assert prod == [", ".join(prod_regions)]
+        assert "ECR · us-east-2" in sections["Source"] and "deploy document" in sections["Source"]
+        assert re.search(r"test: rolling in us-east-2<br/>", sections["Deploy-test · rolling"])
 
 
 def test_mermaid_run_order_within_a_stage():
     stages = [{"name": "Deploy-x", "actions": [
         {"name": "a", "category": "Deploy", "provider": "ECS", "region": "eu-west-1", "runOrder": 1,
          "roleArn": "arn:aws:iam::123456789012:role/r", "configuration": {"ClusterName": "c", "ServiceName": "s"}},
-        {"name": "b", "category": "Invoke", "provider": "Lambda", "runOrder": 2, "configuration": {}},
+        {"name": "b", "category": "Test", "provider": "CodeBuild", "runOrder": 2, "configuration": {}},
     ]}]
     flow = p.pipeline_flow(stages, "us-east-1", {"123456789012": ["x"]})
     assert [n.shape for n in flow[0].nodes] == ["deploy", "action"]
