@@ -1,8 +1,12 @@
 """The push-deploy handler against moto: one push rolled out to 40 targets (4 account-region pairs x 10 services).
 
 Measures the wall time of one invocation (``handlers.push_deploy.handle_push``, the code behind the Lambda entry
-point) and the concurrency it actually used: ``deploy_target`` is wrapped to count targets in flight, and every API
-call is counted through botocore's event hooks. moto answers in-process in a few milliseconds, so the run with
+point) and the concurrency it actually used: the deploy engine's per-target ``start`` is wrapped to count targets in
+flight, and every API call is counted through botocore's event hooks. The push registers each service's rendered
+task definition (its deploy document) and follows ECS's service deployments, which moto lacks:
+``tests/ecs_service_deployments.py`` answers them (in progress, then successful), and the engine polls without
+waiting in between (``ENGINE_POLL_SECONDS`` 0), so the figures are the handler's own work and the API latency.
+moto answers in-process in a few milliseconds, so the run with
 ``--latency-ms`` (default 50, a typical ECS/STS/ECR round trip) sleeps that long in each request's ``before-send``
 hook: that is where real deployments spend their time, and where bounded concurrency pays off.
 
@@ -39,8 +43,11 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
+from handlers import deploy_engine  # noqa: E402
 from handlers import push_deploy as pd  # noqa: E402
 from handlers.ecs_common import assumed_session  # noqa: E402
+from tests.ecs_service_deployments import ServiceDeployments  # noqa: E402
+from tests.test_release_handlers import Patcher  # noqa: E402
 
 TOOLS = "123456789012"  # moto's default account: the registry's
 ACCOUNTS = ("444455556666", "777788889999")
@@ -55,6 +62,17 @@ MANIFEST = json.dumps({
 })
 
 
+def task_definition(account: str, region: str, service: str) -> dict[str, Any]:
+    return {"family": service, "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
+            "memory": "512", "runtimePlatform": {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"},
+            "containerDefinitions": [
+                {"name": "app", "image": f"{TOOLS}.dkr.ecr.{region}.amazonaws.com/app:bench-0",
+                 "environment": [{"name": "SERVICE", "value": service}],
+                 "secrets": [{"name": "DB", "valueFrom": f"arn:aws:ssm:{region}:{account}:parameter/db"}]},
+                {"name": "envoy", "image": "public.ecr.aws/envoy:1.30", "essential": False}],
+            "tags": [{"key": "service", "value": service}]}
+
+
 def build_world() -> tuple[str, dict[str, Any]]:
     """Registry in both regions, then clusters, services and deploy roles; returns (digest, targets.json)."""
     base = boto3.Session(region_name=REGIONS[0])
@@ -64,7 +82,7 @@ def build_world() -> tuple[str, dict[str, Any]]:
         ecr.create_repository(repositoryName="app")
         digest = ecr.put_image(repositoryName="app", imageManifest=MANIFEST, imageTag="bench-1")["image"]["imageId"][
             "imageDigest"]
-    targets = []
+    targets, rendered = [], []
     for account in ACCOUNTS:
         admin = assumed_session(base, f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole", "bench")
         role = f"arn:aws:iam::{account}:role/crossdeploy/bench/deploy/crossdeploy-bench-deploy"
@@ -72,22 +90,23 @@ def build_world() -> tuple[str, dict[str, Any]]:
             ecs = admin.client("ecs", region_name=region)
             ecs.create_cluster(clusterName="crossdeploy")
             for service in SERVICES:
-                arn = ecs.register_task_definition(
-                    family=service, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256",
-                    memory="512", runtimePlatform={"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"},
-                    containerDefinitions=[
-                        {"name": "app", "image": f"{TOOLS}.dkr.ecr.{region}.amazonaws.com/app:bench-0",
-                         "environment": [{"name": "SERVICE", "value": service}],
-                         "secrets": [{"name": "DB", "valueFrom": f"arn:aws:ssm:{region}:{account}:parameter/db"}]},
-                        {"name": "envoy", "image": "public.ecr.aws/envoy:1.30", "essential": False}],
-                    tags=[{"key": "service", "value": service}])["taskDefinition"]["taskDefinitionArn"]
+                spec = task_definition(account, region, service)
+                arn = ecs.register_task_definition(**spec)["taskDefinition"]["taskDefinitionArn"]
                 ecs.create_service(cluster="crossdeploy", serviceName=service, taskDefinition=arn, desiredCount=2,
                                    launchType="FARGATE")
                 targets.append({"environment": "bench", "tagPatterns": ["bench-*"], "accountId": account,
                                 "region": region, "cluster": "crossdeploy", "service": service, "roleArn": role})
-    document = {"version": 1, "registryId": TOOLS, "homeRegion": REGIONS[0], "partition": "aws",
+                # What `pulumi up` rendered: other sizing than what runs, so every target registers a revision.
+                rendered.append({"accountId": account, "region": region, "roleArn": role, "cluster": "crossdeploy",
+                                 "service": service, "container": "app",
+                                 "taskDefinition": {**spec, "cpu": "512", "memory": "1024"}})
+    # One repository, one service per target here; a document per repository is what the stack ships.
+    deploy_document = {"version": 1, "service": "app", "environments": [
+        {"name": "bench", "strategy": "rolling", "timeoutSeconds": 900, "targets": rendered}]}
+    document = {"version": 2, "registryId": TOOLS, "homeRegion": REGIONS[0], "partition": "aws",
                 "replicationTimeoutSeconds": 300, "maxConcurrency": 8,
-                "repositories": {"app": {"pushMode": "revision", "containerName": "app", "targets": targets}}}
+                "repositories": {"app": {"pushMode": "revision", "containerName": "app", "targets": targets,
+                                         "deployDocument": deploy_document}}}
     return digest, document
 
 
@@ -111,13 +130,13 @@ class Probe:
     def _delay(self, **_: Any) -> None:
         time.sleep(self.latency)
 
-    def wrap(self, deploy_target: Any) -> Any:
-        def tracked(*args: Any) -> Any:
+    def wrap(self, start: Any) -> Any:
+        def tracked(*args: Any, **kwargs: Any) -> Any:
             with self.lock:
                 self.in_flight += 1
                 self.peak = max(self.peak, self.in_flight)
             try:
-                return deploy_target(*args)
+                return start(*args, **kwargs)
             finally:
                 with self.lock:
                     self.in_flight -= 1
@@ -134,17 +153,20 @@ def run_once(concurrency: int, latency_ms: float) -> dict[str, Any]:
                  "detail": {"result": "SUCCESS", "repository-name": "app", "image-digest": digest,
                             "action-type": "PUSH", "image-tag": "bench-1"}}
         probe = Probe(latency_ms / 1000)
-        real = (pd.deploy_target, pd._base_session, pd._deploy_session)
-        pd.deploy_target = probe.wrap(real[0])
-        pd._base_session = lambda: probe.install(real[1]())
-        pd._deploy_session = lambda base, arn, name: probe.install(real[2](base, arn, name))
+        patcher = Patcher()
+        ServiceDeployments(patcher.setattr)
+        patcher.setattr(pd, "ENGINE_POLL_SECONDS", 0.0)
+        real = (deploy_engine.start, pd._base_session, pd._deploy_session)
+        patcher.setattr(deploy_engine, "start", probe.wrap(real[0]))
+        patcher.setattr(pd, "_base_session", lambda: probe.install(real[1]()))
+        patcher.setattr(pd, "_deploy_session", lambda base, arn, name: probe.install(real[2](base, arn, name)))
         try:
             with contextlib.redirect_stdout(io.StringIO()) as logs:  # the handler's JSON lines, counted below
                 start = time.perf_counter()
                 summary = pd.handle_push(event, targets, max_concurrency=concurrency)
                 wall = time.perf_counter() - start
         finally:
-            pd.deploy_target, pd._base_session, pd._deploy_session = real
+            patcher.undo()
     if summary["updated"] != len(document["repositories"]["app"]["targets"]):
         raise SystemExit(f"not every target was updated: {summary}")
     return {"concurrency": concurrency, "latency_ms": latency_ms, "targets": summary["updated"], "wall_s": wall,

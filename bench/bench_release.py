@@ -2,6 +2,7 @@
 
 Runs the release definition in tests/asl_runner.py with the real handlers (the same harness as
 tests/test_release_handlers.py): two workload accounts x two regions, 75 services and one scheduled task each.
+Rolling services go through the deploy engine from their deploy documents (S3, one version per release).
 Two releases: a clean one, then one with throttling injected at the SDK (every Nth request answered 400
 Throttling, before moto sees it) that botocore's standard retries must absorb, sleeping their real backoff.
 
@@ -29,6 +30,7 @@ import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from handlers import release  # noqa: E402
+from tests.ecs_service_deployments import ServiceDeployments  # noqa: E402
 from tests.test_release_handlers import (  # noqa: E402
     ACCOUNTS,
     REGIONS,
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         with mock_aws():
             base = boto3.Session(region_name="us-east-2")
             patcher.setattr(release, "_base_session", lambda: base)
-            Rollouts(patcher.setattr, polls=1)  # each service is seen IN_PROGRESS once before it is steady
+            rollouts = Rollouts(patcher.setattr, polls=1)  # each service is seen IN_PROGRESS once before it is steady
+            # ECS's service deployments (the deploy engine follows them), answered from the same rollouts.
+            ServiceDeployments(patcher.setattr, status_hook=rollouts.deployment_status)
             started = time.perf_counter()
             world = build_world(base, args.services_per_target, 1)
             os.environ["CROSSDEPLOY_TOPIC_ARN"] = world.topic_arn

@@ -10,7 +10,12 @@ seed system's EventBridge + Lambda design with its weaknesses fixed:
 * retries (EventBridge to Lambda, then Lambda's async retries) and an encrypted dead-letter queue keep every event
   that could not be handled, and an alarm on that queue (and on the function's errors) reaches the SNS topic;
 * the target map ships as ``targets.json`` inside the code package, not in environment variables, which Lambda caps
-  at 4 KB in all.
+  at 4 KB in all; with it, each ``revision`` service's deploy document (``components.task_definition``), so a push
+  deploys, through the deploy engine (``handlers/deploy_engine.py``, in the same package), exactly the task
+  definition ``pulumi up`` rendered, with only the image pinned by digest.
+
+:func:`push_services` turns the validated stack config into the component's :class:`PushService` list, so
+``__main__`` stays wiring.
 
 The handler (``handlers/push_deploy.py``) is plain boto3 and tested against moto; this module only wires it.
 """
@@ -18,6 +23,7 @@ The handler (``handlers/push_deploy.py``) is plain boto3 and tested against moto
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +31,11 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components import naming
 from components import policies as p
+from components.config import StackConfig
 from components.service_role import service_role
+from components.task_definition import deploy_document
 
 HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
 RUNTIME = "python3.12"
@@ -56,6 +65,9 @@ class PushService:
     targets: tuple[PushTarget, ...]
     repository_arns: tuple[pulumi.Input[str], ...] = field(default_factory=tuple)
     """The repository in every region (the function reads image metadata to wait for replication)."""
+    deploy_document: dict[str, Any] | None = field(default=None, compare=False)
+    """``revision``: the service's deploy document (``components.task_definition.deploy_document``), what the
+    engine registers; ``force``: None (no revision is registered)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,9 @@ class PushDeployArgs:
                 problems.append(f"services[{s.repository}].mode: revision or force, got {s.mode!r}")
             if not s.targets:
                 problems.append(f"services[{s.repository}]: no targets")
+            if (s.deploy_document is None) != (s.mode == "force"):
+                problems.append(f"services[{s.repository}].deploy_document: required for mode revision, None for "
+                                f"force (got {'none' if s.deploy_document is None else 'one'} for {s.mode!r})")
         if problems:
             raise ValueError("PushDeployArgs: " + "; ".join(problems))
 
@@ -101,10 +116,30 @@ class PushDeployArgs:
         return sorted({tag for s in self.services for t in s.targets for tag in t.tag_patterns})
 
 
+def push_services(cfg: StackConfig,
+                  repository_arns: Mapping[str, Sequence[pulumi.Input[str]]]) -> tuple[PushService, ...]:
+    """Every push-delivery service of the stack: its targets (every region of every environment, with the
+    environment's push tags), and for ``revision`` its deploy document. ``repository_arns``: repository name -> its
+    ARN in every region."""
+    return tuple(
+        PushService(
+            repository=s.name, container=s.container, mode=s.mode,
+            repository_arns=tuple(repository_arns[s.name]),
+            targets=tuple(
+                PushTarget(environment=env.name, tag_patterns=tuple(env.tag_patterns), account_id=env.account_id,
+                           region=region, cluster=s.cluster, service=s.service,
+                           role_arn=naming.deploy_role_arn(cfg, env.account_id))
+                for env in cfg.environments for region in env.regions),
+            deploy_document=deploy_document(cfg, s) if s.mode == "revision" else None,
+        )
+        for s in cfg.push_services
+    )
+
+
 def targets_document(args: PushDeployArgs) -> dict[str, Any]:
     """The ``targets.json`` the handler reads (its ``load_targets`` validates the same shape)."""
     return {
-        "version": 1,
+        "version": 2,
         "registryId": args.tools_account_id,
         "homeRegion": args.home_region,
         "partition": args.partition,
@@ -114,6 +149,7 @@ def targets_document(args: PushDeployArgs) -> dict[str, Any]:
             s.repository: {
                 "pushMode": s.mode,
                 "containerName": s.container,
+                "deployDocument": s.deploy_document,
                 "targets": [{
                     "environment": t.environment, "tagPatterns": list(t.tag_patterns), "accountId": t.account_id,
                     "region": t.region, "cluster": t.cluster, "service": t.service, "roleArn": t.role_arn,
@@ -173,7 +209,8 @@ def function_policy(args: PushDeployArgs, log_group_arn: pulumi.Input[str], queu
 
 
 def _code(document: dict[str, Any]) -> pulumi.AssetArchive:
-    # The handlers package as it is in this repository (what the tests run) plus the generated target map.
+    # The handlers package as it is in this repository (what the tests run: the push handler, the deploy engine and
+    # what they import) plus the generated target map with the deploy documents.
     assets: dict[str, pulumi.Asset | pulumi.Archive] = {
         f"handlers/{path.name}": pulumi.FileAsset(str(path)) for path in sorted(HANDLERS.glob("*.py"))
     }

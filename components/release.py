@@ -13,6 +13,13 @@ as one unit, with rollback of the whole release on any failure.
 The state machine and its step handlers live in :mod:`components.release_state_machine` and
 ``handlers/release.py``; this module only wires them: one Lambda per step, two roles (the steps that reach into
 workload accounts, and the notifier), the state machine and its role, and the pipeline.
+
+Rolling services deploy through the deploy engine (``handlers/deploy_engine.py``, in the step Lambdas' package) from
+their **deploy document**, the object ``components/deploy_config.py`` keeps per service in the config bucket: the
+release context (:func:`release_context`) maps every service of the stack (``<cluster>/<serviceName>``) to its
+document's key; it ships in the validator bundle and in the step Lambdas' package (``release-context.json``), and
+the steps read the documents with ``s3:GetObject``/``s3:GetObjectVersion`` on ``services/*`` of that bucket and
+``kms:Decrypt`` on its key, nothing more.
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ import pulumi
 import pulumi_aws as aws
 import yaml
 
+from components import naming
 from components import policies as p
 from components.artifacts import ArtifactStore
+from components.config import StackConfig
+from components.lambda_code import handler_archive
 from components.pipeline import NOTICE_EVENTS
 from components.release_state_machine import definition, lambda_functions, lambda_timeouts
 from components.service_role import service_role
@@ -59,13 +69,19 @@ class ReleaseArgs:
     regions: tuple[str, ...]
     """Every region in use (prepare checks each target region's ECR replica)."""
     context: dict[str, Any]
-    """The validator's release context: environments with their accounts, regions and deploy roles."""
+    """The release context (:func:`release_context`): environments with their accounts, regions and deploy roles,
+    and every service's deploy document key."""
     source: ReleaseSource
     artifact_store: ArtifactStore
     """The home region's store: pipeline artifacts and the validator bundle."""
     notification_topic_arn: pulumi.Input[str]
     notification_key_arn: pulumi.Input[str]
     name_prefix: str
+    config_bucket: pulumi.Input[str]
+    """The deploy config bucket's name (``DeployConfigStore.bucket``): where the steps read deploy documents."""
+    config_bucket_arn: pulumi.Input[str]
+    config_key_arn: pulumi.Input[str]
+    """The key **ARN** the documents are encrypted with (the home region's artifact key)."""
     steps_role_name: str
     notify_role_name: str
     role_path: str
@@ -87,12 +103,29 @@ class ReleaseArgs:
             problems.append(f"max_concurrency: 1-40, got {self.max_concurrency}")
         if self.home_region not in self.regions:
             problems.append("regions: must include the home region")
+        if not isinstance(self.context.get("services"), dict):
+            problems.append("context.services: every service's deploy document key is required (release_context)")
         if problems:
             raise ValueError("ReleaseArgs: " + "; ".join(problems))
 
     @property
     def deploy_role_arns(self) -> list[str]:
         return sorted({env["deployRoleArn"] for env in self.context["environments"].values()})
+
+
+def release_context(cfg: StackConfig) -> dict[str, Any]:
+    """What the release file's validator and the release steps know of the stack: the tools registry, every
+    environment (account, regions, deploy role; CodeDeploy names for a ``codedeploy`` one) and every service's
+    deploy document key by ``<cluster>/<serviceName>`` (a service not listed is not the stack's)."""
+    return {
+        "version": 1, "partition": cfg.partition, "registryId": cfg.tools_account_id, "homeRegion": cfg.tools_region,
+        "environments": {env.name: {"accountId": env.account_id, "regions": list(env.regions),
+                                    "deployRoleArn": naming.deploy_role_arn(cfg, env.account_id),
+                                    **({"blueGreen": naming.release_blue_green_context(cfg, env)}
+                                       if env.strategy == "codedeploy" else {})}
+                         for env in cfg.environments},
+        "services": {f"{s.cluster}/{s.service}": naming.deploy_document_key(s) for s in cfg.services},
+    }
 
 
 def tools_bundle_assets(context: dict[str, Any]) -> dict[str, str]:
@@ -141,6 +174,10 @@ def steps_policy(args: ReleaseArgs, log_group_arns: list[pulumi.Output[str]]) ->
         p.statement("ResolveDigests", ["ecr:DescribeImages"],
                     [p.arn(args.partition, "ecr", r, args.tools_account_id, "repository/*") for r in args.regions]),
         p.statement("AssumeDeployRoles", ["sts:AssumeRole"], args.deploy_role_arns),
+        # Deploy documents: read one version (prepare pins it), never write, nothing else in the bucket.
+        p.statement("ReadDeployDocuments", ["s3:GetObject", "s3:GetObjectVersion"],
+                    [pulumi.Output.concat(args.config_bucket_arn, "/services/*")]),
+        p.statement("DecryptDeployDocuments", ["kms:Decrypt"], [args.config_key_arn]),
     ])
 
 
@@ -153,9 +190,10 @@ def notify_policy(args: ReleaseArgs, log_group_arn: pulumi.Output[str]) -> dict:
     ])
 
 
-def _function_code() -> pulumi.AssetArchive:
-    return pulumi.AssetArchive({f"handlers/{path.name}": pulumi.FileAsset(str(path))
-                                for path in sorted(HANDLERS.glob("*.py"))})
+def _function_code(context: dict[str, Any]) -> pulumi.AssetArchive:
+    # Every handler file (the steps, the deploy engine and what they import) and the release context (the stack's
+    # services and their document keys: over Lambda's 4 KB of environment for a few hundred services).
+    return handler_archive(documents={"release-context.json": json.dumps(context, indent=1, sort_keys=True)})
 
 
 class Release(pulumi.ComponentResource):
@@ -180,8 +218,9 @@ class Release(pulumi.ComponentResource):
             "CROSSDEPLOY_HOME_REGION": args.home_region,
             "CROSSDEPLOY_PARTITION": args.partition,
             "CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS": str(args.service_timeout_seconds),
+            "CROSSDEPLOY_CONFIG_BUCKET": args.config_bucket,
         }
-        code = _function_code()
+        code = _function_code(args.context)
         arns: dict[str, pulumi.Output[str]] = {}
         for step, handler in functions.items():
             notify = step in STEPS_THAT_NOTIFY

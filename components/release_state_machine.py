@@ -161,12 +161,13 @@ def definition(function_arns: dict[str, str], *, max_concurrency: int = 10, poll
     deploy_service_states = {
         "DeployService": _invoke(
             fn["deployService"], {**target, "startedAt.$": "$$.State.EnteredTime"},
-            # deploymentId: the CodeDeploy deployment of a blue/green service (CheckService follows it), else null.
+            # deploymentId: the CodeDeploy deployment of a blue/green service (CheckService follows it), else null;
+            # engine: the deploy engine's state of a rolling service (a few ARNs: no task definition), else null.
             {"taskDefinitionArn.$": "$.Payload.taskDefinitionArn", "deadline.$": "$.Payload.deadline",
-             "deploymentId.$": "$.Payload.deploymentId"},
+             "deploymentId.$": "$.Payload.deploymentId", "engine.$": "$.Payload.engine"},
             "$.deploy", Next="WaitForService",
-            Comment="Register a copy of the snapshot task definition with the pinned image; update the service "
-                    "(blue/green: start a CodeDeploy deployment of it)."),
+            Comment="Deploy engine: register the task definition rendered from the service's deploy document with "
+                    "the pinned image, update the service (blue/green: a CodeDeploy deployment of a copy)."),
         "WaitForService": {"Type": "Wait", "Seconds": poll_seconds, "Next": "CheckService"},
         "CheckService": _invoke(
             fn["checkService"],
@@ -195,7 +196,8 @@ def definition(function_arns: dict[str, str], *, max_concurrency: int = 10, poll
     rollback_service_states = {
         "RollBackService": _invoke(
             fn["rollbackTarget"], {**target, "kind": "service", "startedAt.$": "$$.State.EnteredTime"},
-            {"status.$": "$.Payload.status", "reason.$": "$.Payload.reason", "deadline.$": "$.Payload.deadline"},
+            {"status.$": "$.Payload.status", "reason.$": "$.Payload.reason", "deadline.$": "$.Payload.deadline",
+             "engine.$": "$.Payload.engine"},
             "$.rollback", Next="IsServiceRestored",
             Catch=_catch_all("ServiceNotRestored", "$.failure"),
             Comment="Put the service back on its snapshot task definition if it is not on it."),
@@ -211,7 +213,8 @@ def definition(function_arns: dict[str, str], *, max_concurrency: int = 10, poll
         "CheckRollback": _invoke(
             fn["checkRollback"],
             {**target, "rollback.$": "$.rollback", "now.$": "$$.State.EnteredTime", "pollSeconds": poll_seconds},
-            {"status.$": "$.Payload.status", "reason.$": "$.Payload.reason", "deadline.$": "$.Payload.deadline"},
+            {"status.$": "$.Payload.status", "reason.$": "$.Payload.reason", "deadline.$": "$.Payload.deadline",
+             "engine.$": "$.Payload.engine"},
             "$.rollback", Next="IsServiceRestored", Catch=_catch_all("ServiceNotRestored", "$.failure")),
         "ServiceRestored": {"Type": "Pass", "Parameters": {"name.$": "$.item.name", "restored": True},
                             "End": True},

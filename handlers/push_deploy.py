@@ -4,19 +4,27 @@ services in other accounts and regions (EventBridge "ECR Image Action" -> this L
 Lambda entry point: ``handlers.push_deploy.handler``. The target map is ``targets.json`` at the package root (Lambda
 caps environment variables at 4 KB in all, which a map of accounts x regions x services soon outgrows); the
 environment variable ``CROSSDEPLOY_TARGETS_FILE`` points elsewhere, ``CROSSDEPLOY_MAX_CONCURRENCY`` overrides the
-map's ``maxConcurrency``.
+map's ``maxConcurrency``. Each ``revision`` repository of the map carries its service's **deploy document**
+(``components.task_definition.deploy_document``, the same one the pipeline and releases deploy from).
 
 * Refusals: anything but a successful push of a configured repository, from the registry's own account and home
   region, with a ``sha256:`` digest and a tag matching an environment, is logged once with a reason and answered
   ``{"status": "ignored"}`` **before any AWS call**; it is not raised, so a foreign event is never retried into the
-  dead-letter queue.
-* Per target (account, region, cluster, service), concurrently and bounded: wait until ECR replication has brought
-  the digest to the target region, assume the environment's deploy role, then either register a copy of the
-  service's task definition (whole, see :mod:`handlers.ecs_common`) pinned to the regional ``repo@sha256:`` URI and
-  point the service at it (``revision``), or force a new deployment (``force``, for teams on mutable tags).
-  A service already on the digest is left alone, so a retried event rolls nothing twice.
-* One failing target does not stop the others; if any failed, the invocation raises with every target's outcome,
-  so Lambda's async retries and the dead-letter queue keep the event. Throttling is retried by the SDK (``RETRY``).
+  dead-letter queue. A deploy document the engine refuses is a deployment fault: raised (event kept), also before
+  any AWS call.
+* ``revision`` (default): wait until ECR replication has brought the digest to every region of the environment
+  (nothing is deployed until every replica is there), then hand the environment to the deploy engine
+  (:mod:`handlers.deploy_engine`): each target registers the task definition ``pulumi up`` rendered, with the
+  container's image replaced by the region's ``repo@sha256:`` replica, and its service follows ECS's own
+  rolling/blue-green/canary/linear deployment. One region failing puts every changed region back on its previous
+  revision; the invocation then fails with the engine's one-line reason. A target already on that revision is left
+  alone, so a retried event deploys nothing twice. The engine waits for the environment's ``timeoutSeconds``,
+  capped by the invocation's remaining time less :data:`ENGINE_RESERVE_SECONDS`.
+* ``force`` (for teams on mutable tags) is unchanged and does not go through the engine: per target, after the
+  replica is there, ``UpdateService(forceNewDeployment)`` unless every running task already reports the digest; no
+  new revision is registered, so nothing is waited for or restored. One failing target does not stop the others.
+* Whatever the mode, a failed invocation raises, so Lambda's async retries and the dead-letter queue keep the event.
+  Throttling is retried by the SDK (``RETRY``).
 """
 
 from __future__ import annotations
@@ -37,17 +45,11 @@ import boto3
 import botocore.loaders
 from botocore.exceptions import ClientError
 
-from handlers.ecs_common import (
-    RETRY,
-    assumed_session,
-    current_image,
-    log,
-    register_kwargs,
-    replace_image,
-)
+from handlers import deploy_engine
+from handlers.ecs_common import RETRY, assumed_session, log
 from handlers.image_definitions import ReplicationTimeout, regional_image_uri, wait_for_replication
 
-TARGETS_SCHEMA_VERSION = 1
+TARGETS_SCHEMA_VERSION = 2  # 2: revision repositories carry their deploy document
 TARGETS_FILE_ENV = "CROSSDEPLOY_TARGETS_FILE"
 MAX_CONCURRENCY_ENV = "CROSSDEPLOY_MAX_CONCURRENCY"
 # The package root: /var/task/targets.json in Lambda, wherever the package is unpacked otherwise.
@@ -59,6 +61,11 @@ POLL_INTERVAL_SECONDS = 5.0  # DescribeImages per poll: cheap, and replication u
 # Kept back from the invocation's remaining time for the ECS calls after the wait, so a slow replica ends as a
 # reported ReplicationTimeout (with a summary) rather than as a Lambda timeout that says nothing about targets.
 DEPLOY_RESERVE_SECONDS = 60.0
+# Kept back from the invocation's remaining time when the engine's wait is bounded: enough to start restoring
+# every changed target (StopServiceDeployment ROLLBACK / UpdateService(previous)) and to report, should the
+# environment's deployment run out of time.
+ENGINE_RESERVE_SECONDS = 60.0
+ENGINE_POLL_SECONDS = 10.0  # one DescribeServiceDeployments per target in flight
 
 PUSH_MODES = ("revision", "force")
 
@@ -78,7 +85,7 @@ _SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")  # what STS accepts in RoleSess
 
 _TOP_KEYS = ("version", "registryId", "homeRegion", "partition", "replicationTimeoutSeconds", "maxConcurrency",
              "repositories")
-_REPOSITORY_KEYS = ("pushMode", "containerName", "targets")
+_REPOSITORY_KEYS = ("pushMode", "containerName", "targets", "deployDocument")
 _TARGET_KEYS = ("environment", "tagPatterns", "accountId", "region", "cluster", "service", "roleArn")
 
 
@@ -116,6 +123,9 @@ class Repository:
     push_mode: str
     container_name: str
     targets: tuple[Target, ...]
+    deploy_document: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
+    """``revision``: the service's deploy document as shipped (validated by the engine when a push needs it, so one
+    repository's document never costs another's push); ``force``: None."""
 
 
 @dataclass(frozen=True)
@@ -257,8 +267,16 @@ def _parse_repository(raw: Any, name: str, where: str, partition: str | None, pr
             problems.add(f"{where}.targets[{i}]", f"same account, region, cluster and service as targets[{seen[key]}]")
         seen.setdefault(key, i)
         targets.append(target)
-    if mode in PUSH_MODES and container and len(targets) == len(raw_targets or []) and targets:
-        return Repository(name, mode, container, tuple(targets))
+    document = raw.get("deployDocument")
+    if "deployDocument" in raw:
+        if mode == "revision" and not isinstance(document, dict):
+            problems.add(f"{where}.deployDocument", f"expected the service's deploy document (an object) for "
+                                                    f"pushMode revision, got {_kind(document)}")
+        elif mode == "force" and document is not None:
+            problems.add(f"{where}.deployDocument", "must be null for pushMode force (no revision is registered)")
+    if mode in PUSH_MODES and container and len(targets) == len(raw_targets or []) and targets \
+            and (document is None) == (mode == "force"):
+        return Repository(name, mode, container, tuple(targets), document)
     return None
 
 
@@ -449,7 +467,7 @@ class Clients:
         self._session_name = session_name
         self._base: boto3.Session | None = None
         self._clients: dict[tuple[str | None, str, str], Any] = {}
-        self._roles: dict[str, boto3.Session | TargetError] = {}
+        self._roles: dict[str, boto3.Session | Exception] = {}
 
     def _tools(self) -> boto3.Session:
         if self._base is None:  # created on first use: a refused event never creates one
@@ -464,26 +482,159 @@ class Clients:
                 self._clients[key] = self._tools().client(service, region_name=region, config=RETRY)
             return self._clients[key]
 
+    def _session_locked(self, role_arn: str) -> boto3.Session:
+        session = self._roles.get(role_arn)
+        if session is None:
+            try:
+                session = _deploy_session(self._tools(), role_arn, self._session_name)
+            except Exception as exc:  # kept as the outcome of every target using this role: asked once
+                session = exc
+            self._roles[role_arn] = session
+        if isinstance(session, Exception):
+            raise session
+        return session
+
+    def session_for(self, role_arn: str, region: str) -> boto3.Session:
+        """The deploy engine's ``session_for``: the session acting as ``role_arn`` (one AssumeRole per role; a
+        refusal is remembered and raised again for every target that needs the role)."""
+        with self._lock:
+            return self._session_locked(role_arn)
+
     def deploy(self, role_arn: str, service: str, region: str) -> Any:
-        """A client acting as ``role_arn``; a role that could not be assumed fails every target that needs it, with
-        one STS call, not one per target."""
+        """A client acting as ``role_arn`` (force mode); a role that could not be assumed fails every target that
+        needs it, with one STS call, not one per target."""
         with self._lock:
             key = (role_arn, service, region)
             if key not in self._clients:
-                session = self._roles.get(role_arn)
-                if session is None:
-                    try:
-                        session = _deploy_session(self._tools(), role_arn, self._session_name)
-                    except Exception as exc:  # kept as the outcome of every target using this role
-                        session = TargetError(_error_code(exc), f"assuming {role_arn}: {exc}")
-                    self._roles[role_arn] = session
-                if isinstance(session, TargetError):
-                    raise TargetError(session.code, str(session))
+                try:
+                    session = self._session_locked(role_arn)
+                except Exception as exc:
+                    raise TargetError(_error_code(exc), f"assuming {role_arn}: {exc}") from exc
                 self._clients[key] = session.client(service, region_name=region, config=RETRY)
             return self._clients[key]
 
 
-# --- one target -------------------------------------------------------------------------------------------------
+def _error_code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
+    if isinstance(exc, TargetError):
+        return exc.code
+    if isinstance(exc, ReplicationTimeout):
+        return "ReplicationTimeout"
+    return type(exc).__name__
+
+
+def _regional_image(targets: Targets, push: Push, region: str) -> str:
+    return regional_image_uri({"registry": targets.registry_id, "suffix": targets.dns_suffix,
+                               "repo": push.repository.name, "digest": push.digest}, region)
+
+
+class PushDeployFailed(RuntimeError):
+    """The push did not deploy; the message says why (for ``revision``, the engine's one-line reason)."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+# --- revision: replicas, then the deploy engine ----------------------------------------------------------------
+
+
+def engine_targets(push: Push, targets: Targets) -> tuple[list[deploy_engine.Target], int]:
+    """The engine's targets for ``push`` and the environment's ``timeoutSeconds``: its environment in the
+    repository's deploy document, each region with its replica pinned by digest. No AWS call. A document the engine
+    refuses, or one that disagrees with the map about where the environment is, raises
+    :class:`TargetsError` (a deployment fault: the event is kept)."""
+    environment = push.targets[0].environment
+    images = {t.region: _regional_image(targets, push, t.region) for t in push.targets}
+    where = f"targets.json: repositories[{push.repository.name!r}].deployDocument"
+    try:
+        document = deploy_engine.parse_document(push.repository.deploy_document)
+        engine = deploy_engine.targets_for(document, environment, images)
+        timeout = document.environment(environment).timeout_seconds
+    except deploy_engine.EngineInputError as exc:
+        raise TargetsError(f"{where}: {exc}") from None
+    mapped = {(t.account_id, t.region, t.cluster, t.service, t.role_arn) for t in push.targets}
+    documented = {(t.account_id, t.region, t.cluster, t.service, t.role_arn) for t in engine}
+    if mapped != documented or any(t.container != push.repository.container_name for t in engine):
+        # Generated together by the same `pulumi up`: a difference means a hand-edited or half-deployed package.
+        raise TargetsError(f"{where}: environment {environment!r} deploys {sorted(documented)} (container "
+                           f"{sorted({t.container for t in engine})}), the map says {sorted(mapped)} (container "
+                           f"{push.repository.container_name!r})")
+    return engine, timeout
+
+
+def _wait_for_replicas(push: Push, targets: Targets, clients: Clients, timeout: float, poll: float,
+                       sleep: Callable[[float], None], clock: Callable[[], float], workers: int) -> dict[str, str]:
+    """Wait until every region of the push has the digest; returns region -> problem for those that did not."""
+    regions = sorted({t.region for t in push.targets})
+
+    def wait(region: str) -> str | None:
+        try:
+            # The replica belongs to the tools account, so the function's own credentials read it.
+            waited = wait_for_replication(clients.tools("ecr", region), targets.registry_id, push.repository.name,
+                                          push.digest, region, timeout, poll, sleep=sleep, clock=clock)
+        except Exception as exc:  # reported per region; nothing is deployed unless every replica is there
+            log("replication-failed", **push.log_fields(), region=region, errorCode=_error_code(exc), error=str(exc))
+            return f"{region}: {_error_code(exc)}: {exc}"
+        log("replicated", **push.log_fields(), region=region, replicationWaitSeconds=round(waited, 3))
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(regions))),
+                            thread_name_prefix="crossdeploy-replica") as pool:
+        problems = dict(zip(regions, pool.map(wait, regions), strict=True))
+    return {region: problem for region, problem in problems.items() if problem}
+
+
+def _target_summary(target: deploy_engine.Target, state: deploy_engine.TargetState) -> dict[str, Any]:
+    out: dict[str, Any] = {**target.log_fields(), "status": state.phase}
+    if state.new_task_definition:
+        out["taskDefinitionArn"] = state.new_task_definition
+    if state.previous_task_definition:
+        out["previousTaskDefinitionArn"] = state.previous_task_definition
+    for key, value in (("reason", state.reason), ("restoreReason", state.restore_reason)):
+        if value:
+            out[key] = value
+    return out
+
+
+def _deploy_revision(push: Push, targets: Targets, engine: list[deploy_engine.Target], environment_timeout: int, *,
+                     workers: int,
+                     replication_timeout: float, time_remaining_seconds: float | None, poll_interval_seconds: float,
+                     sleep: Callable[[float], None], clock: Callable[[], float]) -> dict[str, Any]:
+    began = clock()
+    clients = Clients(session_name(push.event_id))
+    base = {"status": "failed", **push.log_fields(), "pushMode": "revision", "environment": engine[0].environment,
+            "concurrency": workers}
+    missing = _wait_for_replicas(push, targets, clients, replication_timeout, poll_interval_seconds, sleep, clock,
+                                 workers)
+    if missing:
+        reason = (f"the image is not on every replica of environment {engine[0].environment}, nothing was deployed: "
+                  + "; ".join(missing[r] for r in sorted(missing)))
+        summary = {**base, "reason": reason, "targets": []}
+        log("summary", **summary)
+        raise PushDeployFailed(f"push {push.repository.name}:{push.tag} ({push.digest}, event {push.event_id}): "
+                               f"{reason}", summary)
+    timeout = float(environment_timeout)
+    if time_remaining_seconds is not None:
+        left = time_remaining_seconds - (clock() - began)
+        timeout = max(0.0, min(timeout, left - ENGINE_RESERVE_SECONDS))
+    outcome = deploy_engine.run(engine, session_for=clients.session_for, deployment_id=f"push-{push.event_id}",
+                                timeout_seconds=timeout, max_concurrency=workers,
+                                poll_seconds=ENGINE_POLL_SECONDS, sleep=sleep, clock=clock)
+    counts = outcome.counts()
+    summary = {**base, "status": outcome.status, "reason": outcome.reason,
+               "updated": counts[deploy_engine.SUCCEEDED], "unchanged": counts[deploy_engine.UNCHANGED],
+               "failed": sum(bool(s.reason) for s in outcome.states), "restored": counts[deploy_engine.RESTORED],
+               "targets": [_target_summary(t, s) for t, s in zip(outcome.targets, outcome.states, strict=True)]}
+    log("summary", **summary)
+    if not outcome.succeeded:
+        raise PushDeployFailed(f"push {push.repository.name}:{push.tag} ({push.digest}, event {push.event_id}): "
+                               f"{outcome.reason}", summary)
+    return summary
+
+
+# --- force: UpdateService(forceNewDeployment) per target -------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -523,35 +674,21 @@ class TargetResult:
         return f"{text} -> {self.task_definition_arn}" if self.task_definition_arn else text
 
 
-def _error_code(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
-    if isinstance(exc, TargetError):
-        return exc.code
-    if isinstance(exc, ReplicationTimeout):
-        return "ReplicationTimeout"
-    return type(exc).__name__
-
-
 def deploy_target(push: Push, target: Target, run: RunSettings) -> TargetResult:
-    """Deploy ``push`` to one target; never raises (the outcome, failures included, is the result)."""
+    """Force a new deployment of one target (``force`` mode); never raises (the outcome, failures included, is the
+    result)."""
     fields = {**push.log_fields(), **target.log_fields()}
     log("target-start", **fields, pushMode=push.repository.push_mode)
     result = TargetResult(target, "failed")
     try:
-        # The replica belongs to the tools account, so the function's own credentials read it. Waiting comes
-        # first: nothing is asked of the workload account until the image can actually be pulled there.
+        # Waiting comes first: nothing is asked of the workload account until the image can be pulled there.
         ecr = run.clients.tools("ecr", target.region)
         waited = wait_for_replication(ecr, run.targets.registry_id, push.repository.name, push.digest, target.region,
                                       run.replication_timeout_seconds, run.poll_interval_seconds,
                                       sleep=run.sleep, clock=run.clock)
         result.notes["replicationWaitSeconds"] = round(waited, 3)
         ecs = run.clients.deploy(target.role_arn, "ecs", target.region)
-        service = _describe_service(ecs, target)
-        if push.repository.push_mode == "force":
-            _force(ecs, push, target, service, result, fields)
-        else:
-            _revision(ecs, push, target, service, result, fields, run)
+        _force(ecs, push, target, _describe_service(ecs, target), result, fields)
     except Exception as exc:  # one target's failure must not stop the others; it is reported in the summary
         result.status, result.error_code, result.error = "failed", _error_code(exc), str(exc)
         log("failed", **fields, errorCode=result.error_code, error=result.error, **result.notes)
@@ -566,36 +703,6 @@ def _describe_service(ecs: Any, target: Target) -> dict[str, Any]:
         raise TargetError("ServiceNotFound", f"no ACTIVE service {target.service!r} in cluster {target.cluster!r} "
                                              f"(account {target.account_id}, {target.region}; failures {reasons})")
     return active[0]
-
-
-def _revision(ecs: Any, push: Push, target: Target, service: dict[str, Any], result: TargetResult,
-              fields: dict[str, str], run: RunSettings) -> None:
-    controller = (service.get("deploymentController") or {}).get("type", "ECS")
-    if controller != "ECS":
-        # UpdateService cannot change the task definition of CODE_DEPLOY or EXTERNAL services; fail before
-        # registering a revision that nothing would ever use.
-        raise TargetError("UnsupportedDeploymentController",
-                          f"service uses the {controller} deployment controller; push deploys need ECS (rolling)")
-    current_arn = service["taskDefinition"]
-    image = regional_image_uri({"registry": run.targets.registry_id, "suffix": run.targets.dns_suffix,
-                                "repo": push.repository.name, "digest": push.digest}, target.region)
-    result.notes.update(image=image, previousTaskDefinitionArn=current_arn)
-    described = ecs.describe_task_definition(taskDefinition=current_arn, include=["TAGS"])
-    kwargs = register_kwargs(described, ecs)
-    if current_image(kwargs, push.repository.container_name) == image:
-        # Idempotency: a retried or duplicate event finds the service already pinned to this digest.
-        result.status, result.task_definition_arn = "unchanged", current_arn
-        log("unchanged", **fields, taskDefinitionArn=current_arn, **result.notes)
-        return
-    registered = ecs.register_task_definition(**replace_image(kwargs, push.repository.container_name, image))
-    new_arn = registered["taskDefinition"]["taskDefinitionArn"]
-    log("registered", **fields, taskDefinitionArn=new_arn, previousTaskDefinitionArn=current_arn, image=image)
-    result.notes["registeredTaskDefinitionArn"] = new_arn  # in the failure log if the update below fails
-    # Only the task definition changes: desired count and everything else stay as the service (or its
-    # autoscaling) has them.
-    ecs.update_service(cluster=target.cluster, service=target.service, taskDefinition=new_arn)
-    result.status, result.task_definition_arn = "updated", new_arn
-    log("updated", **fields, taskDefinitionArn=new_arn, image=image)
 
 
 def _force(ecs: Any, push: Push, target: Target, service: dict[str, Any], result: TargetResult,
@@ -630,15 +737,28 @@ def _tasks_on_digest(ecs: Any, target: Target, container: str, digest: str) -> b
     return True
 
 
+def _deploy_force(push: Push, targets: Targets, *, workers: int, replication_timeout: float,
+                  poll_interval_seconds: float, sleep: Callable[[float], None],
+                  clock: Callable[[], float]) -> dict[str, Any]:
+    run = RunSettings(targets, Clients(session_name(push.event_id)), replication_timeout, poll_interval_seconds,
+                      sleep, clock)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crossdeploy-target") as pool:
+        # deploy_target is looked up here, at call time, so a benchmark can wrap it to observe concurrency.
+        futures = [pool.submit(deploy_target, push, target, run) for target in push.targets]
+        results = [future.result() for future in futures]
+    counts = {status: sum(r.status == status for r in results) for status in ("updated", "unchanged", "failed")}
+    summary = {"status": "failed" if counts["failed"] else "succeeded", **push.log_fields(), "pushMode": "force",
+               "environment": push.targets[0].environment, "concurrency": workers, **counts,
+               "targets": [r.as_dict() for r in results]}
+    log("summary", **summary)
+    if counts["failed"]:
+        raise PushDeployFailed(
+            f"push {push.repository.name}:{push.tag} ({push.digest}, event {push.event_id}): {counts['failed']} of "
+            f"{len(results)} targets failed: " + "; ".join(r.describe() for r in results), summary)
+    return summary
+
+
 # --- the invocation ---------------------------------------------------------------------------------------------
-
-
-class PushDeployFailed(RuntimeError):
-    """At least one target failed; the message lists every target's outcome."""
-
-    def __init__(self, message: str, summary: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.summary = summary
 
 
 def handle_push(
@@ -666,26 +786,21 @@ def handle_push(
         log("configuration-error", **push.log_fields(), error=message)
         raise ConfigurationError(message)
 
-    timeout = float(targets.replication_timeout_seconds)
+    replication_timeout = float(targets.replication_timeout_seconds)
     if time_remaining_seconds is not None:
-        timeout = max(0.0, min(timeout, time_remaining_seconds - DEPLOY_RESERVE_SECONDS))
-    run = RunSettings(targets, Clients(session_name(push.event_id)), timeout, poll_interval_seconds, sleep, clock)
+        replication_timeout = max(0.0, min(replication_timeout, time_remaining_seconds - DEPLOY_RESERVE_SECONDS))
     workers = max(1, min(max_concurrency or targets.max_concurrency, len(push.targets)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crossdeploy-target") as pool:
-        # deploy_target is looked up here, at call time, so a benchmark can wrap it to observe concurrency.
-        futures = [pool.submit(deploy_target, push, target, run) for target in push.targets]
-        results = [future.result() for future in futures]
-
-    counts = {status: sum(r.status == status for r in results) for status in ("updated", "unchanged", "failed")}
-    summary = {"status": "failed" if counts["failed"] else "succeeded", **push.log_fields(),
-               "pushMode": push.repository.push_mode, "environment": environments[0], "concurrency": workers,
-               **counts, "targets": [r.as_dict() for r in results]}
-    log("summary", **summary)
-    if counts["failed"]:
-        raise PushDeployFailed(
-            f"push {push.repository.name}:{push.tag} ({push.digest}, event {push.event_id}): {counts['failed']} of "
-            f"{len(results)} targets failed: " + "; ".join(r.describe() for r in results), summary)
-    return summary
+    if push.repository.push_mode == "force":
+        return _deploy_force(push, targets, workers=workers, replication_timeout=replication_timeout,
+                             poll_interval_seconds=poll_interval_seconds, sleep=sleep, clock=clock)
+    try:
+        engine, environment_timeout = engine_targets(push, targets)  # validated before any AWS call
+    except TargetsError as exc:
+        log("configuration-error", **push.log_fields(), error=str(exc))
+        raise
+    return _deploy_revision(push, targets, engine, environment_timeout, workers=workers,
+                            replication_timeout=replication_timeout, time_remaining_seconds=time_remaining_seconds,
+                            poll_interval_seconds=poll_interval_seconds, sleep=sleep, clock=clock)
 
 
 def _max_concurrency_override() -> int | None:

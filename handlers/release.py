@@ -4,23 +4,34 @@ The state machine (:mod:`components.release_state_machine`) calls one entry poin
 
 * :func:`prepare` validates the converted release file again, pins every image to a digest (resolved in the tools
   registry's home region, and present on each target region's replica), snapshots every target through its deploy
-  role (a service's task definition ARN; a rule's whole target list) and returns the compact item lists the Maps
-  iterate. It changes nothing, so it can fail freely.
-* :func:`update_task` / :func:`deploy_service` register a copy of the target's task definition, whole, with only the
-  image replaced; then point the rule target / the service at it. A blue/green service (CODE_DEPLOY deployment
-  controller: ECS refuses UpdateService with a new task definition) gets a CodeDeploy deployment of its deployment
-  group instead, whose AppSpec names the new task definition and the service's load balancer container and port.
-* :func:`check_service` / :func:`check_rollback` wait (inside the Lambda, then through the state machine's Wait
-  loop) until the service is steady on the expected task definition, its rollout failed, or the per-item deadline
-  passed; the state machine supplies the time (``$$.State.EnteredTime``), so the deadline is Step Functions'. For a
-  blue/green service, steady means its CodeDeploy deployment succeeded.
+  role (a service's task definition ARN; a rule's whole target list), and reads each rolling service's **deploy
+  document** once (``components/deploy_config.py``: the config bucket, ``CROSSDEPLOY_CONFIG_BUCKET``, at the key the
+  release context's ``services`` map gives for ``<cluster>/<serviceName>``; the context ships in the package as
+  ``release-context.json``). The item records the document's key, the S3 version read and the environment, never
+  the task definition (Step Functions' 256 KiB): every later step reads that very version, so a ``pulumi up`` during
+  the release changes nothing of it. A service without a document is not the stack's and is refused here, with
+  every other problem, before anything changes. It changes nothing, so it can fail freely.
+* :func:`deploy_service` of a rolling service is the deploy engine's ``start`` (:mod:`handlers.deploy_engine`): the
+  document's task definition with only the container's image replaced by the manifest's regional digest, registered
+  and pointed at (or left alone if the service already runs exactly that revision); its state travels in the item
+  (``engine``, a few ARNs). :func:`check_service` is the engine's ``poll`` until ECS's deployment succeeded, failed
+  or the per-item deadline passed (inside the Lambda, then through the state machine's Wait loop; the state machine
+  supplies the time, ``$$.State.EnteredTime``). A blue/green service of a ``codedeploy`` environment (CODE_DEPLOY
+  deployment controller) keeps CodeDeploy: a copy of its task definition with the new image (the engine's
+  copy-and-swap, :func:`deploy_engine.render`), deployed by a CodeDeploy deployment of its deployment group; steady
+  means that deployment succeeded. :func:`update_task` points a scheduled task's rule target at such a copy.
 * :func:`rollback_target` compares a target with its snapshot and restores only what differs: correct whatever the
-  forward Maps did or did not do, and idempotent. A blue/green service's deployment still in flight is stopped with
-  CodeDeploy's rollback; one that finished is answered with a CodeDeploy deployment back to the snapshot.
+  forward Maps did or did not do (their states are gone), and idempotent. A rolling service: the engine's
+  ``restore`` back to the snapshot (UpdateService(snapshot) if it is not on it), followed by :func:`check_rollback`
+  with the engine's ``poll``. A blue/green service's deployment still in flight is stopped with CodeDeploy's
+  rollback; one that finished is answered with a CodeDeploy deployment back to the snapshot. A rule gets its
+  snapshot targets back.
 * :func:`notify` publishes one summary to the release topic.
 
 Configuration (set by the Pulumi side): ``CROSSDEPLOY_REGISTRY_ID``, ``CROSSDEPLOY_HOME_REGION``,
-``CROSSDEPLOY_PARTITION`` (aws), ``CROSSDEPLOY_TOPIC_ARN``, ``CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS`` (900),
+``CROSSDEPLOY_PARTITION`` (aws), ``CROSSDEPLOY_TOPIC_ARN``, ``CROSSDEPLOY_CONFIG_BUCKET``,
+``CROSSDEPLOY_CONTEXT_FILE`` (default: ``release-context.json`` at the package root),
+``CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS`` (900),
 ``CROSSDEPLOY_CHECK_WAIT_SECONDS`` (300: how long one check Lambda polls before handing back to the state machine).
 
 AWS access goes through :func:`_base_session` (the tools-account credentials Lambda gives us) and the deploy roles it
@@ -33,6 +44,7 @@ import contextlib
 import copy
 import datetime as dt
 import functools
+import io
 import json
 import math
 import os
@@ -40,27 +52,23 @@ import re
 import threading
 import time
 import weakref
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
 
-from handlers.ecs_common import (
-    RETRY,
-    TaskDefinitionError,
-    assumed_session,
-    container_named,
-    current_image,
-    log,
-    register_kwargs,
-    replace_image,
-)
+from handlers import deploy_engine
+from handlers.ecs_common import RETRY, TaskDefinitionError, assumed_session, container_named, log, register_kwargs
 from handlers.image_definitions import TransformError, regional_image_uri
 
 STEADY, IN_PROGRESS, FAILED, TIMED_OUT = "STEADY", "IN_PROGRESS", "FAILED", "TIMED_OUT"
+# The package root: /var/task/release-context.json in Lambda (components/release.py ships it with the handlers).
+DEFAULT_CONTEXT_FILE = Path(__file__).resolve().parents[1] / "release-context.json"
 
 # Step Functions allows 256 KiB per state's input or output. The prepared lists travel in the state for the whole
 # execution; keep 56 KiB for what accumulates on the failure path (the error, one small result per rolled-back item).
@@ -159,6 +167,20 @@ def _client(service: str, region: str, role_arn: str | None = None, session_name
         return client
 
 
+def _deploy_session(role_arn: str, session_name: str) -> boto3.Session:
+    """The deploy role's session (cached with the clients): what the deploy engine acts through."""
+    base = _base_session()
+    now = time.monotonic()
+    with _cache_lock:
+        cache = _caches.setdefault(base, {})
+        hit = cache.get(("session", role_arn, session_name))
+        if hit and hit[0] > now:
+            return hit[1]
+        session = assumed_session(base, role_arn, session_name)
+        cache[("session", role_arn, session_name)] = (now + _CLIENT_TTL_SECONDS, session)
+        return session
+
+
 def _session_name(release: Mapping[str, Any]) -> str:
     # CloudTrail in the workload account shows this name: an operator can tie every change to one release.
     return _SESSION_CHARS.sub("-", f"crossdeploy-{release.get('id', 'release')}")[:64]
@@ -195,6 +217,28 @@ def _partition() -> str:
     return partition
 
 
+def _config_bucket() -> str:
+    """The deploy config bucket (``components/deploy_config.py``): every service's deploy document."""
+    return _env("CROSSDEPLOY_CONFIG_BUCKET")
+
+
+@functools.cache
+def _read_context(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"{path}: cannot read the release context ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
+        raise ConfigurationError(f"{path}: the release context has no services map")
+    return data
+
+
+def _stack_services() -> dict[str, str]:
+    """``<cluster>/<serviceName>`` -> deploy document key, for every service of the stack: the release context
+    shipped in the package (``release-context.json``, or ``CROSSDEPLOY_CONTEXT_FILE``)."""
+    return dict(_read_context(os.environ.get("CROSSDEPLOY_CONTEXT_FILE") or str(DEFAULT_CONTEXT_FILE))["services"])
+
+
 def _service_timeout() -> int:
     return _env_int("CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS", 900, 1)
 
@@ -222,6 +266,121 @@ def _parse_time(value: str) -> dt.datetime:
 
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------------------------------- deploy documents
+
+# One object version never changes: a warm container parses each (key, version) once, however many items use it.
+_documents: dict[tuple[str, str, str], deploy_engine.Document] = {}
+_documents_lock = threading.Lock()
+_DOCUMENT_FILE = "deploy.json"  # components.task_definition.DEPLOY_DOCUMENT_FILE (handlers import no components)
+
+
+def _read_document(bucket: str, key: str, version: str | None) -> tuple[deploy_engine.Document, str]:
+    """(the validated deploy document, its S3 version id) of ``key`` (the current version, or ``version``)."""
+    cached = _documents.get((bucket, key, version)) if version else None
+    if cached is not None:
+        return cached, str(version)
+    kwargs = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
+    response = _client("s3", _env("CROSSDEPLOY_HOME_REGION")).get_object(**kwargs)
+    version = str(response.get("VersionId") or "null")
+    with zipfile.ZipFile(io.BytesIO(response["Body"].read())) as archive:
+        data = json.loads(archive.read(_DOCUMENT_FILE))
+    document = deploy_engine.parse_document(data)
+    with _documents_lock:
+        _documents[(bucket, key, version)] = document
+    return document, version
+
+
+def _document_target(document: deploy_engine.Document, item: Mapping[str, Any]) -> tuple[str, deploy_engine.TargetSpec]:
+    """(environment, target) of the document that is this item's service in its account and region."""
+    cluster = item["cluster"].rsplit("/", 1)[-1]
+    found = [(env.name, t) for env in document.environments for t in env.targets
+             if (t.account_id, t.region, t.cluster, t.service) == (item["accountId"], item["region"], cluster,
+                                                                   item["service"])]
+    if len(found) != 1:
+        raise TargetError(f"{item['name']}: the deploy document of {document.service} has "
+                          f"{'no' if not found else len(found)} target(s) for {item['accountId']} {item['region']} "
+                          f"{cluster}/{item['service']}")
+    return found[0]
+
+
+def _attach_documents(services: list[dict], problems: list[str]) -> None:
+    """Give every rolling service its deploy document (key, the version read now, environment), read once per
+    document: the snapshot every later step renders from. A service without one is not the stack's."""
+    stack = _stack_services()
+    wanted = [s for s in services if "blueGreen" not in s]  # CodeDeploy services keep their path
+    for entry in services:
+        if f"{entry['cluster'].rsplit('/', 1)[-1]}/{entry['service']}" not in stack:
+            problems.append(f"{entry['name']} ({entry['accountId']} {entry['region']} {entry['cluster']}/"
+                            f"{entry['service']}): not a service of this stack (no deploy document); the deploy role "
+                            "may update only the stack's services")
+    bucket = _config_bucket()
+    keys = sorted({stack[f"{e['cluster'].rsplit('/', 1)[-1]}/{e['service']}"] for e in wanted
+                   if f"{e['cluster'].rsplit('/', 1)[-1]}/{e['service']}" in stack})
+    read: dict[str, tuple[deploy_engine.Document, str] | str] = {}
+
+    def load(key: str) -> None:
+        try:
+            read[key] = _read_document(bucket, key, None)
+        except ClientError as exc:
+            read[key] = f"cannot read s3://{bucket}/{key}: {exc}"
+        except (deploy_engine.EngineInputError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            read[key] = f"s3://{bucket}/{key} is not a deploy document: {exc}"
+
+    _parallel(load, keys)
+    for entry in wanted:
+        key = stack.get(f"{entry['cluster'].rsplit('/', 1)[-1]}/{entry['service']}")
+        if key is None:
+            continue
+        got = read[key]
+        if isinstance(got, str):
+            problems.append(f"{entry['name']}: {got}")
+            continue
+        document, version = got
+        try:
+            environment, spec = _document_target(document, entry)
+        except TargetError as exc:
+            problems.append(str(exc))
+            continue
+        if entry.get("container") not in (None, spec.container):
+            problems.append(f"{entry['name']}: container {entry['container']!r} is not the one the stack deploys "
+                            f"({spec.container!r})")
+            continue
+        if entry["roleArn"] != spec.role_arn:
+            problems.append(f"{entry['name']}: role {entry['roleArn']} is not the document's {spec.role_arn}")
+            continue
+        entry["document"] = {"key": key, "version": version, "environment": environment}
+
+
+def _engine_target(item: Mapping[str, Any], spec: deploy_engine.TargetSpec | None = None,
+                   environment: str = "") -> deploy_engine.Target:
+    """The engine's target for an item: with the document's task definition (``spec``) to deploy, without it to
+    follow or restore (those need only where the service is)."""
+    return deploy_engine.Target(
+        environment or (item.get("document") or {}).get("environment", ""), item["accountId"], item["region"],
+        item["roleArn"], item["cluster"].rsplit("/", 1)[-1], item["service"],
+        spec.container if spec else (item.get("container") or ""), item["image"],
+        spec.task_definition if spec else None)
+
+
+def _rendered_target(item: Mapping[str, Any]) -> deploy_engine.Target:
+    """The item's engine target, rendered from the document version prepare read, with the manifest's digest."""
+    reference = item["document"]
+    document, _ = _read_document(_config_bucket(), reference["key"], reference["version"])
+    environment = document.environment(reference["environment"])
+    # The same digest on each region's replica (ECR replication keeps it): the engine wants every region's image.
+    images = {t.region: re.sub(r"\.dkr\.ecr\.[^./]+\.", f".dkr.ecr.{t.region}.", item["image"], count=1)
+              for t in environment.targets}
+    targets = deploy_engine.targets_for(document, environment.name, images)
+    cluster = item["cluster"].rsplit("/", 1)[-1]
+    [target] = [t for t in targets if (t.account_id, t.region, t.cluster, t.service) == (
+        item["accountId"], item["region"], cluster, item["service"])]
+    return target
+
+
+def _epoch(value: str | None, fallback: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> float:
+    return (_parse_time(value) if value else fallback()).timestamp()
 
 
 # ------------------------------------------------------------------------------------------------------------ prepare
@@ -609,6 +768,8 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     problems: list[str] = []
     _snapshot_services(services, session_name, problems)
     _snapshot_tasks(tasks, session_name, problems)
+    if not problems:
+        _attach_documents(services, problems)
     if problems:
         raise TargetError(f"{len(problems)} target problem(s), nothing was changed: " + "; ".join(sorted(problems)))
 
@@ -618,7 +779,9 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         # A blue/green service's item has one more (short) key: its CodeDeploy group and load balancer container.
         "services": [{**{k: s[k] for k in common}, "cluster": s["cluster"], "service": s["service"],
                       "container": s.get("container"), "image": s["pinned"], "snapshot": s["snapshot"],
-                      **({"blueGreen": s["blueGreen"]} if "blueGreen" in s else {})}
+                      # A rolling service: where its deploy document is (key, version, environment): every step
+                      # reads that one version, never the task definition itself (Step Functions' 256 KiB).
+                      **({"blueGreen": s["blueGreen"]} if "blueGreen" in s else {"document": s["document"]})}
                      for s in services],
         "tasks": [{**{k: t[k] for k in common}, "ruleName": t["ruleName"], "eventBus": t["eventBus"],
                    "container": t.get("container"), "image": t["pinned"], "targetId": t["targetId"],
@@ -645,15 +808,19 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------------- forward steps
 
-def _register_copy(ecs: Any, task_definition: str, container: str | None, image: str) -> str:
-    """A new revision identical to ``task_definition`` but for the container's image (or it, if already there)."""
+def _register_copy(ecs: Any, item: Mapping[str, Any], task_definition: str, release_id: str) -> str:
+    """A scheduled task's or CodeDeploy service's new revision: ``task_definition`` copied whole with only the
+    container's image replaced and the release's deployment tag (the engine's own copy-and-swap,
+    :func:`deploy_engine.render`), or ``task_definition`` itself if it already is that revision (a re-run step must
+    not pile up identical revisions)."""
     described = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
-    kwargs = register_kwargs(described, ecs)
-    if current_image(kwargs, container) == image:
-        # Re-running a release (or a retried step) must not pile up identical revisions.
+    current = register_kwargs(described, ecs)
+    target = deploy_engine.Target("", item["accountId"], item["region"], item["roleArn"], "", "",
+                                  item.get("container"), item["image"], None)  # type: ignore[arg-type]
+    desired = deploy_engine.render(target, current, release_id)
+    if deploy_engine.same_revision(current, desired):
         return str(described["taskDefinition"]["taskDefinitionArn"])
-    registered = ecs.register_task_definition(**replace_image(kwargs, container, image))
-    return str(registered["taskDefinition"]["taskDefinitionArn"])
+    return str(ecs.register_task_definition(**desired)["taskDefinition"]["taskDefinitionArn"])
 
 
 # ------------------------------------------------------------------------------------------- CodeDeploy (blue/green)
@@ -825,8 +992,8 @@ def update_task(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]
         if target is None or "EcsParameters" not in target:
             raise TargetError(f"{item['name']}: rule {item['ruleName']} no longer has ECS target {item['targetId']}")
         old = target["EcsParameters"]["TaskDefinitionArn"]
-        new = _register_copy(_client("ecs", item["region"], item["roleArn"], session_name), old, item["container"],
-                             item["image"])
+        new = _register_copy(_client("ecs", item["region"], item["roleArn"], session_name), item, old,
+                             str(event["release"].get("id")))
         # The whole target as it is now, only the task definition changed: input, role, network, retry policy,
         # dead-letter queue and tags all stay.
         updated = copy.deepcopy(target)
@@ -839,56 +1006,52 @@ def update_task(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]
 
 def deploy_service(event: Mapping[str, Any], context: Any = None, *,
                    clock: Callable[[], dt.datetime] = _utcnow) -> dict[str, Any]:
-    """Register a copy of the snapshot task definition with the pinned image and update the service to it; a
-    blue/green service gets a CodeDeploy deployment of it instead (``deploymentId``: None for a rolling service)."""
+    """A rolling service: the deploy engine's ``start`` on its target, rendered from the deploy document version
+    prepare read, with the manifest's digest (``engine``: the engine's state, which the checks follow). A blue/green
+    service (CodeDeploy): a copy of the snapshot task definition with the pinned image, deployed by a CodeDeploy
+    deployment (``deploymentId``)."""
     item, session_name = event["item"], _session_name(event["release"])
-    blue_green, deployment_id = item.get("blueGreen"), None
-    with _naming(item):
-        ecs = _client("ecs", item["region"], item["roleArn"], session_name)
-        new = _register_copy(ecs, item["snapshot"], item["container"], item["image"])
-        if blue_green:
-            new, deployment_id = _deploy_blue_green(_client("codedeploy", item["region"], item["roleArn"],
-                                                            session_name), item, str(event["release"].get("id")), new)
-        else:
-            ecs.update_service(cluster=item["cluster"], service=item["service"], taskDefinition=new)
+    release_id = str(event["release"].get("id"))
     started = _parse_time(event["startedAt"]) if event.get("startedAt") else clock()
     deadline = _iso(started + dt.timedelta(seconds=_service_timeout()))
+    blue_green, deployment_id = item.get("blueGreen"), None
+    if not blue_green:
+        return _deploy_with_engine(event, started, deadline)
+    with _naming(item):
+        ecs = _client("ecs", item["region"], item["roleArn"], session_name)
+        new = _register_copy(ecs, item, item["snapshot"], release_id)
+        new, deployment_id = _deploy_blue_green(_client("codedeploy", item["region"], item["roleArn"], session_name),
+                                                item, release_id, new)
     log("release.service.updated", **_fields(event, "deployService"), cluster=item["cluster"],
         service=item["service"], oldTaskDefinition=item["snapshot"], newTaskDefinition=new, deadline=deadline,
-        **({"deploymentId": deployment_id, "application": blue_green["application"],
-            "deploymentGroup": blue_green["deploymentGroup"]} if blue_green else {}))
-    return {"taskDefinitionArn": new, "deadline": deadline, "deploymentId": deployment_id}
+        deploymentId=deployment_id, application=blue_green["application"],
+        deploymentGroup=blue_green["deploymentGroup"])
+    return {"taskDefinitionArn": new, "deadline": deadline, "deploymentId": deployment_id, "engine": None}
+
+
+def _deploy_with_engine(event: Mapping[str, Any], started: dt.datetime, deadline: str) -> dict[str, Any]:
+    item = event["item"]
+    where = f"{item['name']} ({item['accountId']} {item['region']})"
+    try:
+        target = _rendered_target(item)
+    except (ClientError, deploy_engine.EngineInputError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise TargetUpdateError(f"{where}: cannot render from deploy document {item['document']}: {exc}") from exc
+    with _naming(item):
+        session = _deploy_session(item["roleArn"], _session_name(event["release"]))
+    state = deploy_engine.start(target, session, str(event["release"].get("id")), now=started.timestamp(),
+                                timeout_seconds=_service_timeout())
+    outcome = {deploy_engine.FAILED: "failed", deploy_engine.UNCHANGED: "unchanged"}.get(state.phase, "updated")
+    log(f"release.service.{outcome}", **_fields(event, "deployService"), cluster=item["cluster"],
+        service=item["service"], oldTaskDefinition=state.previous_task_definition,
+        newTaskDefinition=state.new_task_definition, deadline=deadline, reason=state.reason,
+        snapshotTaskDefinition=item["snapshot"], document=item["document"], changed=state.changed)
+    if state.phase == deploy_engine.FAILED:
+        raise TargetUpdateError(f"{where}: {state.reason}")
+    return {"taskDefinitionArn": state.new_task_definition, "deadline": deadline, "deploymentId": None,
+            "engine": state.to_dict()}
 
 
 # ------------------------------------------------------------------------------------------------------------- checks
-
-def rollout_status(service: Mapping[str, Any] | None, expected: str) -> tuple[str, str]:
-    """(STEADY | IN_PROGRESS | FAILED, why) for a service that should end up on ``expected``, by ECS's semantics.
-
-    Steady: one deployment left, PRIMARY, on ``expected``, rollout COMPLETED, running = desired. Failed: the rollout
-    of ``expected`` is FAILED, or the service is no longer on ``expected`` (the deployment circuit breaker rolled it
-    back, or another deployment replaced ours). Anything else is still in progress.
-    """
-    if not service or service.get("status") != "ACTIVE":
-        return FAILED, f"service is {service.get('status') if service else 'missing'}"
-    deployments = service.get("deployments") or []
-    for deployment in deployments:
-        if deployment.get("taskDefinition") == expected and deployment.get("rolloutState") == "FAILED":
-            return FAILED, f"rollout of {expected} failed: {deployment.get('rolloutStateReason', '')}".strip()
-    if service.get("taskDefinition") != expected:
-        return FAILED, (f"service runs {service.get('taskDefinition')}, not {expected} (rolled back by the "
-                        "deployment circuit breaker, or replaced by another deployment)")
-    if len(deployments) == 1:
-        only = deployments[0]
-        if only.get("status") == "PRIMARY" and only.get("taskDefinition") == expected \
-                and only.get("rolloutState", "COMPLETED") == "COMPLETED" \
-                and only.get("runningCount") == only.get("desiredCount"):
-            return STEADY, f"steady on {expected}, {only.get('runningCount')} running"
-    states = ", ".join(f"{d.get('status')} {d.get('taskDefinition', '').rsplit('/', 1)[-1]} "
-                       f"{d.get('rolloutState', '')} {d.get('runningCount')}/{d.get('desiredCount')}"
-                       for d in deployments)
-    return IN_PROGRESS, f"deployments: {states or 'none'}"
-
 
 def _describe_service(ecs: Any, item: Mapping[str, Any]) -> dict | None:
     services = ecs.describe_services(cluster=item["cluster"], services=[item["service"]])["services"]
@@ -897,17 +1060,12 @@ def _describe_service(ecs: Any, item: Mapping[str, Any]) -> dict | None:
 
 def _await_service(event: Mapping[str, Any], context: Any, step: str, expected: str, deadline: str,
                    sleep: Callable[[float], None], clock: Callable[[], float],
-                   probe: Callable[[], tuple[str, str]] | None = None, **log_fields: Any) -> dict[str, Any]:
+                   probe: Callable[[], tuple[str, str]], **log_fields: Any) -> dict[str, Any]:
     """Poll until steady, failed or past the deadline, or until this Lambda's wait budget is spent (IN_PROGRESS:
     the state machine waits and calls again). Waiting here rather than only in the state machine keeps a
-    300-service release far below Step Functions' 25,000 history events. ``probe``: one look, (status, why); by
-    default the rolling service's ECS deployments."""
+    300-service release far below Step Functions' 25,000 history events. ``probe``: one look, (status, why): the
+    deploy engine's ``poll`` of a rolling service, CodeDeploy's deployment of a blue/green one."""
     item = event["item"]
-    if probe is None:
-        ecs = _client("ecs", item["region"], item["roleArn"], _session_name(event["release"]))
-
-        def probe() -> tuple[str, str]:
-            return rollout_status(_describe_service(ecs, item), expected)
     poll = max(1, int(event.get("pollSeconds") or 15))
     budget = _check_wait(context)
     entered = _parse_time(event["now"]) if event.get("now") else _utcnow()
@@ -936,8 +1094,9 @@ def check_service(event: Mapping[str, Any], context: Any = None, *, sleep: Calla
     one: its CodeDeploy deployment succeeded / is going / failed or was stopped)."""
     deploy, item = event["deploy"], event["item"]
     if not item.get("blueGreen"):
+        probe, _ = _engine_probe(event, deploy["engine"], clock)
         return _await_service(event, context, "checkService", deploy["taskDefinitionArn"], deploy["deadline"],
-                              sleep, clock)
+                              sleep, clock, probe)
     codedeploy = _client("codedeploy", item["region"], item["roleArn"], _session_name(event["release"]))
     deployment_id = deploy["deploymentId"]
 
@@ -952,14 +1111,47 @@ def check_rollback(event: Mapping[str, Any], context: Any = None, *, sleep: Call
     """STEADY / IN_PROGRESS / FAILED / TIMED_OUT for a service being put back on its snapshot."""
     item, deadline = event["item"], event["rollback"]["deadline"]
     if not item.get("blueGreen"):
-        return _await_service(event, context, "checkRollback", item["snapshot"], deadline, sleep, clock)
+        probe, state = _engine_probe(event, event["rollback"]["engine"], clock)
+        return {**_await_service(event, context, "checkRollback", item["snapshot"], deadline, sleep, clock, probe),
+                "engine": state[0].to_dict()}
     # Nothing of the rollback step's result is needed: each look judges CodeDeploy and the service afresh.
     since = _parse_time(deadline) - dt.timedelta(seconds=_service_timeout() + 900)
     release_id, session_name = str(event["release"].get("id")), _session_name(event["release"])
 
     def probe() -> tuple[str, str]:
         return _restore_blue_green(item, release_id, session_name, stop=False, since=since)[:2]
-    return _await_service(event, context, "checkRollback", item["snapshot"], deadline, sleep, clock, probe)
+    return {**_await_service(event, context, "checkRollback", item["snapshot"], deadline, sleep, clock, probe),
+            "engine": None}
+
+
+def engine_status(state: deploy_engine.TargetState) -> tuple[str, str]:
+    """(STEADY | IN_PROGRESS | FAILED | TIMED_OUT, why) of the engine's state of a deployment or a restore."""
+    if state.phase in (deploy_engine.SUCCEEDED, deploy_engine.UNCHANGED):
+        return STEADY, f"deployed {state.new_task_definition} ({state.phase})"
+    if state.phase == deploy_engine.RESTORED:
+        return STEADY, f"back on {state.previous_task_definition}"
+    if state.active:
+        what = "restore of" if state.phase == deploy_engine.RESTORING else "deployment of"
+        target = state.previous_task_definition if state.phase == deploy_engine.RESTORING else state.new_task_definition
+        return IN_PROGRESS, f"ECS {what} {target}: {state.ecs_status or 'PENDING'}"
+    reason = str(state.restore_reason if state.phase == deploy_engine.RESTORE_FAILED else state.reason)
+    return (TIMED_OUT if " timed out after " in reason else FAILED), reason
+
+
+def _engine_probe(event: Mapping[str, Any], raw_state: Mapping[str, Any], clock: Callable[[], float],
+                  ) -> tuple[Callable[[], tuple[str, str]], list[deploy_engine.TargetState]]:
+    """A probe for :func:`_await_service`: one engine ``poll`` per look, on Step Functions' clock (``now``), and the
+    holder of the latest state."""
+    item = event["item"]
+    target = _engine_target(item)
+    session = _deploy_session(item["roleArn"], _session_name(event["release"]))
+    entered, began = _epoch(event.get("now")), clock()
+    holder = [deploy_engine.TargetState.from_dict(raw_state)]
+
+    def probe() -> tuple[str, str]:
+        holder[0] = deploy_engine.poll(target, holder[0], session, entered + (clock() - began))
+        return engine_status(holder[0])
+    return probe, holder
 
 
 # ----------------------------------------------------------------------------------------------------------- rollback
@@ -977,26 +1169,24 @@ def rollback_target(event: Mapping[str, Any], context: Any = None, *,
             service=item["service"], changed=changed, oldTaskDefinition=current, newTaskDefinition=item["snapshot"],
             status=status, reason=reason)
         return {"status": status, "reason": f"{item['name']}: {reason}"[:1000], "deadline": deadline,
-                "changed": changed}
+                "changed": changed, "engine": None}
     if kind == "service":
-        ecs = _client("ecs", item["region"], item["roleArn"], session_name)
-        service = _describe_service(ecs, item)
-        if service is None or service.get("status") != "ACTIVE":
-            raise TargetError(f"{item['name']}: service {item['cluster']}/{item['service']} is gone")
-        current = service["taskDefinition"]
-        changed = current != item["snapshot"]
-        if changed:
-            ecs.update_service(cluster=item["cluster"], service=item["service"], taskDefinition=item["snapshot"])
-            status, reason = IN_PROGRESS, f"rolling back from {current}"
-        else:
-            # Never changed, or already put back (by the circuit breaker, or an earlier attempt): wait only if
-            # that rollout is still going.
-            status, reason = rollout_status(service, item["snapshot"])
+        # Whatever the forward Map did (its states are gone): the engine puts the service back on the snapshot
+        # if it is not on it, and its restore is followed like a deployment.
+        state = deploy_engine.restore(
+            _engine_target(item), deploy_engine.TargetState(
+                deploy_engine.SUCCEEDED, changed=True, previous_task_definition=item["snapshot"],
+                started_at=started.timestamp(), timeout_seconds=float(_service_timeout())),
+            _deploy_session(item["roleArn"], session_name), started.timestamp())
+        if state.phase == deploy_engine.RESTORE_FAILED:
+            raise TargetError(f"{item['name']}: {state.restore_reason}")
+        status, reason = engine_status(state)
+        changed = state.phase == deploy_engine.RESTORING
         log("release.rollback.service", **_fields(event, "rollbackTarget"), cluster=item["cluster"],
-            service=item["service"], changed=changed, oldTaskDefinition=current, newTaskDefinition=item["snapshot"],
-            status=status)
+            service=item["service"], changed=changed, newTaskDefinition=item["snapshot"], status=status,
+            restoreDeployment=state.restore_deployment)
         return {"status": status, "reason": f"{item['name']}: {reason}"[:1000], "deadline": deadline,
-                "changed": changed}
+                "changed": changed, "engine": state.to_dict()}
     if kind == "task":
         events = _client("events", item["region"], item["roleArn"], session_name)
         current = {t["Id"]: t for t in _list_targets(events, item["ruleName"], item["eventBus"])}
@@ -1012,7 +1202,7 @@ def rollback_target(event: Mapping[str, Any], context: Any = None, *,
             oldTaskDefinition={t["Id"]: task_definition(current.get(t["Id"])) for t in differing},
             newTaskDefinition={t["Id"]: task_definition(t) for t in differing})
         return {"status": STEADY, "reason": f"{item['name']}: {len(differing)} target(s) restored",
-                "deadline": deadline, "changed": bool(differing)}
+                "deadline": deadline, "changed": bool(differing), "engine": None}
     raise ValueError(f"unknown target kind {kind!r}")
 
 

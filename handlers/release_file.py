@@ -185,6 +185,9 @@ class ReleaseContext:
     registry_id: str
     home_region: str
     environments: Mapping[str, Environment] = field(default_factory=dict)
+    services: Mapping[str, str] = field(default_factory=dict)
+    """``<cluster>/<serviceName>`` -> the S3 key of that service's deploy document: every service of the stack
+    (the release's *prepare* step reads it; a service not listed is not the stack's)."""
 
     @property
     def dns_suffix(self) -> str:
@@ -243,11 +246,20 @@ def load_context(data: Any) -> ReleaseContext:
     the Pulumi side and this code disagree, and guessing would deploy to the wrong place. An environment has
     ``accountId``, ``regions``, ``deployRoleArn`` and, only when its strategy is blue-green, ``blueGreen``:
     ``{"application": <CodeDeploy application>, "deploymentGroups": {<ECS service name>: <deployment group>}}``.
+    Optional ``services``: ``{"<cluster>/<serviceName>": "<deploy document key>"}`` for every service of the stack.
     """
     if not isinstance(data, Mapping):
         raise ContextError([f"must be a JSON object, got {type(data).__name__}"])
     problems: list[str] = []
-    _check_keys(data, "", ("version", "partition", "registryId", "homeRegion", "environments"), problems)
+    _check_keys({k: v for k, v in data.items() if k != "services"}, "",
+                ("version", "partition", "registryId", "homeRegion", "environments"), problems)
+    services = data.get("services", {})
+    if not isinstance(services, Mapping) or not all(
+            isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,255}/[A-Za-z0-9_-]{1,255}", k)
+            and isinstance(v, str) and re.fullmatch(r"services/[^\s]{1,900}", v) for k, v in services.items()):
+        problems.append(f"services: expected an object of deploy document keys (services/...) by "
+                        f"'<cluster>/<serviceName>', got {services!r}"[:300])
+        services = {}
 
     version = data.get("version")
     if "version" in data and (type(version) is not int or version != CONTEXT_VERSION):
@@ -310,7 +322,8 @@ def load_context(data: Any) -> ReleaseContext:
 
     if problems:
         raise ContextError(problems)
-    return ReleaseContext(partition=partition, registry_id=registry, home_region=home, environments=environments)
+    return ReleaseContext(partition=partition, registry_id=registry, home_region=home, environments=environments,
+                          services=dict(services))
 
 
 # --------------------------------------------------------------------------------------------------------------------

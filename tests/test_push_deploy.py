@@ -1,5 +1,7 @@
 """The push-deploy handler against moto: a tools-account registry replicated to two regions, deploy roles and ECS
 services in two workload accounts x two regions, driven by AWS's sample "ECR Image Action" event rewritten per case.
+``revision`` pushes go through the deploy engine, which registers the task definition of the service's deploy
+document; moto has no ECS service deployments, so :mod:`ecs_service_deployments` adds them to moto's ECS.
 
 AWS access is observed, never faked in the handler: ``_base_session`` and ``_deploy_session`` are replaced by
 versions that record every API call (account, region, operation, parameters) through botocore's event hooks, and
@@ -26,6 +28,7 @@ import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
 from conftest import SAMPLES
+from ecs_service_deployments import ServiceDeployments
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 
@@ -85,6 +88,26 @@ def rich_task_definition(region: str) -> dict[str, Any]:
     }
 
 
+def rendered_task_definition(env: str, region: str) -> dict[str, Any]:
+    """What `pulumi up` rendered for the environment and region: not what the service runs today (other sizing,
+    other environment variables, the bootstrap image at the trigger tag)."""
+    td = rich_task_definition(region)
+    td.update(cpu="1024", memory="2048")
+    app = td["containerDefinitions"][0]
+    app["image"] = registry_uri(region, "orders") + ":latest"
+    app["environment"] = [{"name": "MODE", "value": f"rendered-{env}"}, {"name": "REGION", "value": region}]
+    return td
+
+
+def deploy_document() -> dict[str, Any]:
+    return {"version": 1, "service": "orders", "environments": [
+        {"name": env, "strategy": "rolling", "timeoutSeconds": 900, "targets": [
+            {"accountId": ENVIRONMENTS[env], "region": region, "roleArn": role_arn(env), "cluster": "crossdeploy",
+             "service": "orders", "container": "orders", "taskDefinition": rendered_task_definition(env, region)}
+            for region in REGIONS]}
+        for env in ENVIRONMENTS]}
+
+
 def targets_map(replication_timeout: int = 300) -> dict[str, Any]:
     def targets(service: str, cluster: str, patterns: dict[str, list[str]]) -> list[dict[str, Any]]:
         return [{"environment": env, "tagPatterns": patterns[env], "accountId": ENVIRONMENTS[env], "region": region,
@@ -93,13 +116,13 @@ def targets_map(replication_timeout: int = 300) -> dict[str, Any]:
 
     patterns = {"qa": ["qa-*"], "prod": ["prod-*", "release-*"]}
     return {
-        "version": 1, "registryId": TOOLS, "homeRegion": HOME, "partition": "aws",
+        "version": 2, "registryId": TOOLS, "homeRegion": HOME, "partition": "aws",
         "replicationTimeoutSeconds": replication_timeout, "maxConcurrency": 8,
         "repositories": {
             "orders": {"pushMode": "revision", "containerName": "orders",
-                       "targets": targets("orders", "crossdeploy", patterns)},
+                       "targets": targets("orders", "crossdeploy", patterns), "deployDocument": deploy_document()},
             "legacy": {"pushMode": "force", "containerName": "legacy",
-                       "targets": targets("legacy", "legacy", patterns)},
+                       "targets": targets("legacy", "legacy", patterns), "deployDocument": None},
         },
     }
 
@@ -245,6 +268,7 @@ class World:
     digest: str
     recorder: Recorder
     admin: dict[str, boto3.Session]
+    rollouts: ServiceDeployments | None = None
 
     def ecs(self, account: str, region: str) -> Any:
         return self.admin[account].client("ecs", region_name=region)
@@ -313,8 +337,17 @@ def make_world(aws_env, targets_file, monkeypatch):
         return None if getattr(request, "answered_by_test", False) else moto_answer(self, event_name, request, **kwargs)
 
     monkeypatch.setattr(BotocoreStubber, "__call__", unless_answered)
+    # The engine's waits: tests run on moto's clock, not the wall's (FakeTime where a test counts the waiting).
+    monkeypatch.setattr(pd, "ENGINE_POLL_SECONDS", 0.0)
+    rollouts = ServiceDeployments(monkeypatch.setattr)
+
+    def make(**kwargs: Any) -> World:
+        world = build_world(Recorder(), monkeypatch, **kwargs)
+        world.rollouts = rollouts
+        return world
+
     with mock_aws():
-        yield lambda **kwargs: build_world(Recorder(), monkeypatch, **kwargs)
+        yield make
 
 
 @pytest.fixture
@@ -326,7 +359,7 @@ def world(make_world) -> World:
 
 
 @pytest.mark.parametrize(("env", "tag"), [("qa", "qa-1.2.3"), ("prod", "release-2024.06")])
-def test_push_registers_a_pinned_copy_and_updates_only_that_environment(world, make_event, capsys, env, tag):
+def test_push_registers_the_rendered_revision_pinned_in_every_region(world, make_event, capsys, env, tag):
     account = ENVIRONMENTS[env]
     other_account = PROD if env == "qa" else QA
     before = world.snapshot()
@@ -339,20 +372,24 @@ def test_push_registers_a_pinned_copy_and_updates_only_that_environment(world, m
     ecs_ops = {"RegisterTaskDefinition", "UpdateService"}
     for region in REGIONS:
         ecs = world.ecs(account, region)
-        old = ecs.describe_task_definition(taskDefinition=originals[region], include=["TAGS"])
         new_arn = world.service(account, region)["taskDefinition"]
         new = ecs.describe_task_definition(taskDefinition=new_arn, include=["TAGS"])
         assert new_arn != originals[region] and new["taskDefinition"]["revision"] == 2
-        volatile = {"taskDefinitionArn", "revision", "registeredAt", "registeredBy", "containerDefinitions"}
-        assert {k: v for k, v in new["taskDefinition"].items() if k not in volatile} == {
-            k: v for k, v in old["taskDefinition"].items() if k not in volatile}
-        assert new["tags"] == old["tags"] == rich_task_definition(region)["tags"]
-        (app, sidecar), (old_app, old_sidecar) = (new["taskDefinition"]["containerDefinitions"],
-                                                  old["taskDefinition"]["containerDefinitions"])
+        (registered,) = world.recorder.ops("RegisterTaskDefinition", account=account, region=region)
+        # Exactly the document's task definition (this environment's, this region's), only the image replaced,
+        # tagged with the deployment: not a copy of what ran before.
+        expected = rendered_task_definition(env, region)
+        expected["containerDefinitions"][0]["image"] = f"{registry_uri(region, 'orders')}@{world.digest}"
+        expected["tags"] = [*expected["tags"], {"key": "crossdeploy:deployment", "value": f"push-{EVENT_ID}"}]
+        assert registered.params == expected
+        td = new["taskDefinition"]
+        assert (td["cpu"], td["memory"]) == ("1024", "2048")
+        (app, sidecar) = td["containerDefinitions"]
+        assert app["environment"] == [{"name": "MODE", "value": f"rendered-{env}"},
+                                      {"name": "REGION", "value": region}]
         # Pinned by digest, on this region's replica (not the home region's, not a tag).
         assert app["image"] == f"{registry_uri(region, 'orders')}@{world.digest}"
-        assert {k: v for k, v in app.items() if k != "image"} == {k: v for k, v in old_app.items() if k != "image"}
-        assert sidecar == old_sidecar
+        assert sidecar["image"] == "public.ecr.aws/envoy:1.30"
         (update,) = world.recorder.ops("UpdateService", account=account, region=region)
         assert update.params == {"cluster": "crossdeploy", "service": "orders", "taskDefinition": new_arn}
     # What AWS received: ECS writes in this environment's account only, two regions, once each.
@@ -366,13 +403,17 @@ def test_push_registers_a_pinned_copy_and_updates_only_that_environment(world, m
 
     records = logs(capsys)
     kinds = [r["event"] for r in records]
-    assert sorted(kinds) == sorted(["target-start"] * 2 + ["registered"] * 2 + ["updated"] * 2 + ["summary"])
+    assert sorted(kinds) == sorted(["replicated"] * 2 + ["deployment-start"] + ["registered"] * 2 + ["updated"] * 2
+                                   + ["succeeded"] * 2 + ["deployment-outcome"] + ["summary"])
     for record in records:
-        assert (record["eventId"], record["digest"], record["repository"], record["tag"]) == (
-            EVENT_ID, world.digest, "orders", tag)
-        if record["event"] != "summary":
+        if record["event"] in ("replicated", "summary"):  # the push's own lines name the event and the image
+            assert (record["eventId"], record["digest"], record["repository"], record["tag"]) == (
+                EVENT_ID, world.digest, "orders", tag)
+        elif record["event"] in ("registered", "updated", "succeeded"):  # the engine's name the target
             assert record["account"] == account and record["region"] in REGIONS
             assert (record["cluster"], record["service"], record["environment"]) == ("crossdeploy", "orders", env)
+        if "deploymentId" in record:
+            assert record["deploymentId"] == f"push-{EVENT_ID}"
 
 
 def test_the_same_event_twice_deploys_once(world, make_event):
@@ -389,9 +430,33 @@ def test_the_same_event_twice_deploys_once(world, make_event):
     assert world.snapshot() == after_first
 
 
-def test_one_target_denied_while_the_others_deploy(world, make_event, capsys):
+def test_a_rollout_ecs_rolls_back_in_one_region_restores_the_other(world, make_event, capsys):
+    world.rollouts.script(PROD, OTHER, "orders", "IN_PROGRESS", "ROLLBACK_SUCCESSFUL")
+    world.rollouts.script(PROD, HOME, "orders", "IN_PROGRESS", "IN_PROGRESS", "SUCCESSFUL")
+    before = world.snapshot()
+
+    with pytest.raises(pd.PushDeployFailed) as caught:
+        pd.handler(make_event(tag="prod-3.0.0", digest=world.digest), None)
+
+    message = str(caught.value)
+    assert message.startswith(f"push orders:prod-3.0.0 ({world.digest}, event {EVENT_ID}): 1 of 2 target(s) failed: "
+                              f"{PROD}/{OTHER} crossdeploy/orders: ECS rolled back the deployment "
+                              "(ROLLBACK_SUCCESSFUL): ECS deployment circuit breaker")
+    assert "Restored 2 changed target(s) to their previous revision" in message and "\n" not in message
+    # Never half old, half new: both regions run what they ran before (a new revision exists, unused).
+    after = world.snapshot()
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    # us-east-2 had finished meanwhile (StopServiceDeployment refused): put back with UpdateService(previous).
+    assert [c.params["taskDefinition"] for c in world.recorder.ops("UpdateService", region=HOME)][1:] == [
+        before[(PROD, HOME)][0]]
+    summary = caught.value.summary
+    assert (summary["status"], summary["failed"], summary["restored"]) == ("failed", 1, 2)
+    assert {t["region"]: t["status"] for t in summary["targets"]} == {HOME: "restored", OTHER: "restored"}
+
+
+def test_one_target_denied_restores_the_target_that_deployed(world, make_event, capsys):
     # The deploy role may update its services in us-east-2 but not in eu-west-1 (an SCP, or a region added to
-    # the environment before the role's policy caught up): ECS refuses, the other region still deploys.
+    # the environment before the role's policy caught up): ECS refuses, and the region that did change goes back.
     def deny_in_other_region(request: Any, **_: Any) -> AWSResponse | None:
         if f"ecs.{OTHER}." in request.url:
             return error_response(request, 400, "AccessDeniedException", "not authorized to perform ecs:UpdateService")
@@ -405,16 +470,16 @@ def test_one_target_denied_while_the_others_deploy(world, make_event, capsys):
         pd.handler(make_event(tag="prod-3.0.0", digest=world.digest), None)
 
     message = str(caught.value)
-    assert "1 of 2 targets failed: " in message
-    assert f"failed prod {PROD}/{OTHER} crossdeploy/orders: AccessDeniedException" in message
-    assert f"updated prod {PROD}/{HOME} crossdeploy/orders -> " in message
+    assert f"1 of 2 target(s) failed: {PROD}/{OTHER} crossdeploy/orders: AccessDeniedException: " in message
+    assert "Restored 1 changed target(s) to their previous revision" in message
     after = world.snapshot()
-    assert after[(PROD, HOME)][0] != before[(PROD, HOME)][0]
+    assert after[(PROD, HOME)][0] == before[(PROD, HOME)][0]
     assert after[(PROD, OTHER)][0] == before[(PROD, OTHER)][0]
-    assert caught.value.summary["failed"] == 1 and caught.value.summary["updated"] == 1
-    (failed,) = [r for r in logs(capsys) if r["event"] == "failed"]
-    assert (failed["account"], failed["region"], failed["errorCode"]) == (PROD, OTHER, "AccessDeniedException")
-    assert failed["registeredTaskDefinitionArn"].endswith("task-definition/orders:2")  # the orphan is named
+    summary = caught.value.summary
+    assert (summary["failed"], summary["restored"], summary["updated"]) == (1, 1, 0)
+    failed = [r for r in logs(capsys) if r["event"] == "target-failed"]
+    assert [(r["account"], r["region"]) for r in failed] == [(PROD, OTHER)]
+    assert failed[0]["newTaskDefinition"].endswith("task-definition/orders:2")  # the orphan is named
 
 
 def test_deploy_role_refused_fails_every_target_of_that_account_and_touches_nothing(world, make_event):
@@ -431,29 +496,48 @@ def test_deploy_role_refused_fails_every_target_of_that_account_and_touches_noth
         pd.handler(make_event(digest=world.digest), None)
 
     message = str(caught.value)
-    assert "2 of 2 targets failed" in message
+    assert "2 of 2 target(s) failed" in message
     for region in REGIONS:
-        assert f"failed qa {QA}/{region} crossdeploy/orders: AccessDenied: assuming {role_arn('qa')}: " in message
+        assert f"{QA}/{region} crossdeploy/orders: AccessDenied: assuming {role_arn('qa')}: " in message
     assert len(world.recorder.ops("AssumeRole")) == 1, "a refused role is asked once, not once per target"
     assert not [c for c in world.recorder.calls if c.service == "ecs"]
     assert world.snapshot() == before
 
 
-@pytest.mark.parametrize("fault", ["missing", "code-deploy"])
-def test_a_broken_service_fails_alone(world, make_event, fault):
+def test_a_missing_service_fails_the_environment_and_the_other_region_goes_back(world, make_event):
     ecs = world.ecs(QA, OTHER)
     ecs.delete_service(cluster="crossdeploy", service="orders", force=True)
-    if fault == "code-deploy":  # UpdateService cannot change a CODE_DEPLOY service's task definition
-        arn = world.revisions(QA, OTHER)[0]
-        ecs.create_service(cluster="crossdeploy", serviceName="orders", taskDefinition=arn, desiredCount=1,
-                           deploymentController={"type": "CODE_DEPLOY"})
-    code = {"missing": "ServiceNotFound", "code-deploy": "UnsupportedDeploymentController"}[fault]
+    original = world.service(QA, HOME)["taskDefinition"]
 
-    with pytest.raises(pd.PushDeployFailed, match=f"failed qa {QA}/{OTHER} crossdeploy/orders: {code}: "):
+    with pytest.raises(pd.PushDeployFailed, match=f"{QA}/{OTHER} crossdeploy/orders: service not found or not "
+                                                  "ACTIVE; nothing changed"):
         pd.handler(make_event(digest=world.digest), None)
 
-    assert world.service(QA, HOME)["taskDefinition"].endswith(":2")
+    assert world.service(QA, HOME)["taskDefinition"] == original
     assert len(world.revisions(QA, OTHER)) == 1, "no revision registered for a service that cannot use it"
+
+
+def test_a_deploy_document_the_engine_refuses_is_kept_for_a_retry_before_any_aws_call(make_event, targets_file,
+                                                                                        no_aws):
+    document = targets_map()
+    broken = document["repositories"]["orders"]["deployDocument"]
+    broken["environments"][0]["targets"][0]["taskDefinition"]["containerDefinitions"][0]["cpu"] = "lots"
+    targets_file(document)
+
+    with pytest.raises(pd.TargetsError, match=r"deployDocument: 1 problem\(s\): \$\.environments\[0\]\.targets\[0\]"
+                                              r"\.taskDefinition"):
+        pd.handler(make_event(), None)
+    assert no_aws == []
+
+
+def test_a_document_disagreeing_with_the_map_is_refused(make_event, targets_file, no_aws):
+    document = targets_map()
+    document["repositories"]["orders"]["deployDocument"]["environments"][0]["targets"][1]["service"] = "orders-v2"
+    targets_file(document)
+
+    with pytest.raises(pd.TargetsError, match="environment 'qa' deploys"):
+        pd.handler(make_event(), None)
+    assert no_aws == []
 
 
 def test_throttling_is_absorbed_by_the_sdk_retry_mode(world, make_event, monkeypatch):
@@ -555,10 +639,11 @@ class FakeTime:
 
 
 @pytest.mark.parametrize(("remaining", "budget"), [(None, 300), (90.0, 30)])
-def test_replication_not_there_waits_bounded_then_fails_that_target_only(
+def test_replication_not_there_waits_bounded_then_deploys_nothing(
         make_world, make_event, targets_file, remaining, budget):
     world = make_world(replicate_to=(HOME,))  # eu-west-1's replica has not received the image yet
     fake = FakeTime()
+    before = world.snapshot()
 
     with pytest.raises(pd.PushDeployFailed) as caught:
         pd.handle_push(make_event(digest=world.digest), pd.load_targets(targets_file()),
@@ -566,16 +651,37 @@ def test_replication_not_there_waits_bounded_then_fails_that_target_only(
                        clock=fake.clock)
 
     message = str(caught.value)
-    assert f"failed qa {QA}/{OTHER} crossdeploy/orders: ReplicationTimeout: " in message
-    assert f"updated qa {QA}/{HOME} crossdeploy/orders" in message
+    # An environment goes as one: with a region unable to pull the image, no region is changed.
+    assert "the image is not on every replica of environment qa, nothing was deployed: " in message
+    assert f"{OTHER}: ReplicationTimeout: " in message
     # Bounded: the configured timeout, or less when the invocation itself has less time left.
     assert sum(fake.slept) == budget and max(fake.slept) == 10
     polls = world.recorder.ops("DescribeImages", account=TOOLS, region=OTHER)
     assert len(polls) == budget // 10 + 1
     assert polls[0].params == {"registryId": TOOLS, "repositoryName": "orders",
                                "imageIds": [{"imageDigest": world.digest}]}
-    assert not [c for c in world.recorder.calls if c.service == "ecs" and c.region == OTHER]
-    assert len(world.recorder.assumed) == 1, "the role is assumed only once the image is there"
+    assert not [c for c in world.recorder.calls if c.service == "ecs"]
+    assert world.recorder.assumed == [], "no role is assumed until every replica is there"
+    assert world.snapshot() == before
+
+
+def test_the_engine_waits_the_environment_timeout_capped_by_the_invocation(make_world, make_event, targets_file,
+                                                                           monkeypatch):
+    world = make_world()
+    seen: list[float] = []
+
+    def run(targets: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["timeout_seconds"])
+        return pd.deploy_engine.Outcome(True, "ok", tuple(targets), tuple(
+            pd.deploy_engine.TargetState(pd.deploy_engine.UNCHANGED) for _ in targets))
+
+    monkeypatch.setattr(pd.deploy_engine, "run", run)
+    targets, fake = pd.load_targets(targets_file()), FakeTime()
+    pd.handle_push(make_event(digest=world.digest), targets, sleep=fake.sleep, clock=fake.clock)
+    pd.handle_push(make_event(digest=world.digest), targets, time_remaining_seconds=400.0, sleep=fake.sleep,
+                   clock=fake.clock)
+    # The document's 900 s; then what the invocation has left, less the reserve for starting the restores.
+    assert seen == [900.0, 400.0 - pd.ENGINE_RESERVE_SECONDS]
 
 
 def test_lambda_context_bounds_the_wait(make_world, make_event, monkeypatch):
@@ -695,12 +801,14 @@ def test_a_tag_mapping_to_two_environments_is_not_deployed_anywhere(make_event, 
 
 
 BRIEF_EXAMPLE = {
-    "version": 1, "registryId": "111111111111", "homeRegion": "us-east-2", "partition": "aws",
+    "version": 2, "registryId": "111111111111", "homeRegion": "us-east-2", "partition": "aws",
     "replicationTimeoutSeconds": 300, "maxConcurrency": 8,
     "repositories": {"orders": {"pushMode": "revision", "containerName": "orders", "targets": [
         {"environment": "qa", "tagPatterns": ["qa-*"], "accountId": "444455556666", "region": "us-east-2",
          "cluster": "crossdeploy", "service": "orders",
-         "roleArn": "arn:aws:iam::444455556666:role/crossdeploy/dev/deploy/crossdeploy-dev-deploy"}]}},
+         "roleArn": "arn:aws:iam::444455556666:role/crossdeploy/dev/deploy/crossdeploy-dev-deploy"}],
+        # Read by the deploy engine when a push needs it (tests/test_deploy_engine.py covers its validation).
+        "deployDocument": {"version": 1, "service": "orders", "environments": []}}},
 }
 
 
@@ -735,8 +843,8 @@ def _map(**changes: Any) -> dict:
 TARGET = "repositories__orders__targets__0"
 BAD_MAPS = {
     "not an object": ([], "expected a JSON object"),
-    "another version": (_map(version=2), "this handler reads version 1, got 2"),
-    "no version": (_map(version=KeyError), "this handler reads version 1, got None"),
+    "another version": (_map(version=1), "this handler reads version 2, got 1"),
+    "no version": (_map(version=KeyError), "this handler reads version 2, got None"),
     "unknown key": (_map(regions=["us-east-2"]), "$: unknown key 'regions'"),
     "missing key": (_map(homeRegion=KeyError), "$: missing key 'homeRegion'"),
     "numeric account": (_map(registryId=111111111111), "$.registryId: expected a 12-digit account id string"),
@@ -751,6 +859,12 @@ BAD_MAPS = {
     "bad push mode": (_map(repositories__orders__pushMode="rolling"),
                       "pushMode: expected one of ['revision', 'force'], got 'rolling'"),
     "no targets": (_map(repositories__orders__targets=[]), "targets: expected a non-empty list"),
+    "revision without a document": (_map(repositories__orders__deployDocument=None),
+                                    "deployDocument: expected the service's deploy document (an object) for pushMode "
+                                    "revision, got null"),
+    "no document key": (_map(repositories__orders__deployDocument=KeyError), "missing key 'deployDocument'"),
+    "force with a document": (_map(repositories__orders__pushMode="force"),
+                              "deployDocument: must be null for pushMode force"),
     "target not an object": (_map(repositories__orders__targets=["qa"]), "targets[0]: expected an object"),
     "unknown target key": (_map(**{f"{TARGET}__regions": ["x"]}), "targets[0]: unknown key 'regions'"),
     "empty patterns": (_map(**{f"{TARGET}__tagPatterns": []}), "tagPatterns: expected a non-empty list"),

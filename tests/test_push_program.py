@@ -101,12 +101,29 @@ def test_function_package_carries_the_handlers_and_the_target_map(push_run, tmp_
     assert function.inputs["timeout"] == 900
     code = function.inputs["code"]
     assets = code.assets
-    assert "handlers/push_deploy.py" in assets and "handlers/ecs_common.py" in assets
+    # The push handler, the deploy engine it drives, and what they import.
+    assert {"handlers/push_deploy.py", "handlers/deploy_engine.py", "handlers/ecs_common.py",
+            "handlers/image_definitions.py"} <= set(assets)
     targets = json.loads(assets["targets.json"].text)
-    assert targets["registryId"] == TOOLS and targets["homeRegion"] == "us-east-2"
+    assert targets["version"] == 2 and targets["registryId"] == TOOLS and targets["homeRegion"] == "us-east-2"
     billing = targets["repositories"]["billing"]
     assert billing["pushMode"] == "revision" and billing["containerName"] == "app"
-    assert targets["repositories"]["legacy"]["pushMode"] == "force"
+    legacy = targets["repositories"]["legacy"]
+    assert legacy["pushMode"] == "force" and legacy["deployDocument"] is None
+    # The deploy document the engine registers from: every environment, every region, the rendered task definition.
+    document = billing["deployDocument"]
+    assert document["service"] == "billing"
+    assert [(e["name"], [(t["accountId"], t["region"]) for t in e["targets"]]) for e in document["environments"]] == [
+        ("qa", [(QA, "us-east-2")]), ("prod", [(PROD, "us-east-2"), (PROD, "eu-west-1")])]
+    rendered = document["environments"][1]["targets"][1]["taskDefinition"]
+    assert rendered["containerDefinitions"][0]["name"] == "app"
+    assert rendered["executionRoleArn"].startswith(f"arn:aws:iam::{PROD}:role/")
+    from handlers import deploy_engine
+
+    engine_targets = deploy_engine.targets_for(deploy_engine.parse_document(document), "prod", {
+        r: f"{TOOLS}.dkr.ecr.{r}.amazonaws.com/billing@sha256:{'a' * 64}" for r in ("us-east-2", "eu-west-1")})
+    assert [(t.account_id, t.region, t.container) for t in engine_targets] == [
+        (PROD, "us-east-2", "app"), (PROD, "eu-west-1", "app")]
     assert [(t["environment"], t["accountId"], t["region"], t["tagPatterns"]) for t in billing["targets"]] == [
         ("qa", QA, "us-east-2", ["qa-*"]),
         ("prod", PROD, "us-east-2", ["release-*", "prod-*"]),
@@ -141,7 +158,8 @@ def test_retries_dead_letter_queue_and_alarms(push_run) -> None:
     assert not allows(queue_policy.inputs["policy"], "sqs:SendMessage", queue.outputs["arn"],
                       service="events.amazonaws.com", context={"aws:SourceArn": "arn:aws:events:us-east-2:1:rule/x"})
     topic = push_run.of_type("aws:sns/topic:Topic")[0].outputs["arn"]
-    alarms = push_run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+    # The push deploy's own alarms (the workload accounts hold each service's deployment alarm).
+    alarms = [a for a in push_run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm") if a.account == TOOLS]
     assert {(a.inputs["namespace"], a.inputs["metricName"]) for a in alarms} == {
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"), ("AWS/Lambda", "Errors")}
     assert all(a.inputs["alarmActions"] == [topic] for a in alarms)
@@ -174,7 +192,9 @@ def test_deploy_roles_trust_no_push_role_without_push_services(base_run) -> None
     for deploy in (r for r in base_run.of_type("aws:iam/role:Role") if "/deploy/" in r.outputs["arn"]):
         assert not allows(deploy.inputs["assumeRolePolicy"], "sts:AssumeRole",
                           principal_arn=f"arn:aws:iam::{TOOLS}:role/crossdeploy/test/push/crossdeploy-test-push-deploy")
-    assert base_run.of_type("aws:lambda/function:Function") == []
+    # No push function (the deploy engine's, which pipelines use, is not the push deploy's).
+    assert not [f for f in base_run.of_type("aws:lambda/function:Function")
+                if f.inputs["handler"] == "handlers.push_deploy.handler"]
 
 
 @pytest.mark.parametrize(("envs", "fragment"), [
@@ -252,7 +272,8 @@ def test_function_role_stays_within_iam_limit_with_many_push_services() -> None:
             targets=tuple(PushTarget("qa", ("qa-*",), QA, r, "crossdeploy", f"svc-{i}",
                                      f"arn:aws:iam::{QA}:role/crossdeploy/t/deploy/crossdeploy-t-deploy")
                           for r in regions),
-            repository_arns=tuple(f"arn:aws:ecr:{r}:{TOOLS}:repository/{name}" for r in regions))
+            repository_arns=tuple(f"arn:aws:ecr:{r}:{TOOLS}:repository/{name}" for r in regions),
+            deploy_document={"version": 1, "service": name, "environments": []})
 
     for count in (MAX_EXACT_REPOSITORY_ARNS // 3, 300):
         args = PushDeployArgs(provider=None, partition="aws", tools_account_id=TOOLS, home_region="us-east-2",

@@ -10,6 +10,11 @@ moto keeps a service's creation-time deployment forever (UpdateService changes `
 deployment that completes (or fails, or is rolled back by the circuit breaker, or never settles) a few
 DescribeServices later. ``checkService`` is written against real ECS and only sees moto through that.
 
+Rolling services go through the deploy engine, which registers the task definition of the service's deploy document
+(a zip with ``deploy.json`` in the versioned config bucket, listed in the release context's ``services``) and follows
+ECS's service deployments: moto has none, so :mod:`ecs_service_deployments` adds them to moto's ECS, each
+deployment's status read from :class:`Rollouts` (:meth:`Rollouts.deployment_status`).
+
 Blue/green services (CODE_DEPLOY deployment controller) are deployed through CodeDeploy. moto stores CodeDeploy
 deployments but never runs them, so :class:`BlueGreenDeployments` runs them (CreateDeployment -> InProgress ->
 Succeeded, the service then serving the AppSpec's task definition; or Failed), and :class:`Rollouts` refuses
@@ -19,10 +24,15 @@ need it stub the codedeploy client alone with botocore's Stubber (which still va
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import importlib
+import io
 import json
+import os
+import tempfile
 import threading
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +59,7 @@ from components.release_state_machine import definition, lambda_functions
 from handlers import release
 from handlers.ecs_common import assumed_session
 from tests.asl_runner import Execution, Runner
+from tests.ecs_service_deployments import Deployment, ServiceDeployments
 
 TOOLS = "123456789012"  # moto's default account plays the tools account (registry, topic, state machine)
 ACCOUNTS = ("444455556666", "777788889999")
@@ -57,6 +68,8 @@ HOME = "us-east-2"
 CLUSTER = "crossdeploy"
 REPOSITORIES = ("team/orders", "team/payments", "team/search", "batch/cleanup")
 ROLE_PATH = "/crossdeploy/prod/deploy/"
+CONFIG_BUCKET = "crossdeploy-deploy-config"
+ENVIRONMENT_OF = {ACCOUNTS[0]: "qa", ACCOUNTS[1]: "prod"}
 
 
 def _manifest_json(repository: str, tag: str) -> str:
@@ -96,6 +109,28 @@ def task_definition(family: str, account: str, region: str, image: str, sidecar:
         "ephemeralStorage": {"sizeInGiB": 30}, "volumes": [{"name": "scratch"}],
         "containerDefinitions": containers, "tags": [{"key": "team", "value": family}],
     }
+
+
+def rendered_task_definition(family: str, account: str, region: str, repository: str, sidecar: bool) -> dict:
+    """What `pulumi up` rendered for the service (its deploy document): what the release registers, not a copy of
+    what runs (another memory size, another environment variable, the bootstrap image)."""
+    td = task_definition(family, account, region, f"{TOOLS}.dkr.ecr.{region}.amazonaws.com/{repository}:latest",
+                         sidecar)
+    td["memory"] = "2048"
+    td["containerDefinitions"][0]["environment"].append({"name": "RENDERED", "value": f"{account}/{region}"})
+    return td
+
+
+def add_document_target(world: World, name: str, account: str, region: str, spec: dict | None) -> None:
+    document = world.documents.setdefault(name, {"version": 1, "service": name, "environments": []})
+    environment = next((e for e in document["environments"] if e["name"] == ENVIRONMENT_OF[account]), None)
+    if environment is None:
+        environment = {"name": ENVIRONMENT_OF[account], "strategy": "rolling", "timeoutSeconds": 900, "targets": []}
+        document["environments"].append(environment)
+    environment["targets"].append({
+        "accountId": account, "region": region,
+        "roleArn": f"arn:aws:iam::{account}:role{ROLE_PATH}crossdeploy-prod-deploy", "cluster": CLUSTER,
+        "service": name, "container": "app", "taskDefinition": spec})
 
 
 class Patcher:
@@ -152,6 +187,18 @@ class Rollouts:
 
         setattr_(EC2ContainerServiceBackend, "update_service", update_service)
         setattr_(EC2ContainerServiceBackend, "describe_services", describe_services)
+
+    def deployment_status(self, deployment: Deployment) -> str:
+        """ECS's service deployment status of ``deployment``, from the rollout modelled here: on its revision, the
+        primary's rolloutState (COMPLETED: SUCCESSFUL, FAILED: ROLLBACK_FAILED); moved off it, rolled back."""
+        service = ecs_backends[deployment.account][deployment.region]._get_service(deployment.cluster,
+                                                                                   deployment.service)
+        self._progress(service)
+        primary = next((d for d in service.deployments if d.get("status") == "PRIMARY"), {})
+        if service.task_definition == deployment.task_definition:
+            return {"COMPLETED": "SUCCESSFUL", "FAILED": "ROLLBACK_FAILED"}.get(primary.get("rolloutState"),
+                                                                                 "IN_PROGRESS")
+        return "ROLLBACK_SUCCESSFUL" if primary.get("rolloutState") == "COMPLETED" else "ROLLBACK_IN_PROGRESS"
 
     @staticmethod
     def _deployment(status: str, task_definition: str, rollout: str, running: int, desired: int) -> dict[str, Any]:
@@ -323,8 +370,10 @@ class Faults:
         json_protocol = bool(target)
         body = request.body or b""
         body = body.decode() if isinstance(body, bytes) else body
-        operation = target.rsplit(".", 1)[-1] if json_protocol else dict(
-            p.split("=", 1) for p in body.split("&") if "=" in p).get("Action", "?")
+        # before-send.<service>.<Operation>; S3's streamed bodies are not strings.
+        operation = str(_.get("event_name", "")).rsplit(".", 1)[-1] or (
+            target.rsplit(".", 1)[-1] if json_protocol else dict(
+                p.split("=", 1) for p in str(body).split("&") if "=" in p).get("Action", "?"))
         with self._lock:
             self.requests += 1
             self.calls[operation] += 1
@@ -363,8 +412,11 @@ class World:
     tasks: list[dict] = field(default_factory=list)
     topic_arn: str = ""
     queue_url: str = ""
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """ECS service name -> its deploy document, as ``pulumi up`` renders it (published by :meth:`publish`)."""
     _admins: dict[str, boto3.Session] = field(default_factory=dict)
     _clients: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    _published: dict[str, str] = field(default_factory=dict)
 
     def admin(self, account: str) -> boto3.Session:
         """An administrator session in a workload account (what the tests use to set up and inspect)."""
@@ -387,7 +439,28 @@ class World:
     def events(self, account: str, region: str) -> Any:
         return self.client("events", account, region)
 
+    def publish(self) -> None:
+        """What `pulumi up` writes: each service's document (a zip with deploy.json) in the versioned config bucket,
+        and the release context's ``services`` map in the step Lambdas' package (here: a file they are told of)."""
+        s3 = self.client("s3")
+        for name, document in self.documents.items():
+            text = json.dumps(document, sort_keys=True)
+            if self._published.get(name) == text:
+                continue
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as archive:
+                archive.writestr("deploy.json", text)
+            s3.put_object(Bucket=CONFIG_BUCKET, Key=f"services/{name}/deploy.zip", Body=buffer.getvalue())
+            self._published[name] = text
+        services = {f"{CLUSTER}/{e['service']}": f"services/{e['service']}/deploy.zip" for e in self.services}
+        handle, path = tempfile.mkstemp(prefix="release-context-", suffix=".json")
+        with os.fdopen(handle, "w") as out:
+            json.dump({"services": services}, out)
+        os.environ["CROSSDEPLOY_CONTEXT_FILE"] = path  # configure() set it through the test's monkeypatch
+
     def manifest(self, tag: str = "2.0.0") -> dict[str, Any]:
+        self.publish()
+
         def entry(e: dict) -> dict:
             out = {k: v for k, v in e.items() if not k.startswith("_")}
             out["image"] = {**out["image"], "tag": tag}
@@ -446,6 +519,9 @@ def build_world(base: boto3.Session, services_per_target: int, tasks_per_target:
                 accounts: tuple[str, ...] = ACCOUNTS, regions: tuple[str, ...] = REGIONS,
                 direct: bool = False) -> World:
     world = World(base)
+    s3 = world.client("s3")
+    s3.create_bucket(Bucket=CONFIG_BUCKET, CreateBucketConfiguration={"LocationConstraint": HOME})
+    s3.put_bucket_versioning(Bucket=CONFIG_BUCKET, VersioningConfiguration={"Status": "Enabled"})
     for region in regions:  # the tools registry, replicated: every tag in every region, same digest
         ecr = world.client("ecr", None, region)
         for repository in REPOSITORIES:
@@ -479,6 +555,8 @@ def build_world(base: boto3.Session, services_per_target: int, tasks_per_target:
                     td = ecs.register_task_definition(**spec)["taskDefinition"]
                     ecs.create_service(cluster=CLUSTER, serviceName=name, taskDefinition=td["taskDefinitionArn"],
                                        desiredCount=2, launchType="FARGATE")
+                add_document_target(world, name, account, region,
+                                    rendered_task_definition(name, account, region, repository, sidecar))
                 world.services.append({
                     "name": f"{name}@{account}/{region}", "line": line, "accountId": account, "region": region,
                     "roleArn": role, "cluster": CLUSTER, "service": name, "container": "app" if sidecar else None,
@@ -551,7 +629,8 @@ def configure(setenv: Callable[[str, str], None]) -> None:
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
            "AWS_DEFAULT_REGION": HOME, "CROSSDEPLOY_REGISTRY_ID": TOOLS, "CROSSDEPLOY_HOME_REGION": HOME,
            "CROSSDEPLOY_PARTITION": "aws", "CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS": "900",
-           "CROSSDEPLOY_CHECK_WAIT_SECONDS": "300",
+           "CROSSDEPLOY_CHECK_WAIT_SECONDS": "300", "CROSSDEPLOY_CONFIG_BUCKET": CONFIG_BUCKET,
+           "CROSSDEPLOY_CONTEXT_FILE": "",  # World.publish points it at the world's release context
            # moto: services start with their initial deployment complete (2 of 2 running)
            "MOTO_ECS_SERVICE_RUNNING": "2"}
     for key, value in env.items():
@@ -582,8 +661,9 @@ def aws(monkeypatch):
     with mock_aws():
         base = boto3.Session(region_name=HOME)
         monkeypatch.setattr(release, "_base_session", lambda: base)
-        yield Env(base, Rollouts(monkeypatch.setattr), faults, monkeypatch.setenv,
-                  BlueGreenDeployments(monkeypatch.setattr))
+        rollouts = Rollouts(monkeypatch.setattr)
+        ServiceDeployments(monkeypatch.setattr, status_hook=rollouts.deployment_status)
+        yield Env(base, rollouts, faults, monkeypatch.setenv, BlueGreenDeployments(monkeypatch.setattr))
 
 
 def _regional(world: World, entry: dict, tag: str = "2.0.0") -> str:
@@ -694,7 +774,7 @@ def test_one_failing_service_rolls_back_every_changed_target(aws, failure, error
     assert f"rolled back: {error}: {FAILING}" in mail["Message"]
     assert "services: 12 restored, 0 not restored" in mail["Message"]
     if failure == "timed-out":  # the state machine's Wait/Check/Choice loop turned until the deadline
-        assert execution.visits["WaitForService"] >= 12 + 120 // 15
+        assert execution.visits["WaitForService"] >= 11 + 120 // 15
     assert "scheduled tasks: 4 restored, 0 not restored" in mail["Message"]
     # One release can be followed in the logs: its id on every line, old and new task definition of each change.
     lines = [line for line in _logs(capsys.readouterr().out) if line.get("release") == "release-0001"]
@@ -705,28 +785,32 @@ def test_one_failing_service_rolls_back_every_changed_target(aws, failure, error
         {FAILING} if failure == "circuit-breaker" else set())
 
 
-def test_task_definitions_and_rule_targets_are_copied_whole(aws):
+def test_services_register_their_rendered_revision_and_rule_targets_are_copied_whole(aws):
     world = aws.world(services_per_target=2, tasks_per_target=1)
     before = world.current_task_definitions()
     rules_before = {t["name"]: world.rule_targets(t) for t in world.tasks}
     execution = run_release(world.manifest())
     assert execution.status == "SUCCEEDED", execution.cause
     after = world.current_task_definitions()
-    volatile = {"taskDefinitionArn", "revision", "registeredAt", "registeredBy", "containerDefinitions"}
+    volatile = {"taskDefinitionArn", "revision", "registeredAt", "registeredBy", "status", "compatibilities",
+                "requiresAttributes"}
     for entry in world.services:
         ecs = world.ecs(entry["accountId"], entry["region"])
-        old = ecs.describe_task_definition(taskDefinition=before[entry["name"]], include=["TAGS"])
         new = ecs.describe_task_definition(taskDefinition=after[entry["name"]], include=["TAGS"])
-        assert new["tags"] == old["tags"] != []
-        old_td, new_td = old["taskDefinition"], new["taskDefinition"]
-        assert new_td["revision"] == old_td["revision"] + 1
-        assert {k: v for k, v in new_td.items() if k not in volatile} == \
-            {k: v for k, v in old_td.items() if k not in volatile}
-        for old_c, new_c in zip(old_td["containerDefinitions"], new_td["containerDefinitions"], strict=True):
-            replaced = entry["container"] in (None, old_c["name"])
-            assert {k: v for k, v in new_c.items() if k != "image" or not replaced} == \
-                {k: v for k, v in old_c.items() if k != "image" or not replaced}
-            assert (new_c["image"] == _regional(world, entry)) if replaced else (new_c["image"] == old_c["image"])
+        # Exactly what `pulumi up` rendered for this account and region (its memory, its environment), with the
+        # manifest's digest on this region's replica, tagged with the release: not a copy of what ran before.
+        document = world.documents[entry["service"]]
+        [spec] = [t["taskDefinition"] for e in document["environments"] for t in e["targets"]
+                  if (t["accountId"], t["region"]) == (entry["accountId"], entry["region"])]
+        expected = copy.deepcopy(spec)
+        expected["containerDefinitions"][0]["image"] = _regional(world, entry)
+        assert new["tags"] == [*expected.pop("tags"), {"key": "crossdeploy:deployment", "value": "release-0001"}]
+        registered = {k: v for k, v in new["taskDefinition"].items() if k not in volatile}
+        assert registered["memory"] == "2048" and registered["containerDefinitions"][0]["environment"][-1] == {
+            "name": "RENDERED", "value": f"{entry['accountId']}/{entry['region']}"}
+        assert _app_image(registered, entry["container"]) == _regional(world, entry)
+        assert release.deploy_engine.same_revision(registered, expected)
+        assert after[entry["name"]] != before[entry["name"]]
     for entry in world.tasks:
         old_targets, new_targets = rules_before[entry["name"]], world.rule_targets(entry)
         assert [t["Id"] for t in new_targets] == [t["Id"] for t in old_targets]
@@ -811,6 +895,47 @@ def test_prepare_lists_every_target_problem_and_changes_nothing(aws):
     assert not {"RegisterTaskDefinition", "UpdateService", "PutTargets"} & set(aws.faults.calls)
 
 
+def test_a_service_outside_the_stack_is_refused_in_prepare_before_any_change(aws):
+    world = aws.world(services_per_target=2, tasks_per_target=1)
+    before = world.current_task_definitions()
+    # A service running in the cluster, but not one the stack manages: no deploy document, not in the context.
+    first = world.services[0]
+    ecs = world.ecs(first["accountId"], first["region"])
+    ecs.create_service(cluster=CLUSTER, serviceName="rogue", desiredCount=1, launchType="FARGATE",
+                       taskDefinition=world.service_state(first)["taskDefinition"])
+    manifest = world.manifest()
+    outsider = {**manifest["services"][0], "name": "rogue@here", "service": "rogue", "line": 999}
+    manifest["services"].append(outsider)
+    aws.faults.calls.clear()
+
+    execution = run_release(manifest)
+
+    assert (execution.status, execution.error) == ("FAILED", "ReleaseRejected")
+    assert f"{outsider['name']} ({outsider['accountId']} {outsider['region']} {CLUSTER}/{outsider['service']}): " \
+           "not a service of this stack (no deploy document)" in execution.cause
+    assert not {"RegisterTaskDefinition", "UpdateService", "PutTargets"} & set(aws.faults.calls)
+    assert world.current_task_definitions() == before
+
+
+def test_every_step_renders_from_the_document_version_prepare_read(aws):
+    world = aws.world(services_per_target=1, tasks_per_target=0)
+    prepared = release.prepare({"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:v1"})
+    item = prepared["services"][0]
+    assert item["document"]["key"] == f"services/{item['service']}/deploy.zip" and item["document"]["version"]
+    # `pulumi up` publishes a new document while the release runs: the release keeps its snapshot.
+    for environment in world.documents[item["service"]]["environments"]:
+        for target in environment["targets"]:
+            target["taskDefinition"]["memory"] = "4096"
+    world.publish()
+    common = {"release": prepared["release"], "startedAt": "2025-01-01T00:00:00.000Z"}
+    deployed = release.deploy_service({"item": item, **common})
+    registered = world.ecs(item["accountId"], item["region"]).describe_task_definition(
+        taskDefinition=deployed["taskDefinitionArn"])["taskDefinition"]
+    assert registered["memory"] == "2048"
+    assert set(deployed["engine"]) >= {"phase", "previous_task_definition", "new_task_definition"}
+    assert len(json.dumps(deployed)) < 1500, "no task definition in the Step Functions state"
+
+
 def test_prepare_refuses_a_release_over_step_functions_limits(aws, monkeypatch):
     world = aws.world(services_per_target=1, tasks_per_target=0)
     event = {"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:big"}
@@ -849,36 +974,6 @@ def test_rollback_restores_only_what_differs_and_is_idempotent(aws):
     assert release.rollback_target({"item": task, "kind": "task", **common})["changed"] is True
     assert release.rollback_target({"item": task, "kind": "task", **common})["changed"] is False
     assert world.rule_targets(world.tasks[0]) == task["snapshot"]
-
-
-def _service(task_definition: str, deployments: list[dict], status: str = "ACTIVE") -> dict:
-    return {"status": status, "taskDefinition": task_definition, "deployments": deployments}
-
-
-def _deployment(status: str, task_definition: str, rollout: str | None, running: int = 2, desired: int = 2) -> dict:
-    out = {"status": status, "taskDefinition": task_definition, "runningCount": running, "desiredCount": desired}
-    if rollout:
-        out["rolloutState"] = rollout
-    return out
-
-
-@pytest.mark.parametrize(("service", "status"), [
-    (_service("td:2", [_deployment("PRIMARY", "td:2", "COMPLETED")]), "STEADY"),
-    (_service("td:2", [_deployment("PRIMARY", "td:2", None)]), "STEADY"),  # no circuit breaker: no rolloutState
-    (_service("td:2", [_deployment("PRIMARY", "td:2", "IN_PROGRESS", 1),
-                       _deployment("ACTIVE", "td:1", "COMPLETED", 1)]), "IN_PROGRESS"),
-    (_service("td:2", [_deployment("PRIMARY", "td:2", "COMPLETED", 1)]), "IN_PROGRESS"),  # 1 of 2 running
-    (_service("td:2", [_deployment("PRIMARY", "td:2", "FAILED", 0), _deployment("ACTIVE", "td:1", "COMPLETED")]),
-     "FAILED"),
-    # the circuit breaker rolled back: the service is on the old revision again, its rollout in progress
-    (_service("td:1", [_deployment("PRIMARY", "td:1", "IN_PROGRESS", 1), _deployment("ACTIVE", "td:2", "FAILED", 0)]),
-     "FAILED"),
-    (_service("td:3", [_deployment("PRIMARY", "td:3", "COMPLETED")]), "FAILED"),  # someone else deployed
-    (_service("td:2", [], status="DRAINING"), "FAILED"),
-    (None, "FAILED"),
-])
-def test_rollout_status_follows_ecs_semantics(service, status):
-    assert release.rollout_status(service, "td:2")[0] == status
 
 
 def test_manifest_validation_lists_every_problem_with_its_line():
@@ -977,6 +1072,7 @@ def add_blue_green_service(world: World, name: str, account: str = ACCOUNTS[0], 
              "image": {"registryId": TOOLS, "repository": "team/orders", "tag": "2.0.0", "digest": None},
              "blueGreen": {"application": APPLICATION, "deploymentGroup": f"{name}-dg"}}
     world.services.append(entry)
+    add_document_target(world, name, account, region, None)  # the stack's service (its document: no codedeploy env)
     return entry
 
 
@@ -1019,11 +1115,12 @@ def test_blue_green_service_is_deployed_by_codedeploy_with_the_new_revision(aws)
     entry = add_blue_green_service(world, "web")
     _, items, common = _prepared(world)
     item = items["web"]
-    # Prepare recorded what the deployment needs from DescribeServices; a rolling item is as it always was.
+    # Prepare recorded what the deployment needs from DescribeServices; a rolling item names its deploy document.
     assert item["blueGreen"] == {"application": APPLICATION, "deploymentGroup": "web-dg",
                                  "containerName": BG_CONTAINER, "containerPort": BG_PORT}
+    assert "document" not in item
     assert "blueGreen" not in items["svc-000"] and set(items["svc-000"]) == {
-        "name", "accountId", "region", "roleArn", "cluster", "service", "container", "image", "snapshot"}
+        "name", "accountId", "region", "roleArn", "cluster", "service", "container", "image", "snapshot", "document"}
     snapshot = world.service_state(entry)["taskDefinition"]
     assert item["snapshot"] == snapshot
 

@@ -262,25 +262,31 @@ class FakeSteps:
 
     def deployService(self, payload: dict) -> dict:
         assert payload["startedAt"].endswith("Z") and set(payload) == {"item", "release", "startedAt"}
-        # A blue/green service's step answers with its CodeDeploy deployment; a rolling one's with null.
-        deployment = f"d-{payload['item']['name']}" if payload["item"].get("blueGreen") else None
+        # A blue/green service's step answers with its CodeDeploy deployment; a rolling one's with the engine's state.
+        blue_green = payload["item"].get("blueGreen")
+        deployment = f"d-{payload['item']['name']}" if blue_green else None
+        engine = None if blue_green else {"phase": "deploying", "serviceDeployment": "sd"}
         return {"taskDefinitionArn": "td:2", "deadline": "2025-01-01T00:15:00.000Z", "deploymentId": deployment,
-                "ignored": "x" * 100}
+                "engine": engine, "ignored": "x" * 100}
 
     def checkService(self, payload: dict) -> dict:
-        expected = f"d-{payload['item']['name']}" if payload["item"].get("blueGreen") else None
+        blue_green = payload["item"].get("blueGreen")
+        expected = f"d-{payload['item']['name']}" if blue_green else None
         assert payload["deploy"] == {"taskDefinitionArn": "td:2", "deadline": "2025-01-01T00:15:00.000Z",
-                                     "deploymentId": expected}
+                                     "deploymentId": expected,
+                                     "engine": None if blue_green else {"phase": "deploying",
+                                                                        "serviceDeployment": "sd"}}
         if payload["item"]["name"] == self.fail_service:
             return {"status": "FAILED", "reason": f"{payload['item']['name']}: rollout FAILED"}
         return {"status": "STEADY", "reason": "steady"}
 
     def rollbackTarget(self, payload: dict) -> dict:
         return {"status": "IN_PROGRESS" if payload["kind"] == "service" else "STEADY", "reason": "",
-                "deadline": "2025-01-01T00:30:00.000Z"}
+                "deadline": "2025-01-01T00:30:00.000Z", "engine": {"phase": "restoring"}}
 
     def checkRollback(self, payload: dict) -> dict:
-        return {"status": "STEADY", "reason": "", "deadline": payload["rollback"]["deadline"]}
+        assert payload["rollback"]["engine"] == {"phase": "restoring"}  # the restore's state reaches the check
+        return {"status": "STEADY", "reason": "", "deadline": payload["rollback"]["deadline"], "engine": None}
 
     def notify(self, payload: dict) -> dict:
         complete = all(r["restored"] for r in payload.get("services") or []) if "services" in payload else True
