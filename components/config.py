@@ -935,7 +935,7 @@ def _unique_service_names(services: list) -> list[str]:
         name = svc.get("serviceName") or svc.get("name")
         if name in seen and svc.get("cluster", "crossdeploy") != _cluster_of(services[seen[name]]):
             problems.append(f"services[{i}].serviceName: {name!r} is also the ECS service name of "
-                            f"services[{seen[name]}] (another cluster); blue-green environments name deployment "
+                            f"services[{seen[name]}] (another cluster); codedeploy environments name deployment "
                             "groups after the service, so names must be unique across clusters")
         seen.setdefault(name, i)
     return problems

@@ -158,7 +158,7 @@ def infrastructure_roles(cfg: StackConfig, account: str) -> tuple[str, ...]:
 
 
 def codedeploy_targets(cfg: StackConfig, account: str) -> tuple[CodeDeployTarget, ...]:
-    """Every deployment group the pipelines deploy through in `account`: each blue-green environment there, in each
+    """Every deployment group the pipelines deploy through in `account`: each codedeploy environment there, in each
     of its regions, for each service crossdeploy creates (only those have a generated task definition)."""
     targets = (
         CodeDeployTarget(region, naming.codedeploy_application_name(cfg, env.name),

@@ -1,17 +1,21 @@
-"""The task definition of a service crossdeploy creates: one function, two consumers.
+"""The one renderer: the task definition of a service crossdeploy creates, and the deploy document every deploy
+reads.
 
-The workload component registers it (through ``aws.ecs.TaskDefinition``) and the blue/green build step writes it
-as ``taskdef.json`` for CodeDeploy, with the image replaced by the ``<IMAGE1_NAME>`` placeholder. Both come from
-:func:`task_definition`, so what CodeDeploy registers on every release is exactly what ``pulumi up`` created, and
-a change to the config changes both at once. The dict is the ``RegisterTaskDefinition`` request (camelCase, ECS
-API shape); a test validates it against botocore's model of that request.
+:func:`task_definition` is the ``RegisterTaskDefinition`` request (camelCase, ECS API shape; a test validates it
+against botocore's model of that request) for one service in one account and region. Three consumers, one source:
+
+* the workload component registers it through ``aws.ecs.TaskDefinition`` (the service's first revision);
+* :func:`deploy_document` renders it per environment and region for the deploy engine, which registers exactly it
+  with the region's ``repo@sha256:`` image on every deployment (pipelines, push deploys, releases);
+* the ``codedeploy`` build step writes it as ``taskdef.json`` with the image replaced by ``<IMAGE1_NAME>``.
+
+So a change to the config changes all three at once, and what runs is what the config says.
 
 How a new service starts: its first task definition names the tools account's regional repository at the trigger
 tag (``<tools>.dkr.ecr.<region>.amazonaws.com/<repo>:<triggerTag>``). ``pulumi up`` does not wait for the service
 to be steady, so it succeeds on empty accounts; until the first image is pushed, ECS cannot start tasks (the
 service shows 0 running, the circuit breaker may mark that first deployment failed). The first push starts the
-pipeline, which deploys the image pinned by digest. No public bootstrap image: the ECS deploy action copies the
-service's current task definition, so a bootstrap image's command or port would leak into every later revision.
+pipeline, which deploys the rendered task definition with the image pinned by digest.
 """
 
 from __future__ import annotations
