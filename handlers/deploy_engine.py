@@ -54,7 +54,8 @@ import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.validate import ParamValidator
 
-from handlers.ecs_common import RETRY, assumed_session, log, register_kwargs, replace_image
+from handlers.ecs_common import RETRY, Problems, assumed_session, log, register_kwargs, replace_image
+from handlers.ecs_common import show as _show
 
 DOCUMENT_VERSION = 1
 STRATEGIES = ("rolling", "blue-green", "canary", "linear")
@@ -174,45 +175,13 @@ class Target:
                 "cluster": self.cluster, "service": self.service}
 
 
-def _show(value: Any) -> str:
-    """repr() cut to a loggable length: the document is input, and may be large."""
-    text = repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}")
-
-    def exact_keys(self, obj: Any, keys: tuple[str, ...], where: str) -> bool:
-        if not isinstance(obj, dict):
-            self.add(where, f"expected an object, got {_show(obj)}")
-            return False
-        self.items.extend(f"{where}: missing key {key!r}" for key in keys if key not in obj)
-        # Unknown keys are errors: a misspelt key must never silently fall back to a default.
-        self.items.extend(f"{where}: unknown key {key!r}" for key in obj if key not in keys)
-        return True
-
-    def string(self, obj: dict, key: str, pattern: re.Pattern[str], where: str, what: str) -> str | None:
-        if key not in obj:
-            return None  # reported by exact_keys
-        value = obj[key]
-        if not isinstance(value, str) or not pattern.fullmatch(value):
-            self.add(f"{where}.{key}", f"expected {what}, got {_show(value)}")
-            return None
-        return value
-
-
 @functools.cache
 def _ecs_model() -> Any:
     # botocore's bundled model, read from disk: no AWS call, no credentials.
     return botocore.session.get_session().get_service_model("ecs")
 
 
-def _check_task_definition(td: Any, container: str | None, where: str, problems: _Problems) -> None:
+def _check_task_definition(td: Any, container: str | None, where: str, problems: Problems) -> None:
     if not isinstance(td, dict):
         problems.add(where, f"expected an object (a RegisterTaskDefinition request) or null, got {_show(td)}")
         return
@@ -233,7 +202,7 @@ def _check_task_definition(td: Any, container: str | None, where: str, problems:
         problems.add(f"{where}.tags", f"{DEPLOYMENT_TAG!r} is set by the engine, not the document")
 
 
-def _parse_target(raw: Any, where: str, problems: _Problems) -> TargetSpec | None:
+def _parse_target(raw: Any, where: str, problems: Problems) -> TargetSpec | None:
     before = len(problems.items)
     if not problems.exact_keys(raw, _TARGET_KEYS, where):
         return None
@@ -258,7 +227,7 @@ def _parse_target(raw: Any, where: str, problems: _Problems) -> TargetSpec | Non
                       copy.deepcopy(td))
 
 
-def _parse_environment(raw: Any, where: str, problems: _Problems) -> Environment | None:
+def _parse_environment(raw: Any, where: str, problems: Problems) -> Environment | None:
     before = len(problems.items)
     if not problems.exact_keys(raw, _ENVIRONMENT_KEYS, where):
         return None
@@ -293,7 +262,7 @@ def _parse_environment(raw: Any, where: str, problems: _Problems) -> Environment
 
 def parse_document(data: Any) -> Document:
     """Validate a decoded deploy document strictly; raises :class:`EngineInputError` naming every problem."""
-    problems = _Problems()
+    problems = Problems()
     if not problems.exact_keys(data, _DOCUMENT_KEYS, "$"):
         raise EngineInputError(problems.items)
     if "version" in data and (type(data["version"]) is not int or data["version"] != DOCUMENT_VERSION):
@@ -324,7 +293,7 @@ def targets_for(document: Document, environment: str, images: Mapping[str, str])
     Refuses an unknown environment, a region without an image, an image not pinned by digest, or an ECR image in
     another region than its key (the service would pull across regions, or fail where the replica is missing)."""
     env = document.environment(environment)
-    problems = _Problems()
+    problems = Problems()
     if not isinstance(images, Mapping):
         raise EngineInputError([f"images: expected a mapping of region to image, got {_show(images)}"])
     for region, image in images.items():

@@ -7,15 +7,18 @@
   hand-picked list, so a field AWS adds tomorrow is carried over instead of silently dropped.
 * :func:`replace_image`: the image of one named container (or the only one) replaced, nothing else touched.
 * :func:`log`: one JSON object per line, so CloudWatch Logs Insights can filter by event id, digest or target.
+* :class:`Problems`: the strict-input problem collector (exact keys, patterned strings, bounded integers) that
+  names every problem of a document at once, each with its JSON path; :func:`show` renders untrusted values.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import boto3
@@ -29,6 +32,56 @@ RETRY = Config(retries={"mode": "standard", "max_attempts": 10}, connect_timeout
 # over by the shape intersection; these are the ones whose *meaning* differs, so they are never copied.
 _NEVER_COPIED = frozenset({"taskDefinitionArn", "revision", "status", "registeredAt", "registeredBy",
                            "deregisteredAt", "requiresAttributes", "compatibilities", "tags"})
+
+
+def show(value: Any) -> str:
+    """repr() cut to a loggable length: the value is untrusted input, and may be large."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+class Problems:
+    """Collects every problem of a strict input so one failed load names them all, each with its JSON path.
+
+    ``show`` renders a rejected value (default :func:`show`); ``show_object`` renders what stood where an object
+    was expected (default: ``show``).
+    """
+
+    def __init__(self, show: Callable[[Any], str] = show, show_object: Callable[[Any], str] | None = None) -> None:
+        self.items: list[str] = []
+        self._show = show
+        self._show_object = show_object or show
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def exact_keys(self, obj: Any, keys: tuple[str, ...], where: str) -> bool:
+        if not isinstance(obj, dict):
+            self.add(where, f"expected an object, got {self._show_object(obj)}")
+            return False
+        self.items.extend(f"{where}: missing key {key!r}" for key in keys if key not in obj)
+        # Unknown keys are errors: a misspelt key must never silently fall back to a default.
+        self.items.extend(f"{where}: unknown key {key!r}" for key in obj if key not in keys)
+        return True
+
+    def string(self, obj: dict, key: str, pattern: re.Pattern[str], where: str, what: str) -> str | None:
+        if key not in obj:
+            return None  # reported by exact_keys
+        value = obj[key]
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            self.add(f"{where}.{key}", f"expected {what}, got {self._show(value)}")
+            return None
+        return value
+
+    def integer(self, obj: dict, key: str, low: int, high: int, where: str) -> int | None:
+        if key not in obj:
+            return None  # reported by exact_keys
+        value = obj[key]
+        # bool is an int in Python, never in these inputs.
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            self.add(f"{where}.{key}", f"expected an integer from {low} to {high}, got {self._show(value)}")
+            return None
+        return value
 
 
 class TaskDefinitionError(ValueError):

@@ -46,7 +46,8 @@ import botocore.loaders
 from botocore.exceptions import ClientError
 
 from handlers import deploy_engine
-from handlers.ecs_common import RETRY, assumed_session, log
+from handlers.ecs_common import RETRY, Problems, assumed_session, log
+from handlers.ecs_common import show as _show
 from handlers.image_definitions import ReplicationTimeout, regional_image_uri, wait_for_replication
 
 TARGETS_SCHEMA_VERSION = 2  # 2: revision repositories carry their deploy document
@@ -151,54 +152,6 @@ def _dns_suffix(partition: str) -> str | None:
     return _dns_suffixes().get(partition)
 
 
-class _Problems:
-    """Collects every problem of a map so one failed load names them all, each with its JSON path."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}")
-
-    def exact_keys(self, obj: Any, keys: tuple[str, ...], where: str) -> bool:
-        if not isinstance(obj, dict):
-            self.add(where, f"expected an object, got {_kind(obj)}")
-            return False
-        for key in keys:
-            if key not in obj:
-                self.add(where, f"missing key {key!r}")
-        # Unknown keys are errors: a misspelt key must not silently fall back to nothing.
-        for key in obj:
-            if key not in keys:
-                self.add(where, f"unknown key {key!r}")
-        return True
-
-    def string(self, obj: dict, key: str, pattern: re.Pattern[str], where: str, what: str) -> str | None:
-        value = obj.get(key)
-        if key not in obj:
-            return None  # reported by exact_keys
-        if not isinstance(value, str) or not pattern.fullmatch(value):
-            self.add(f"{where}.{key}", f"expected {what}, got {value!r}")
-            return None
-        return value
-
-    def integer(self, obj: dict, key: str, low: int, high: int, where: str) -> int | None:
-        value = obj.get(key)
-        if key not in obj:
-            return None
-        # bool is an int in Python, never in this file.
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            self.add(f"{where}.{key}", f"expected an integer from {low} to {high}, got {value!r}")
-            return None
-        return value
-
-
-def _show(value: Any) -> str:
-    """repr() cut to a loggable length (event fields are untrusted input)."""
-    text = repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value),
                                                                                          type(value).__name__)
@@ -213,7 +166,7 @@ def parse_targets(data: Any, source: str = "targets.json") -> Targets:
         # Checked alone first: any other version means every other message would be noise.
         raise TargetsError(f"{source}: version: this handler reads version {TARGETS_SCHEMA_VERSION}, got "
                            f"{data.get('version')!r} (the handler and its map are deployed together; redeploy both)")
-    problems = _Problems()
+    problems = Problems(show=repr, show_object=_kind)
     problems.exact_keys(data, _TOP_KEYS, "$")
     registry_id = problems.string(data, "registryId", _ACCOUNT, "$", "a 12-digit account id string")
     home_region = problems.string(data, "homeRegion", _REGION, "$", "a region name")
@@ -244,7 +197,7 @@ def parse_targets(data: Any, source: str = "targets.json") -> Targets:
                    int(concurrency or 1), repositories)
 
 
-def _parse_repository(raw: Any, name: str, where: str, partition: str | None, problems: _Problems) -> Repository | None:
+def _parse_repository(raw: Any, name: str, where: str, partition: str | None, problems: Problems) -> Repository | None:
     if not problems.exact_keys(raw, _REPOSITORY_KEYS, where):
         return None
     mode = raw.get("pushMode")
@@ -280,7 +233,7 @@ def _parse_repository(raw: Any, name: str, where: str, partition: str | None, pr
     return None
 
 
-def _parse_target(raw: Any, where: str, partition: str | None, problems: _Problems) -> Target | None:
+def _parse_target(raw: Any, where: str, partition: str | None, problems: Problems) -> Target | None:
     before = len(problems.items)
     if not problems.exact_keys(raw, _TARGET_KEYS, where):
         return None
