@@ -292,9 +292,19 @@ def _read_document(bucket: str, key: str, version: str | None) -> tuple[deploy_e
     return document, version
 
 
+def _cluster_name(item: Mapping[str, Any]) -> str:
+    """The cluster's name, whether the manifest gave a name or an ARN."""
+    return str(item["cluster"]).rsplit("/", 1)[-1]
+
+
+def _service_key(item: Mapping[str, Any]) -> str:
+    """``<cluster>/<serviceName>``: how the release context's ``services`` map names a service of the stack."""
+    return f"{_cluster_name(item)}/{item['service']}"
+
+
 def _document_target(document: deploy_engine.Document, item: Mapping[str, Any]) -> tuple[str, deploy_engine.TargetSpec]:
     """(environment, target) of the document that is this item's service in its account and region."""
-    cluster = item["cluster"].rsplit("/", 1)[-1]
+    cluster = _cluster_name(item)
     found = [(env.name, t) for env in document.environments for t in env.targets
              if (t.account_id, t.region, t.cluster, t.service) == (item["accountId"], item["region"], cluster,
                                                                    item["service"])]
@@ -311,13 +321,12 @@ def _attach_documents(services: list[dict], problems: list[str]) -> None:
     stack = _stack_services()
     wanted = [s for s in services if "blueGreen" not in s]  # CodeDeploy services keep their path
     for entry in services:
-        if f"{entry['cluster'].rsplit('/', 1)[-1]}/{entry['service']}" not in stack:
+        if _service_key(entry) not in stack:
             problems.append(f"{entry['name']} ({entry['accountId']} {entry['region']} {entry['cluster']}/"
                             f"{entry['service']}): not a service of this stack (no deploy document); the deploy role "
                             "may update only the stack's services")
     bucket = _config_bucket()
-    keys = sorted({stack[f"{e['cluster'].rsplit('/', 1)[-1]}/{e['service']}"] for e in wanted
-                   if f"{e['cluster'].rsplit('/', 1)[-1]}/{e['service']}" in stack})
+    keys = sorted({stack[_service_key(e)] for e in wanted if _service_key(e) in stack})
     read: dict[str, tuple[deploy_engine.Document, str] | str] = {}
 
     def load(key: str) -> None:
@@ -330,7 +339,7 @@ def _attach_documents(services: list[dict], problems: list[str]) -> None:
 
     _parallel(load, keys)
     for entry in wanted:
-        key = stack.get(f"{entry['cluster'].rsplit('/', 1)[-1]}/{entry['service']}")
+        key = stack.get(_service_key(entry))
         if key is None:
             continue
         got = read[key]
@@ -359,24 +368,18 @@ def _engine_target(item: Mapping[str, Any], spec: deploy_engine.TargetSpec | Non
     follow or restore (those need only where the service is)."""
     return deploy_engine.Target(
         environment or (item.get("document") or {}).get("environment", ""), item["accountId"], item["region"],
-        item["roleArn"], item["cluster"].rsplit("/", 1)[-1], item["service"],
+        item["roleArn"], _cluster_name(item), item["service"],
         spec.container if spec else (item.get("container") or ""), item["image"],
         spec.task_definition if spec else None)
 
 
 def _rendered_target(item: Mapping[str, Any]) -> deploy_engine.Target:
-    """The item's engine target, rendered from the document version prepare read, with the manifest's digest."""
+    """The item's engine target, rendered from the document version prepare read, with the image prepare pinned
+    to the item's region (:func:`regional_image_uri`)."""
     reference = item["document"]
     document, _ = _read_document(_config_bucket(), reference["key"], reference["version"])
-    environment = document.environment(reference["environment"])
-    # The same digest on each region's replica (ECR replication keeps it): the engine wants every region's image.
-    images = {t.region: re.sub(r"\.dkr\.ecr\.[^./]+\.", f".dkr.ecr.{t.region}.", item["image"], count=1)
-              for t in environment.targets}
-    targets = deploy_engine.targets_for(document, environment.name, images)
-    cluster = item["cluster"].rsplit("/", 1)[-1]
-    [target] = [t for t in targets if (t.account_id, t.region, t.cluster, t.service) == (
-        item["accountId"], item["region"], cluster, item["service"])]
-    return target
+    environment, spec = _document_target(document, item)
+    return _engine_target(item, spec, environment)
 
 
 def _epoch(value: str | None, fallback: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> float:
@@ -684,9 +687,8 @@ def _check_deployment_group(where: str, entry: dict, session_name: str, problems
     except ClientError as exc:
         problems.append(f"{where}: cannot read CodeDeploy deployment group {group}: {exc}")
         return
-    cluster = entry["cluster"].rsplit("/", 1)[-1]
     deployed = sorted(f"{s.get('clusterName')}/{s.get('serviceName')}" for s in info.get("ecsServices") or [])
-    if f"{cluster}/{entry['service']}" not in deployed:
+    if _service_key(entry) not in deployed:
         problems.append(f"{where}: CodeDeploy deployment group {group} deploys {', '.join(deployed) or 'no service'}, "
                         "not this service")
     if active:
