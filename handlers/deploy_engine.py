@@ -54,7 +54,19 @@ import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.validate import ParamValidator
 
-from handlers.ecs_common import RETRY, Problems, assumed_session, log, register_kwargs, replace_image
+from handlers.ecs_common import (
+    ACCOUNT_ID,
+    ECS_NAME,
+    ENVIRONMENT,
+    REGION,
+    RETRY,
+    Problems,
+    assumed_session,
+    log,
+    register_kwargs,
+    replace_image,
+    session_name,
+)
 from handlers.ecs_common import show as _show
 
 DOCUMENT_VERSION = 1
@@ -83,17 +95,11 @@ _ECS_FAILED = frozenset({"STOPPED", "STOP_REQUESTED", "ROLLBACK_REQUESTED", "ROL
 _NO_SERVICE_DEPLOYMENT_API = frozenset({"UnknownOperationException", "InvalidAction", "UnsupportedFeatureException",
                                         "UnrecognizedClientException"})
 
-_ACCOUNT = re.compile(r"[0-9]{12}")
-# Shape only: the botocore bundled in the Lambda runtime may predate a region the config uses.
-_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
-_ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # container, service and cluster names
-_ENVIRONMENT = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 _ROLE_ARN = re.compile(
     r"arn:(?P<partition>aws(?:-[a-z]+)*):iam::(?P<account>[0-9]{12}):role/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}"
 )
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}@sha256:[0-9a-f]{64}")
 _ECR_IMAGE = re.compile(r"[0-9]{12}\.dkr\.ecr\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.[a-z0-9.-]+/.+")
-_SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")  # what STS accepts in RoleSessionName
 
 _DOCUMENT_KEYS = ("version", "service", "environments")
 _ENVIRONMENT_KEYS = ("name", "strategy", "timeoutSeconds", "targets")
@@ -206,12 +212,12 @@ def _parse_target(raw: Any, where: str, problems: Problems) -> TargetSpec | None
     before = len(problems.items)
     if not problems.exact_keys(raw, _TARGET_KEYS, where):
         return None
-    account = problems.string(raw, "accountId", _ACCOUNT, where, "a 12-digit account id string")
-    region = problems.string(raw, "region", _REGION, where, "a region name")
+    account = problems.string(raw, "accountId", ACCOUNT_ID, where, "a 12-digit account id string")
+    region = problems.string(raw, "region", REGION, where, "a region name")
     role_arn = problems.string(raw, "roleArn", _ROLE_ARN, where, "an IAM role ARN")
-    cluster = problems.string(raw, "cluster", _ECS_NAME, where, "an ECS cluster name")
-    service = problems.string(raw, "service", _ECS_NAME, where, "an ECS service name")
-    container = problems.string(raw, "container", _ECS_NAME, where, "an ECS container name")
+    cluster = problems.string(raw, "cluster", ECS_NAME, where, "an ECS cluster name")
+    service = problems.string(raw, "service", ECS_NAME, where, "an ECS service name")
+    container = problems.string(raw, "container", ECS_NAME, where, "an ECS container name")
     if role_arn and account:
         role_account = _ROLE_ARN.fullmatch(role_arn)["account"]  # type: ignore[index]
         # Security: the role is where the engine acts; one in another account would deploy where the target
@@ -231,7 +237,7 @@ def _parse_environment(raw: Any, where: str, problems: Problems) -> Environment 
     before = len(problems.items)
     if not problems.exact_keys(raw, _ENVIRONMENT_KEYS, where):
         return None
-    name = problems.string(raw, "name", _ENVIRONMENT, where, "an environment name")
+    name = problems.string(raw, "name", ENVIRONMENT, where, "an environment name")
     strategy = raw.get("strategy")
     if "strategy" in raw and strategy not in STRATEGIES:
         problems.add(f"{where}.strategy", f"expected one of {list(STRATEGIES)}, got {_show(strategy)}")
@@ -267,7 +273,7 @@ def parse_document(data: Any) -> Document:
         raise EngineInputError(problems.items)
     if "version" in data and (type(data["version"]) is not int or data["version"] != DOCUMENT_VERSION):
         problems.add("$.version", f"this engine reads version {DOCUMENT_VERSION}, got {_show(data['version'])}")
-    service = problems.string(data, "service", _ECS_NAME, "$", "a service name")
+    service = problems.string(data, "service", ECS_NAME, "$", "a service name")
     raw_envs = data.get("environments")
     if "environments" in data and (not isinstance(raw_envs, list) or not raw_envs):
         problems.add("$.environments", f"expected a non-empty list, got {_show(raw_envs)}")
@@ -392,11 +398,6 @@ def _ecs(session: boto3.Session, region: str) -> Any:
         if region not in per_session:
             per_session[region] = session.client("ecs", region_name=region, config=RETRY)
         return per_session[region]
-
-
-def session_name(deployment_id: str) -> str:
-    """``crossdeploy-<deployment id>`` in STS's RoleSessionName alphabet and length (CloudTrail shows it)."""
-    return ("crossdeploy-" + _SESSION_NAME_CHARS.sub("-", deployment_id))[:64]
 
 
 def default_session_for(deployment_id: str, base: boto3.Session | None = None,

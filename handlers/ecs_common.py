@@ -7,6 +7,8 @@
   hand-picked list, so a field AWS adds tomorrow is carried over instead of silently dropped.
 * :func:`replace_image`: the image of one named container (or the only one) replaced, nothing else touched.
 * :func:`log`: one JSON object per line, so CloudWatch Logs Insights can filter by event id, digest or target.
+* :data:`ACCOUNT_ID`, :data:`REGION`, :data:`ECS_NAME`, :data:`ENVIRONMENT`: the shapes every handler checks its
+  input against, and :func:`session_name`: the RoleSessionName CloudTrail shows for a deployment.
 * :class:`Problems`: the strict-input problem collector (exact keys, patterned strings, bounded integers) that
   names every problem of a document at once, each with its JSON path; :func:`show` renders untrusted values.
 """
@@ -27,6 +29,13 @@ from botocore.config import Config
 # "standard" retries throttling and transient errors with backoff (up to max_attempts in all); ECS throttles
 # per account and region, and every handler here fans out across both.
 RETRY = Config(retries={"mode": "standard", "max_attempts": 10}, connect_timeout=5, read_timeout=30)
+
+ACCOUNT_ID = re.compile(r"[0-9]{12}")
+# Shape only, on purpose: the botocore bundled in the Lambda runtime may predate a region the config uses.
+REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # container, service and cluster names
+ENVIRONMENT = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")  # crossdeploy environment names
+_SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")  # what STS accepts in RoleSessionName
 
 # Described-only fields that RegisterTaskDefinition also happens to accept under the same name would be carried
 # over by the shape intersection; these are the ones whose *meaning* differs, so they are never copied.
@@ -86,6 +95,12 @@ class Problems:
 
 class TaskDefinitionError(ValueError):
     """A task definition that cannot be updated as asked (no such container, ambiguous container)."""
+
+
+def session_name(label: str) -> str:
+    """``crossdeploy-<label>`` in STS's RoleSessionName alphabet and length: CloudTrail in the workload account then
+    ties every call to the deployment, push or release that made it."""
+    return _SESSION_NAME_CHARS.sub("-", f"crossdeploy-{label}")[:64]
 
 
 def assumed_session(base: boto3.Session, role_arn: str, session_name: str) -> boto3.Session:

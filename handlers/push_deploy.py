@@ -45,8 +45,8 @@ import boto3
 import botocore.loaders
 from botocore.exceptions import ClientError
 
-from handlers import deploy_engine
-from handlers.ecs_common import RETRY, Problems, assumed_session, log
+from handlers import deploy_engine, ecs_common
+from handlers.ecs_common import ACCOUNT_ID, ECS_NAME, ENVIRONMENT, REGION, RETRY, Problems, assumed_session, log
 from handlers.ecs_common import show as _show
 from handlers.image_definitions import ReplicationTimeout, regional_image_uri, wait_for_replication
 
@@ -70,19 +70,13 @@ ENGINE_POLL_SECONDS = 10.0  # one DescribeServiceDeployments per target in fligh
 
 PUSH_MODES = ("revision", "force")
 
-_ACCOUNT = re.compile(r"[0-9]{12}")
-# Shape only, on purpose: the bundled botocore in the Lambda runtime may predate a region the config uses.
-_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _PARTITION = re.compile(r"aws(?:-[a-z]+)*")
-_ENVIRONMENT = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 _ECR_REPOSITORY = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
-_ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # container, service and cluster names
 _TAG_PATTERN = re.compile(r"[A-Za-z0-9_.*-]{1,128}")
 _ROLE_ARN = re.compile(
     r"arn:(?P<partition>[a-z0-9-]+):iam::(?P<account>[0-9]{12}):role/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}"
 )
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")  # what STS accepts in RoleSessionName
 
 _TOP_KEYS = ("version", "registryId", "homeRegion", "partition", "replicationTimeoutSeconds", "maxConcurrency",
              "repositories")
@@ -168,8 +162,8 @@ def parse_targets(data: Any, source: str = "targets.json") -> Targets:
                            f"{data.get('version')!r} (the handler and its map are deployed together; redeploy both)")
     problems = Problems(show=repr, show_object=_kind)
     problems.exact_keys(data, _TOP_KEYS, "$")
-    registry_id = problems.string(data, "registryId", _ACCOUNT, "$", "a 12-digit account id string")
-    home_region = problems.string(data, "homeRegion", _REGION, "$", "a region name")
+    registry_id = problems.string(data, "registryId", ACCOUNT_ID, "$", "a 12-digit account id string")
+    home_region = problems.string(data, "homeRegion", REGION, "$", "a region name")
     partition = problems.string(data, "partition", _PARTITION, "$", "a partition name (aws, aws-cn, aws-us-gov)")
     suffix = _dns_suffix(partition) if partition else None
     if partition and not suffix:
@@ -203,7 +197,7 @@ def _parse_repository(raw: Any, name: str, where: str, partition: str | None, pr
     mode = raw.get("pushMode")
     if "pushMode" in raw and mode not in PUSH_MODES:
         problems.add(f"{where}.pushMode", f"expected one of {list(PUSH_MODES)}, got {mode!r}")
-    container = problems.string(raw, "containerName", _ECS_NAME, where, "an ECS container name")
+    container = problems.string(raw, "containerName", ECS_NAME, where, "an ECS container name")
     raw_targets = raw.get("targets")
     if "targets" in raw and (not isinstance(raw_targets, list) or not raw_targets):
         problems.add(f"{where}.targets", f"expected a non-empty list, got {raw_targets!r}")
@@ -237,11 +231,11 @@ def _parse_target(raw: Any, where: str, partition: str | None, problems: Problem
     before = len(problems.items)
     if not problems.exact_keys(raw, _TARGET_KEYS, where):
         return None
-    environment = problems.string(raw, "environment", _ENVIRONMENT, where, "an environment name")
-    account = problems.string(raw, "accountId", _ACCOUNT, where, "a 12-digit account id string")
-    region = problems.string(raw, "region", _REGION, where, "a region name")
-    cluster = problems.string(raw, "cluster", _ECS_NAME, where, "an ECS cluster name")
-    service = problems.string(raw, "service", _ECS_NAME, where, "an ECS service name")
+    environment = problems.string(raw, "environment", ENVIRONMENT, where, "an environment name")
+    account = problems.string(raw, "accountId", ACCOUNT_ID, where, "a 12-digit account id string")
+    region = problems.string(raw, "region", REGION, where, "a region name")
+    cluster = problems.string(raw, "cluster", ECS_NAME, where, "an ECS cluster name")
+    service = problems.string(raw, "service", ECS_NAME, where, "an ECS service name")
     role_arn = problems.string(raw, "roleArn", _ROLE_ARN, where, "an IAM role ARN")
     patterns = raw.get("tagPatterns")
     if "tagPatterns" in raw:
@@ -400,7 +394,7 @@ class TargetError(Exception):
 def session_name(event_id: str) -> str:
     """RoleSessionName for an event: STS allows ``[\\w+=,.@-]``, 2-64 characters; CloudTrail in the workload account
     then ties every ECS call to the ECR event that caused it."""
-    return ("crossdeploy-push-" + _SESSION_NAME_CHARS.sub("-", event_id))[:64]
+    return ecs_common.session_name(f"push-{event_id}")
 
 
 class Clients:

@@ -63,7 +63,18 @@ import boto3
 from botocore.exceptions import ClientError
 
 from handlers import deploy_engine
-from handlers.ecs_common import RETRY, TaskDefinitionError, assumed_session, container_named, log, register_kwargs
+from handlers.ecs_common import (
+    ACCOUNT_ID,
+    ECS_NAME,
+    REGION,
+    RETRY,
+    TaskDefinitionError,
+    assumed_session,
+    container_named,
+    log,
+    register_kwargs,
+    session_name,
+)
 from handlers.image_definitions import TransformError, regional_image_uri
 
 STEADY, IN_PROGRESS, FAILED, TIMED_OUT = "STEADY", "IN_PROGRESS", "FAILED", "TIMED_OUT"
@@ -81,16 +92,12 @@ PREPARE_WORKERS = 8
 _DNS_SUFFIX = {"aws": "amazonaws.com", "aws-us-gov": "amazonaws.com", "aws-cn": "amazonaws.com.cn",
                "aws-iso": "c2s.ic.gov", "aws-iso-b": "sc2s.sgov.gov"}
 
-_ACCOUNT = re.compile(r"\d{12}")
-_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
-_ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # ECS cluster, service and container names
 _CLUSTER_ARN = re.compile(r"arn:[a-z-]+:ecs:[a-z0-9-]+:\d{12}:cluster/[A-Za-z0-9_-]{1,255}")
 _RULE = re.compile(r"[.\-_A-Za-z0-9]{1,64}")
 _BUS = re.compile(r"[/.\-_A-Za-z0-9]{1,256}|arn:[a-z-]+:events:[a-z0-9-]+:\d{12}:event-bus/[/.\-_A-Za-z0-9]{1,256}")
 _REPOSITORY = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_.-]{1,300}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_SESSION_CHARS = re.compile(r"[^\w+=,.@-]")
 _CODEDEPLOY_NAME = re.compile(r"[A-Za-z0-9+=,.@_-]{1,100}")  # CodeDeploy application and deployment group names
 
 # CodeDeploy deployment statuses: those still going (one per deployment group at a time), and how they end.
@@ -156,34 +163,34 @@ def _client(service: str, region: str, role_arn: str | None = None, session_name
             return hit[1]
         for key in [k for k, (expires, _) in cache.items() if expires <= now]:
             del cache[key]
-        expires, session = now + _CLIENT_TTL_SECONDS, base
-        if role_arn is not None:
-            # A client lives no longer than the credentials of the session it came from.
-            expires, session = cache.get(("session", role_arn, session_name)) or (
-                expires, assumed_session(base, role_arn, session_name))
-            cache[("session", role_arn, session_name)] = (expires, session)
+        # A client lives no longer than the credentials of the session it came from.
+        expires, session = (now + _CLIENT_TTL_SECONDS, base) if role_arn is None else _role_session_locked(
+            cache, base, role_arn, session_name, now)
         client = session.client(service, region_name=region, config=RETRY)
         cache[("client", service, region, role_arn, session_name)] = (expires, client)
         return client
 
 
+def _role_session_locked(cache: dict[tuple[Any, ...], tuple[float, Any]], base: boto3.Session, role_arn: str,
+                         session_name: str, now: float) -> tuple[float, boto3.Session]:
+    """(expiry, the deploy role's session) from ``cache``, assumed anew once expired; the caller holds the lock."""
+    hit = cache.get(("session", role_arn, session_name))
+    if hit is None or hit[0] <= now:
+        hit = cache[("session", role_arn, session_name)] = (now + _CLIENT_TTL_SECONDS,
+                                                            assumed_session(base, role_arn, session_name))
+    return hit
+
+
 def _deploy_session(role_arn: str, session_name: str) -> boto3.Session:
     """The deploy role's session (cached with the clients): what the deploy engine acts through."""
     base = _base_session()
-    now = time.monotonic()
     with _cache_lock:
-        cache = _caches.setdefault(base, {})
-        hit = cache.get(("session", role_arn, session_name))
-        if hit and hit[0] > now:
-            return hit[1]
-        session = assumed_session(base, role_arn, session_name)
-        cache[("session", role_arn, session_name)] = (now + _CLIENT_TTL_SECONDS, session)
-        return session
+        return _role_session_locked(_caches.setdefault(base, {}), base, role_arn, session_name, time.monotonic())[1]
 
 
 def _session_name(release: Mapping[str, Any]) -> str:
     # CloudTrail in the workload account shows this name: an operator can tie every change to one release.
-    return _SESSION_CHARS.sub("-", f"crossdeploy-{release.get('id', 'release')}")[:64]
+    return session_name(str(release.get("id", "release")))
 
 
 def _error_code(exc: ClientError) -> str:
@@ -446,9 +453,9 @@ def validate_manifest(manifest: Any, registry_id: str, partition: str) -> tuple[
             if not isinstance(entry.get("name"), str) or not entry["name"]:
                 problems.append(f"{where}: name must be a non-empty string")
             account, region, role = entry.get("accountId"), entry.get("region"), entry.get("roleArn")
-            if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
+            if not isinstance(account, str) or not ACCOUNT_ID.fullmatch(account):
                 problems.append(f"{where}: accountId {account!r} is not a 12-digit account id")
-            if not isinstance(region, str) or not _REGION.fullmatch(region):
+            if not isinstance(region, str) or not REGION.fullmatch(region):
                 problems.append(f"{where}: region {region!r} is not an AWS region name")
             if not isinstance(role, str) or not re.fullmatch(
                     rf"arn:{re.escape(partition)}:iam::{re.escape(str(account))}:role/[\w+=,.@/-]{{1,512}}", role):
@@ -459,9 +466,9 @@ def validate_manifest(manifest: Any, registry_id: str, partition: str) -> tuple[
                     problems.append(f"{where}: {key} must be a non-empty string")
             if kind == "services":
                 cluster, service = entry.get("cluster"), entry.get("service")
-                if isinstance(cluster, str) and not (_ECS_NAME.fullmatch(cluster) or _CLUSTER_ARN.fullmatch(cluster)):
+                if isinstance(cluster, str) and not (ECS_NAME.fullmatch(cluster) or _CLUSTER_ARN.fullmatch(cluster)):
                     problems.append(f"{where}: cluster {cluster!r} is not an ECS cluster name or ARN")
-                if isinstance(service, str) and not _ECS_NAME.fullmatch(service):
+                if isinstance(service, str) and not ECS_NAME.fullmatch(service):
                     problems.append(f"{where}: service {service!r} is not an ECS service name")
                 blue_green = entry.get("blueGreen")
                 if blue_green is not None and not (isinstance(blue_green, Mapping) and all(
@@ -478,7 +485,7 @@ def validate_manifest(manifest: Any, registry_id: str, partition: str) -> tuple[
                     problems.append(f"{where}: eventBus {bus!r} is not an event bus name or ARN")
                 key = ("task", str(account), str(region), str(bus), str(rule))
             container = entry.get("container")
-            if container is not None and (not isinstance(container, str) or not _ECS_NAME.fullmatch(container)):
+            if container is not None and (not isinstance(container, str) or not ECS_NAME.fullmatch(container)):
                 problems.append(f"{where}: container {container!r} is not an ECS container name")
             _check_image(where, entry.get("image"), registry_id, problems)
             # Two entries for one target would race each other and make the snapshot ambiguous.
