@@ -19,7 +19,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import policies as p
-from components.buckets import encrypted_bucket, tls_only_policy
+from components.buckets import encrypted_bucket, lifecycle, tls_only_policy
 from components.providers import Providers
 
 
@@ -131,22 +131,9 @@ class ArtifactStores(pulumi.ComponentResource):
     def _bucket(self, name: str, region: str, key_arn: pulumi.Output[str], args: ArtifactStoresArgs) -> ArtifactStore:
         opts = pulumi.ResourceOptions(parent=self, provider=args.providers.tools(region))
         created = encrypted_bucket(name, key_arn, opts)
-        bucket, versioning = created.bucket, created.versioning
-        aws.s3.BucketLifecycleConfiguration(
-            f"{name}-lifecycle", bucket=bucket.id,
-            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
-                id="expire-old-artifacts",
-                status="Enabled",
-                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=args.artifact_expiry_days),
-                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
-                    noncurrent_days=args.noncurrent_expiry_days),
-                abort_incomplete_multipart_upload=(
-                    aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(days_after_initiation=7)),
-            )],
-            # S3 rejects lifecycle rules with noncurrent-version actions until versioning is on.
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[versioning])),
-        )
+        bucket = created.bucket
+        lifecycle(name, created, opts, rule_id="expire-old-artifacts", noncurrent_days=args.noncurrent_expiry_days,
+                  current_days=args.artifact_expiry_days)
         aws.s3.BucketPolicy(
             f"{name}-policy", bucket=bucket.id,
             policy=p.to_json(bucket_policy(bucket.arn, args.partition, args.reader_role_arns)), opts=opts,

@@ -9,8 +9,8 @@ share it, so both get the same guarantees and a reviewer reads them once:
 * versioning on (CodePipeline's S3 source action requires it; artifact buckets keep overwritten versions a while);
 * a bucket policy that refuses every request over plain HTTP, plus whatever the caller adds.
 
-Lifecycle rules differ per use and stay with the caller; they must depend on the returned versioning resource (S3
-rejects noncurrent-version rules until versioning is on).
+Their lifecycle rules differ in one choice, whether current objects expire (:func:`lifecycle`): artifacts do,
+deploy documents never.
 """
 
 from __future__ import annotations
@@ -57,6 +57,28 @@ def encrypted_bucket(name: str, key_arn: pulumi.Input[str], opts: pulumi.Resourc
         versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"), opts=opts,
     )
     return EncryptedBucket(bucket, versioning)
+
+
+def lifecycle(name: str, created: EncryptedBucket, opts: pulumi.ResourceOptions, *, rule_id: str,
+              noncurrent_days: int, current_days: int | None = None) -> aws.s3.BucketLifecycleConfiguration:
+    """``<name>-lifecycle``: replaced versions expire after `noncurrent_days`, current objects after `current_days`
+    (None: never), and incomplete multipart uploads are aborted after a week."""
+    return aws.s3.BucketLifecycleConfiguration(
+        f"{name}-lifecycle", bucket=created.bucket.id,
+        rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
+            id=rule_id,
+            status="Enabled",
+            filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+            expiration=(aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=current_days)
+                        if current_days is not None else None),
+            noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                noncurrent_days=noncurrent_days),
+            abort_incomplete_multipart_upload=(
+                aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(days_after_initiation=7)),
+        )],
+        # S3 rejects lifecycle rules with noncurrent-version actions until versioning is on.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[created.versioning])),
+    )
 
 
 def tls_only_policy(bucket_arn: pulumi.Input[str], *statements: p.Statement) -> dict:

@@ -29,7 +29,8 @@ import pulumi
 import pulumi_aws as aws
 
 from components import naming
-from components.buckets import encrypted_bucket, tls_only_policy
+from components import policies as p
+from components.buckets import encrypted_bucket, lifecycle, tls_only_policy
 from components.config import StackConfig
 from components.task_definition import DEPLOY_DOCUMENT_FILE, deploy_document
 
@@ -91,24 +92,11 @@ class DeployConfigStore(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         created = encrypted_bucket(name, args.key_arn, child)
         bucket = created.bucket
-        after_versioning = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[created.versioning]))
-        aws.s3.BucketLifecycleConfiguration(
-            f"{name}-lifecycle", bucket=bucket.id,
-            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
-                id="expire-replaced-documents",
-                status="Enabled",
-                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                # No `expiration`: a current document is a pipeline's source and must never disappear.
-                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
-                    noncurrent_days=args.noncurrent_expiry_days),
-                abort_incomplete_multipart_upload=(
-                    aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(days_after_initiation=7)),
-            )],
-            # S3 rejects lifecycle rules with noncurrent-version actions until versioning is on.
-            opts=after_versioning,
-        )
-        aws.s3.BucketPolicy(f"{name}-policy", bucket=bucket.id,
-                            policy=pulumi.Output.json_dumps(tls_only_policy(bucket.arn)), opts=child)
+        # No current-version expiry: a current document is a pipeline's source and must never disappear.
+        lifecycle(name, created, child, rule_id="expire-replaced-documents",
+                  noncurrent_days=args.noncurrent_expiry_days)
+        aws.s3.BucketPolicy(f"{name}-policy", bucket=bucket.id, policy=p.to_json(tls_only_policy(bucket.arn)),
+                            opts=child)
         notifications = aws.s3.BucketNotification(f"{name}-eventbridge", bucket=bucket.id, eventbridge=True,
                                                   opts=child)
 

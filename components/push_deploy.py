@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -34,11 +33,10 @@ import pulumi_aws as aws
 from components import naming
 from components import policies as p
 from components.config import StackConfig
+from components.lambda_code import RUNTIME, handler_archive
 from components.service_role import service_role
 from components.task_definition import deploy_document
 
-HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
-RUNTIME = "python3.12"
 # EventBridge rejects event patterns over 2,048 characters: repositories are spread over as many rules as needed.
 MAX_PATTERN_CHARS = 2048
 LAMBDA_TIMEOUT_SECONDS = 900
@@ -211,11 +209,7 @@ def function_policy(args: PushDeployArgs, log_group_arn: pulumi.Input[str], queu
 def _code(document: dict[str, Any]) -> pulumi.AssetArchive:
     # The handlers package as it is in this repository (what the tests run: the push handler, the deploy engine and
     # what they import) plus the generated target map with the deploy documents.
-    assets: dict[str, pulumi.Asset | pulumi.Archive] = {
-        f"handlers/{path.name}": pulumi.FileAsset(str(path)) for path in sorted(HANDLERS.glob("*.py"))
-    }
-    assets["targets.json"] = pulumi.StringAsset(json.dumps(document, indent=1, sort_keys=True))
-    return pulumi.AssetArchive(assets)
+    return handler_archive(documents={"targets.json": json.dumps(document, indent=1, sort_keys=True)})
 
 
 class PushDeploy(pulumi.ComponentResource):
