@@ -752,9 +752,9 @@ def _traffic_checks(i: int, strategy: Any, blue_green: Mapping[str, Any]) -> lis
                                 f"{strategy if strategy in NATIVE_STRATEGIES else 'all-at-once'!r}")
     if strategy in NATIVE_STRATEGIES:
         percent = shift.get("percent")
-        if shift_type == "linear" and isinstance(percent, int) and percent < 3:
-            problems.append(f"{where}.trafficShift.percent: ECS shifts at least 3 percent per linear step, got "
-                            f"{percent!r}")
+        if shift_type == "linear" and isinstance(percent, int) and percent < ECS_MIN_LINEAR_PERCENT:
+            problems.append(f"{where}.trafficShift.percent: ECS shifts at least {ECS_MIN_LINEAR_PERCENT} percent per "
+                            f"linear step, got {percent!r}")
         for key, value in (("trafficShift.intervalMinutes", shift.get("intervalMinutes")),
                            ("terminationWaitMinutes", blue_green.get("terminationWaitMinutes"))):
             if isinstance(value, int) and value > ECS_MAX_BAKE_MINUTES:
@@ -863,13 +863,16 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
 BLUE_GREEN_START_MINUTES = 5
 
 
-NATIVE_STRATEGIES = ("blue-green", "canary", "linear")
+NATIVE_SHIFTS = {"blue-green": "all-at-once", "canary": "canary", "linear": "linear"}
+"""The ECS-native strategies and the traffic shift each one is: ECS names the shift in the strategy."""
+NATIVE_STRATEGIES = tuple(NATIVE_SHIFTS)
 ROLLING_TIMEOUT_MINUTES = 15
 """A rolling deployment that has not finished in 15 minutes is failed (and rolled back): long enough for two waves
 of tasks to start and pass health checks, short enough that nobody waits on a pipeline for an hour."""
 PUSH_WAIT_MINUTES = 14
 """A push deploy waits for its rollout inside one Lambda invocation (15 minutes at most), less a margin."""
 ECS_MAX_BAKE_MINUTES = 1440  # ECS's bakeTimeInMinutes and canary/linear bake times accept 0-1440
+ECS_MIN_LINEAR_PERCENT = 3  # ECS's linearConfiguration.stepPercent accepts 3.0-100.0
 MAX_DEPLOY_MINUTES = 1380
 """CodePipeline gives a Lambda invoke action 24 hours in all; one hour of it is kept for putting every region of
 the environment back after a deployment fails at its very end."""
@@ -877,9 +880,7 @@ the environment back after a deployment fails at its very end."""
 
 def _shift_of(strategy: str, shift: Mapping[str, Any]) -> str:
     """The traffic shift a strategy implies: native strategies name it, CodeDeploy takes it from the settings."""
-    if strategy in NATIVE_STRATEGIES:
-        return {"blue-green": "all-at-once"}.get(strategy, strategy)
-    return str(shift.get("type", "all-at-once"))
+    return NATIVE_SHIFTS.get(strategy) or str(shift.get("type", "all-at-once"))
 
 
 def minimum_deploy_minutes(env: EnvironmentConfig) -> int:

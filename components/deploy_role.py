@@ -39,10 +39,9 @@ from components import naming
 from components import policies as p
 from components.config import StackConfig
 from components.deploy_engine import engine_accounts
-from components.workload import needs_infrastructure_role
+from components.workload import ECS, needs_infrastructure_role
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
-ECS = "ecs.amazonaws.com"
 
 
 @dataclass(frozen=True)

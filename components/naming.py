@@ -10,6 +10,7 @@ from __future__ import annotations
 from components.config import (
     DEFAULT_SHIFT_MINUTES,
     DEFAULT_SHIFT_PERCENT,
+    NATIVE_SHIFTS,
     EnvironmentConfig,
     ServiceConfig,
     StackConfig,
@@ -169,7 +170,7 @@ def traffic_shift(env: EnvironmentConfig) -> tuple[str, int | None, int | None]:
     """(type, percent, minutes) of an environment's blue/green traffic shift, defaults applied."""
     shift = env.blue_green_settings.traffic_shift
     # A native strategy names its shift; only CodeDeploy environments take the type from the settings.
-    kind = {"blue-green": "all-at-once", "canary": "canary", "linear": "linear"}.get(env.strategy, shift.type)
+    kind = NATIVE_SHIFTS.get(env.strategy, shift.type)
     if kind == "all-at-once":
         return ("all-at-once", None, None)
     return (kind, shift.percent or DEFAULT_SHIFT_PERCENT, shift.interval_minutes or DEFAULT_SHIFT_MINUTES)

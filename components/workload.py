@@ -61,6 +61,9 @@ from components.blue_green import (
     target_5xx_queries,
 )
 from components.config import (
+    ECS_MAX_BAKE_MINUTES,
+    ECS_MIN_LINEAR_PERCENT,
+    NATIVE_SHIFTS,
     AutoscalingConfig,
     BlueGreenConfig,
     EnvironmentConfig,
@@ -78,10 +81,8 @@ CODEDEPLOY_ECS_POLICY = "AWSCodeDeployRoleForECS"
 # AWS managed: elasticloadbalancing Describe*/ModifyListener/ModifyRule/RegisterTargets/DeregisterTargets, limited
 # to what ECS needs to move the weights of a production and a test listener rule (DESIGN.md pitfall 13).
 ECS_INFRASTRUCTURE_LB_POLICY = "AmazonECSInfrastructureRolePolicyForLoadBalancers"
-NATIVE_STRATEGIES = {"blue-green": "BLUE_GREEN", "canary": "CANARY", "linear": "LINEAR"}
+ECS_STRATEGIES = {"blue-green": "BLUE_GREEN", "canary": "CANARY", "linear": "LINEAR"}
 """crossdeploy's native strategy -> ECS's ``deploymentConfiguration.strategy``."""
-ECS_MAX_BAKE_MINUTES = 1440  # bakeTimeInMinutes, canary and linear bake times: 0-1440 (ECS API)
-ECS_MIN_LINEAR_PERCENT = 3  # linearConfiguration.stepPercent: 3.0-100.0 (ECS API)
 MAX_ALARM_NAME = 255  # CloudWatch PutMetricAlarm AlarmName
 # TLS 1.3 with 1.2 fallback: AWS's recommended policy for new HTTPS listeners.
 SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
@@ -262,15 +263,15 @@ class NativeSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.strategy not in NATIVE_STRATEGIES:
-            problems.append(f"strategy: one of {', '.join(NATIVE_STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy not in ECS_STRATEGIES:
+            problems.append(f"strategy: one of {', '.join(ECS_STRATEGIES)}, got {self.strategy!r}")
         if not self.infrastructure_role_arn:
             problems.append("infrastructure_role_arn: ECS-native deployments need the account's ECS infrastructure "
                             "role (WorkloadRolesArgs.infrastructure_role_name)")
         elif isinstance(self.infrastructure_role_arn, str) and ":role/" not in self.infrastructure_role_arn:
             problems.append(f"infrastructure_role_arn: not an IAM role ARN: {self.infrastructure_role_arn!r}")
         kind, percent, minutes = (*self.traffic_shift, None, None, None)[:3]
-        implied = {"blue-green": "all-at-once"}.get(self.strategy, self.strategy)
+        implied = NATIVE_SHIFTS.get(self.strategy)
         if len(self.traffic_shift) != 3 or kind != implied:
             problems.append(f"traffic_shift: strategy {self.strategy!r} shifts {implied}, got {self.traffic_shift!r}")
         elif kind == "all-at-once" and (percent, minutes) != (None, None):
@@ -290,7 +291,7 @@ class NativeSettings:
     def deployment_configuration(self) -> aws.ecs.ServiceDeploymentConfigurationArgs:
         """The service's ``deploymentConfiguration``: strategy, bake, and the canary or linear steps."""
         _, percent, minutes = self.traffic_shift
-        strategy = NATIVE_STRATEGIES[self.strategy]
+        strategy = ECS_STRATEGIES[self.strategy]
         return aws.ecs.ServiceDeploymentConfigurationArgs(
             strategy=strategy,
             # The provider models the minutes as strings (the ECS API takes integers 0-1440).
