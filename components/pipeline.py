@@ -339,6 +339,12 @@ class ServicePipelineArgs:
         return any(s.engine for s in self.stages)
 
     @property
+    def active_engine(self) -> EngineWiring | None:
+        """The engine wiring where some stage deploys with it (the invoke right, the Config source and its
+        trigger); None otherwise, even if wiring was passed."""
+        return self.engine if self.uses_engine else None
+
+    @property
     def action_regions(self) -> list[str]:
         """Regions where ECS or CodeDeploy actions run (the engine's action runs in the home region)."""
         return list(dict.fromkeys(r for s in self.stages if not s.engine for r in s.regions))
@@ -389,8 +395,8 @@ def pipeline_role_policy(args: ServicePipelineArgs, project_arns: list[pulumi.In
     ]
     if args.assumes_deploy_roles:
         statements.append(p.statement("AssumeDeployRoles", ["sts:AssumeRole"], args.assumes_deploy_roles))
-    if args.engine is not None and args.uses_engine:
-        engine = args.engine
+    engine = args.active_engine
+    if engine is not None:
         statements += [
             p.statement("InvokeDeployEngine", ["lambda:InvokeFunction"], [engine.function_arn]),
             # The Config source: exactly this service's document (decrypted with the home key above).
@@ -513,12 +519,13 @@ def _source_actions(args: ServicePipelineArgs) -> list:
         output_artifacts=[SOURCE_ARTIFACT],
         configuration={"RepositoryName": args.repository_name, "ImageTag": args.trigger_tag},
     )]
-    if args.engine is not None and args.uses_engine:
+    engine = args.active_engine
+    if engine is not None:
         actions.append(aws.codepipeline.PipelineStageActionArgs(
             name="Config", category="Source", owner="AWS", provider="S3", version="1",
             output_artifacts=[CONFIG_ARTIFACT],
             # Started by the EventBridge rule on the object instead of polling.
-            configuration={"S3Bucket": args.engine.config_bucket, "S3ObjectKey": args.engine.config_key,
+            configuration={"S3Bucket": engine.config_bucket, "S3ObjectKey": engine.config_key,
                            "PollForSourceChanges": "false"},
         ))
     return actions
@@ -636,12 +643,13 @@ class ServicePipeline(pulumi.ComponentResource):
             event_pattern=json.dumps(source_event_pattern(args.repository_name, args.trigger_tag)), opts=child)
         aws.cloudwatch.EventTarget(f"{name}-trigger-target", rule=rule.name, arn=pipeline.arn,
                                    role_arn=trigger_role.arn, opts=child)
-        if args.engine is not None and args.uses_engine:
-            key = args.engine.config_key
+        engine = args.active_engine
+        if engine is not None:
+            key = engine.config_key
             config_rule = aws.cloudwatch.EventRule(
                 f"{name}-config-trigger",
                 description=f"A new deploy document of {args.repository_name} (pulumi up) starts its pipeline",
-                event_pattern=pulumi.Output.from_input(args.engine.config_bucket).apply(
+                event_pattern=pulumi.Output.from_input(engine.config_bucket).apply(
                     lambda bucket: json.dumps(config_event_pattern(bucket, key))),
                 opts=child)
             aws.cloudwatch.EventTarget(f"{name}-config-trigger-target", rule=config_rule.name, arn=pipeline.arn,
