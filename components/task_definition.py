@@ -24,6 +24,7 @@ from typing import Any
 
 from components import naming
 from components.config import ServiceConfig, StackConfig
+from handlers import deploy_engine
 
 IMAGE_PLACEHOLDER = "<IMAGE1_NAME>"
 """What CodeDeployToECS replaces with the image of ``imageDetail.json`` (``Image1ContainerName: IMAGE1_NAME``)."""
@@ -97,9 +98,9 @@ def task_definition(cfg: StackConfig, account: str, region: str, service: Servic
     return request
 
 
-DEPLOY_DOCUMENT_VERSION = 1
-DEPLOY_DOCUMENT_FILE = "deploy.json"
-"""The file name of the deploy document inside the zip that ``pulumi up`` writes for the pipeline's config source."""
+# The writer and the reader of the deploy document agree on its version and file name by sharing them.
+DEPLOY_DOCUMENT_VERSION = deploy_engine.DOCUMENT_VERSION
+DEPLOY_DOCUMENT_FILE = deploy_engine.DOCUMENT_FILE
 
 
 def deploy_document(cfg: StackConfig, service: ServiceConfig) -> dict[str, Any]:

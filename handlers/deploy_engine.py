@@ -70,6 +70,8 @@ from handlers.ecs_common import (
 from handlers.ecs_common import show as _show
 
 DOCUMENT_VERSION = 1
+DOCUMENT_FILE = "deploy.json"
+"""The document's name inside the zip ``pulumi up`` writes (the pipeline's config source, what releases read)."""
 STRATEGIES = ("rolling", "blue-green", "canary", "linear")
 MIN_TIMEOUT, MAX_TIMEOUT = 60, 86400
 DEPLOYMENT_TAG = "crossdeploy:deployment"

@@ -53,7 +53,7 @@ MAX_MESSAGE_CHARS = 5000  # FailureDetails.message
 INVOCATION_CAP_SECONDS = 600.0  # CodePipeline wants a reply at least every 20 minutes; half of that, to be safe
 RESERVE_SECONDS = 60.0  # kept back from the Lambda's remaining time for the last status reads and the answer
 POLL_SECONDS_ENV, MAX_CONCURRENCY_ENV = "CROSSDEPLOY_POLL_SECONDS", "CROSSDEPLOY_MAX_CONCURRENCY"
-DEPLOY_CONFIG, IMAGE_DEFINITIONS, DEPLOY_FILE = "DeployConfig", "ImageDefinitions", "deploy.json"
+DEPLOY_CONFIG, IMAGE_DEFINITIONS, DEPLOY_FILE = "DeployConfig", "ImageDefinitions", engine.DOCUMENT_FILE
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 TOKEN_VERSION = 1
 

@@ -280,7 +280,6 @@ def _iso(value: dt.datetime) -> str:
 # One object version never changes: a warm container parses each (key, version) once, however many items use it.
 _documents: dict[tuple[str, str, str], deploy_engine.Document] = {}
 _documents_lock = threading.Lock()
-_DOCUMENT_FILE = "deploy.json"  # components.task_definition.DEPLOY_DOCUMENT_FILE (handlers import no components)
 
 
 def _read_document(bucket: str, key: str, version: str | None) -> tuple[deploy_engine.Document, str]:
@@ -292,7 +291,7 @@ def _read_document(bucket: str, key: str, version: str | None) -> tuple[deploy_e
     response = _client("s3", _env("CROSSDEPLOY_HOME_REGION")).get_object(**kwargs)
     version = str(response.get("VersionId") or "null")
     with zipfile.ZipFile(io.BytesIO(response["Body"].read())) as archive:
-        data = json.loads(archive.read(_DOCUMENT_FILE))
+        data = json.loads(archive.read(deploy_engine.DOCUMENT_FILE))
     document = deploy_engine.parse_document(data)
     with _documents_lock:
         _documents[(bucket, key, version)] = document
