@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from offline.mocks import ProgramRun, Recorded, run_program, stack_config
 
@@ -93,3 +95,21 @@ def deploy_actions(pipeline: Recorded) -> list[tuple[str, dict]]:
 
 def as_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def delivered(pattern: dict, events: list[dict]) -> list[dict]:
+    """Put events through moto's EventBridge with an SQS target; return the events that arrived."""
+    with mock_aws():
+        events_client = boto3.client("events", region_name="us-east-2")
+        sqs = boto3.client("sqs", region_name="us-east-2")
+        queue = sqs.create_queue(QueueName="probe")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events_client.put_rule(Name="probe", EventPattern=json.dumps(pattern))
+        events_client.put_targets(Rule="probe", Targets=[{"Id": "q", "Arn": arn}])
+        for event in events:
+            events_client.put_events(Entries=[{
+                "Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(event["detail"]),
+                "Resources": event.get("resources", []),
+            }])
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]

@@ -9,11 +9,9 @@ import json
 import zipfile
 from pathlib import Path
 
-import boto3
 import pytest
-from conftest import PROD, QA, ROOT, TOOLS, by_output, config, role_policy
+from conftest import PROD, QA, ROOT, TOOLS, by_output, config, delivered, role_policy
 from iam import allows
-from moto import mock_aws
 
 from components import naming
 from components.config import StackConfig, parse
@@ -253,24 +251,6 @@ def s3_object_created(bucket: str, key: str, detail_type: str = "Object Created"
                    "request-id": "N4N7GDK58NMKJ12R", "requester": TOOLS, "source-ip-address": "1.2.3.4",
                    "reason": "PutObject"},
     }
-
-
-def delivered(pattern: dict, events: list[dict]) -> list[dict]:
-    """Put events through moto's EventBridge with an SQS target; return the events that arrived."""
-    with mock_aws():
-        events_client = boto3.client("events", region_name="us-east-2")
-        sqs = boto3.client("sqs", region_name="us-east-2")
-        queue = sqs.create_queue(QueueName="probe")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        events_client.put_rule(Name="probe", EventPattern=json.dumps(pattern))
-        events_client.put_targets(Rule="probe", Targets=[{"Id": "q", "Arn": arn}])
-        for event in events:
-            events_client.put_events(Entries=[{
-                "Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(event["detail"]),
-                "Resources": event.get("resources", []),
-            }])
-        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        return [json.loads(m["Body"]) for m in messages]
 
 
 def test_a_new_document_starts_exactly_its_pipeline(run) -> None:

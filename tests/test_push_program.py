@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
-from conftest import PROD, QA, SAMPLES, TOOLS, by_output, config, pipelines, role_policy
+from conftest import PROD, QA, SAMPLES, TOOLS, by_output, config, delivered, pipelines, role_policy
 from iam import allows
-from moto import mock_aws
 
 from components.config import ConfigError
 from components.push_deploy import MAX_PATTERN_CHARS, event_patterns
@@ -36,24 +34,6 @@ def sample_event(**detail: str) -> dict:
     event = json.loads((SAMPLES / "ecr-image-action-event.json").read_text())
     event["detail"].update(detail)
     return event
-
-
-def delivered(pattern: dict, events: list[dict]) -> list[dict]:
-    """Put events through moto's EventBridge with an SQS target; return the events that arrived."""
-    with mock_aws():
-        events_client = boto3.client("events", region_name="us-east-2")
-        sqs = boto3.client("sqs", region_name="us-east-2")
-        queue = sqs.create_queue(QueueName="probe")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        events_client.put_rule(Name="probe", EventPattern=json.dumps(pattern))
-        events_client.put_targets(Rule="probe", Targets=[{"Id": "q", "Arn": arn}])
-        for event in events:
-            events_client.put_events(Entries=[{
-                "Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(event["detail"]),
-                "Resources": event.get("resources", []),
-            }])
-        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        return [json.loads(m["Body"]) for m in messages]
 
 
 def test_only_push_services_get_the_rule_and_pipelines_stay_for_the_others(push_run) -> None:
