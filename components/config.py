@@ -23,9 +23,11 @@ deploys to.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import json
 import re
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -34,6 +36,8 @@ from typing import Annotated, Any, Literal
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from handlers import smoke_test as smoke
 
 NAMESPACE = "crossdeploy"
 TOP_LEVEL_KEYS = ("tools", "environments", "services", "notifications", "release")
@@ -147,6 +151,8 @@ class NetworkConfig(_Strict):
     _cidr_check = field_validator("cidr")(lambda v: _cidr(v, min_prefix=16, max_prefix=24))
 
 
+DEFAULT_APPROVED_BAKE_MINUTES = 10
+MAX_BAKE_MINUTES = 1380  # the bake runs as a Lambda invoke action (24 h), like a deployment
 DEFAULT_SHIFT_PERCENT = 10
 DEFAULT_SHIFT_MINUTES = 5
 
@@ -207,6 +213,109 @@ class BlueGreenConfig(_Strict):
         return value
 
 
+# CodePipeline's DeploymentWindow cron: seconds (only "*"), minutes, hours, day-of-month, month, day-of-week and an
+# optional year, each with the special characters the rule reference lists for it.
+_CRON_FIELDS = (
+    ("seconds", None, None, ""),
+    ("minutes", 0, 59, ",-*/"),
+    ("hours", 0, 23, ",-*/"),
+    ("day-of-month", 1, 31, ",-*?/LW"),
+    ("month", 1, 12, ",-*/"),
+    ("day-of-week", 1, 7, ",-*?/L#"),
+    ("year", 1970, 2199, ",-*/"),
+)
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+
+
+def _cron_value(text: str, field: str, low: int, high: int) -> int | None:
+    names = _MONTHS if field == "month" else _DAYS if field == "day-of-week" else ()
+    if text.upper() in names:
+        return names.index(text.upper()) + 1
+    return int(text) if text.isdigit() and low <= int(text) <= high else None
+
+
+def _cron_item(item: str, field: str, low: int, high: int, specials: str) -> bool:
+    if item == "*" or (item == "?" and "?" in specials):
+        return True
+    if "L" in specials and field == "day-of-month" and re.fullmatch(r"L(-[0-9]{1,2})?|LW", item):
+        return True
+    if "W" in specials and item.endswith("W"):
+        return _cron_value(item[:-1], field, low, high) is not None
+    if "L" in specials and field == "day-of-week" and item.endswith("L"):
+        return _cron_value(item[:-1], field, low, high) is not None
+    if "#" in specials and "#" in item:
+        day, _, nth = item.partition("#")
+        return _cron_value(day, field, low, high) is not None and nth in {"1", "2", "3", "4", "5"}
+    base, slash, step = item.partition("/")
+    if slash and not ("/" in specials and step.isdigit() and 0 < int(step) <= high):
+        return False
+    if base == "*" and slash:
+        return True
+    start, dash, end = base.partition("-")
+    if dash and "-" not in specials:
+        return False
+    first = _cron_value(start, field, low, high)
+    last = _cron_value(end, field, low, high) if dash else first
+    return first is not None and last is not None and first <= last
+
+
+def cron_problems(expression: str) -> list[str]:
+    """Why CodePipeline's DeploymentWindow rule would reject `expression` (empty when it is valid)."""
+    parts = expression.split()
+    if len(parts) not in (6, 7):
+        return [f"{len(parts)} fields; CodePipeline's cron has 6 (seconds minutes hours day-of-month month "
+                "day-of-week) and an optional year"]
+    problems = []
+    for part, (field, low, high, specials) in zip(parts, _CRON_FIELDS, strict=False):
+        if field == "seconds":
+            if part != "*":
+                problems.append(f"seconds must be '*', got {part!r}")
+            continue
+        assert low is not None and high is not None
+        items = part.split(",") if "," in specials else [part]
+        if not all(item and _cron_item(item, field, low, high, specials) for item in items) or (
+                "?" in items and len(items) > 1):
+            problems.append(f"{field} {part!r} is not {low}-{high}"
+                            + (" or a name" if field in ("month", "day-of-week") else "")
+                            + f" with {' '.join(specials)}")
+    if not problems and (parts[3] == "?") == (parts[5] == "?"):
+        problems.append("exactly one of day-of-month and day-of-week must be '?'")
+    return problems
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    # The IANA database Python reads (the system's, or the pinned tzdata package where the system has none).
+    return frozenset(zoneinfo.available_timezones())
+
+
+class DeploymentWindowConfig(_Strict):
+    """When the environment may be deployed: a change that reaches the environment outside the window waits at its
+    stage's entry (CodePipeline's ``DeploymentWindow`` rule) until the window opens."""
+
+    cron: str
+    """CodePipeline's cron format: ``seconds minutes hours day-of-month month day-of-week [year]``, seconds ``*``,
+    one of the two day fields ``?``. Example: ``* * 9-16 ? * MON-THU *`` (Monday to Thursday, 09:00-16:59)."""
+    time_zone: str = Field(default="UTC", alias="timeZone")
+    """IANA time zone the cron is read in (``Europe/Berlin``). Default ``UTC``."""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        problems = cron_problems(value)
+        if problems:
+            raise ValueError("not a CodePipeline deployment window cron: " + "; ".join(problems))
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value not in _time_zones():
+            raise ValueError(f"not an IANA time zone name (e.g. 'Europe/Berlin', 'UTC'): {value!r}")
+        return value
+
+
 class EnvironmentConfig(_Strict):
     """One deployment target, in promotion order."""
 
@@ -226,6 +335,11 @@ class EnvironmentConfig(_Strict):
     (:func:`minimum_deploy_minutes`), and never shorter than that."""
     require_approval: bool = Field(default=False, alias="requireApproval")
     """Manual approval (SNS) before this environment is deployed. Default false."""
+    deployment_window: DeploymentWindowConfig | None = Field(default=None, alias="deploymentWindow")
+    """When changes may enter this environment (after its approval). Default none: any time."""
+    bake_minutes: int | None = Field(default=None, alias="bakeMinutes", ge=0, le=MAX_BAKE_MINUTES)
+    """Minutes the services' alarms (target 5xx, unhealthy targets) are watched after the environment deployed; a
+    firing alarm fails the stage, which rolls back. Default 10 with ``requireApproval``, else 0 (no bake)."""
     provision_role_name: str = Field(
         default="OrganizationAccountAccessRole", alias="provisionRoleName", pattern=_IAM_ROLE_NAME
     )
@@ -258,6 +372,13 @@ class EnvironmentConfig(_Strict):
     @property
     def codedeploy(self) -> bool:
         return self.strategy == "codedeploy"
+
+    @property
+    def bake(self) -> int:
+        """Alarm bake minutes, default applied."""
+        if self.bake_minutes is not None:
+            return self.bake_minutes
+        return DEFAULT_APPROVED_BAKE_MINUTES if self.require_approval else 0
 
     @property
     def deploy_timeout_minutes(self) -> int:
@@ -355,6 +476,29 @@ class AutoscalingConfig(_Strict):
     """Average CPU utilisation (percent) to track. Default 60."""
 
 
+class SmokeTestConfig(_Strict):
+    """A request the service must answer before it serves users: through the test listener before any production
+    traffic (``blue-green``, ``canary``, ``linear``: an ECS lifecycle hook; ``codedeploy``: an
+    ``AfterAllowTestTraffic`` hook), or through the production listener right after a ``rolling`` deployment (the
+    deploy engine, which restores the previous revision when it fails)."""
+
+    path: str = Field(pattern=r"^/[\x21-\x7e]{0,1023}$")
+    """Path requested with GET (required); it must be routed to the service (``routing.paths``)."""
+    expect_status: str = Field(default="200-399", alias="expectStatus")
+    """HTTP status codes that pass: codes and ranges, comma-separated (``200``, ``200-299,301``). Default
+    ``200-399``. Redirects are not followed: a 302 is the answer."""
+    timeout_seconds: int = Field(default=10, alias="timeoutSeconds", ge=1, le=smoke.MAX_TIMEOUT_SECONDS)
+    """How long one attempt may take. Default 10."""
+    attempts: int = Field(default=3, ge=1, le=smoke.MAX_ATTEMPTS)
+    """Attempts before the test fails (a pause of a few seconds between them); the first pass wins. Default 3."""
+
+    @field_validator("expect_status")
+    @classmethod
+    def _statuses(cls, value: str) -> str:
+        smoke.parse_status_ranges(value)  # ValueError with the reason
+        return value
+
+
 class ServiceConfig(_Strict):
     """One ECS service delivered by its own pipeline."""
 
@@ -402,6 +546,8 @@ class ServiceConfig(_Strict):
     name, or ``ssm:/parameter/name`` for Parameter Store. The execution role may read exactly these."""
     autoscaling: AutoscalingConfig | None = None
     """Default none: the service keeps ``desiredCount`` tasks."""
+    smoke_test: SmokeTestConfig | None = Field(default=None, alias="smokeTest")
+    """Default none: a deployment counts as good once ECS reports it healthy (and its bake passes)."""
     log_retention_days: int = Field(default=30, alias="logRetentionDays")
     """Retention of the service's log group. Default 30 (one of CloudWatch's allowed values)."""
 
@@ -438,6 +584,18 @@ class ServiceConfig(_Strict):
     @property
     def mode(self) -> str:
         return self.push_mode or "revision"
+
+    def smoke_spec(self) -> dict[str, Any] | None:
+        """The smoke test as the hook and the engine read it (``handlers.smoke_test.SmokeSpec`` JSON), or None."""
+        test = self.smoke_test
+        if test is None:
+            return None
+        spec: dict[str, Any] = {"path": test.path, "expectStatus": test.expect_status,
+                                "timeoutSeconds": test.timeout_seconds, "attempts": test.attempts}
+        host = smoke_host(self.routing.hosts or [])
+        if host:
+            spec["host"] = host
+        return spec
 
     @property
     def container(self) -> str:
@@ -593,6 +751,11 @@ class StackConfig:
     def uses_codedeploy(self) -> bool:
         return any(e.codedeploy for e in self.environments)
 
+    def baked_environments(self, service: ServiceConfig) -> tuple[EnvironmentConfig, ...]:
+        """Environments whose deployment of `service` is followed by an alarm bake: ``bakeMinutes`` above 0, and a
+        service crossdeploy created (an existing service's alarms are not crossdeploy's to name)."""
+        return () if service.existing else tuple(env for env in self.environments if env.bake > 0)
+
     def engine_environments(self, service: ServiceConfig) -> tuple[EnvironmentConfig, ...]:
         """The environments the deploy engine deploys `service` to: every one but CodeDeploy's, for services whose
         task definition crossdeploy renders; none for existing services (the ECS deploy action swaps their image)."""
@@ -687,7 +850,7 @@ def _push_tag_overlaps(envs: list, services: list) -> list[str]:
 
 
 _WORKLOAD_KEYS = ("cpu", "memory", "port", "desiredCount", "healthCheck", "routing", "environment", "secrets",
-                  "autoscaling", "logRetentionDays")
+                  "smokeTest", "autoscaling", "logRetentionDays")
 # An ALB rule holds at most five condition values in total (Elastic Load Balancing quotas).
 _MAX_RULE_VALUES = 5
 
@@ -851,11 +1014,41 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
         if len(values) > _MAX_RULE_VALUES:
             problems.append(f"services[{i}].routing: {len(values)} paths and hosts, but a load balancer rule holds "
                             f"at most {_MAX_RULE_VALUES}")
+    problems.extend(_smoke_route_checks(i, svc))
     hc = svc.get("healthCheck")
     if isinstance(hc, Mapping) and isinstance(hc.get("command"), list) and hc["command"]:
         if hc["command"][0] not in ("CMD", "CMD-SHELL"):
             problems.append(f"services[{i}].healthCheck.command: must start with 'CMD' or 'CMD-SHELL', got "
                             f"{hc['command'][0]!r}")
+    return problems
+
+
+def smoke_host(hosts: Iterable[str]) -> str | None:
+    """The Host header a smoke test sends to a service routed by host: its first host without wildcards."""
+    return next((h for h in hosts if not any(c in h for c in "*?")), None)
+
+
+def _smoke_route_checks(i: int, svc: Mapping[str, Any]) -> list[str]:
+    """A smoke test must reach the service: its path (and a host) must match the service's listener rule, or the
+    load balancer answers 404 and every deployment fails."""
+    test = svc.get("smokeTest")
+    path = test.get("path") if isinstance(test, Mapping) else None
+    routing = svc.get("routing") if isinstance(svc.get("routing"), Mapping) else {}
+    paths, hosts = routing.get("paths"), routing.get("hosts")
+    if not isinstance(path, str) or svc.get("existing") is True:
+        return []
+    problems = []
+    name = svc.get("serviceName") or svc.get("name")
+    if not isinstance(paths, list) and not isinstance(hosts, list):
+        paths = [f"/{name}", f"/{name}/*"]  # ServiceConfig.route_paths
+    route = path.split("?", 1)[0]
+    if isinstance(paths, list) and paths and not any(
+            isinstance(p, str) and fnmatch.fnmatchcase(route, p) for p in paths):
+        problems.append(f"services[{i}].smokeTest.path: {path!r} is not routed to the service (its listener rule "
+                        f"matches {', '.join(map(str, paths))}); the load balancer would answer 404")
+    if isinstance(hosts, list) and hosts and smoke_host(h for h in hosts if isinstance(h, str)) is None:
+        problems.append(f"services[{i}].smokeTest: routing.hosts {hosts!r} are all wildcards; the smoke test needs "
+                        "one exact host name to send")
     return problems
 
 
