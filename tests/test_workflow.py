@@ -33,6 +33,8 @@ WORKFLOW = ROOT / ".github" / "workflows" / "preview.yml"
 TEST_COMMAND = "python -m pytest -q -n auto"
 LINT_COMMAND = "ruff check ."
 STACKS = {"dev", "prod"}
+# The virtualenv the Pulumi CLI runs the policy pack with (policy/PulumiPolicy.yaml's runtime option, from policy/).
+POLICY_VENV = "policy/venv"
 
 # Jobs and the only write scopes each may hold. Everything else is read or none.
 WRITE_SCOPES_ALLOWED = {
@@ -370,6 +372,17 @@ def check_preview_job(wf: dict) -> list[str]:
     ]
     if not installs:
         problems.append("requirements.txt must be installed into .venv before the pulumi step")
+    # The CrossGuard policy pack runs with the preview (a mandatory violation fails it), under policy/venv
+    # (policy/PulumiPolicy.yaml): the pack's own requirements must be installed there first.
+    if "policy" not in re.split(r"[\s,;]+", str(with_.get("policyPacks") or "")):
+        problems.append(f"the preview must run the policy pack (policyPacks: policy), got {with_.get('policyPacks')!r}")
+    pack_installs = [
+        s
+        for s in steps(job)[:index]
+        if POLICY_VENV in str(s.get("run", "")) and "policy/requirements.txt" in str(s.get("run", ""))
+    ]
+    if not pack_installs:
+        problems.append(f"policy/requirements.txt must be installed into {POLICY_VENV} before the pulumi step")
     return problems
 
 
@@ -486,6 +499,16 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], Callable[[dict], list[str]]]]
         ),
         check_preview_job,
     ),
+    "policy pack dropped": (
+        lambda wf: _step(wf, "preview", "pulumi/actions")["with"].pop("policyPacks"),
+        check_preview_job,
+    ),
+    "no policy pack venv install": (
+        lambda wf: _job(wf, "preview").update(
+            steps=[s for s in steps(_job(wf, "preview")) if POLICY_VENV not in str(s.get("run", ""))]
+        ),
+        check_preview_job,
+    ),
 }
 
 
@@ -523,3 +546,11 @@ def test_pulumi_project_uses_the_venv_the_workflow_fills():
     options = runtime.get("options") or {}
     assert options.get("virtualenv") == ".venv", "the workflow installs requirements into .venv"
     assert options.get("toolchain", "pip") == "pip"
+
+
+def test_policy_pack_uses_the_venv_the_workflow_fills():
+    project = yaml.safe_load((ROOT / "policy" / "PulumiPolicy.yaml").read_text(encoding="utf-8"))
+    runtime = project.get("runtime")
+    assert isinstance(runtime, dict) and runtime.get("name") == "python", f"runtime python expected, got {runtime!r}"
+    virtualenv = (runtime.get("options") or {}).get("virtualenv")
+    assert f"policy/{virtualenv}" == POLICY_VENV, "the workflow installs the pack's requirements into policy/venv"
