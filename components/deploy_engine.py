@@ -11,10 +11,13 @@ Functions and the other invoke actions stop at 1 hour, CodeBuild on Lambda compu
 standard action copies the *running* task definition, so config changes would never ship (pitfall 12). The action
 runs in the home region; one invocation covers all of an environment's regions in parallel.
 
-The package is exactly ``handlers/__init__.py``, ``ecs_common.py``, ``deploy_engine.py`` and ``pipeline_deploy.py``,
-byte for byte from this repository (:mod:`components.lambda_code`). The role may:
+The same function runs the **alarm bake** after an environment deployed (a ``Bake`` action, see
+:mod:`handlers.pipeline_deploy`) and the **smoke test** after a rolling deployment (:mod:`handlers.smoke_test`).
 
-* assume exactly the deploy roles of the accounts it deploys to (those roles trust it back);
+The package is exactly ``handlers/__init__.py``, ``ecs_common.py``, ``deploy_engine.py``, ``pipeline_deploy.py`` and
+``smoke_test.py``, byte for byte from this repository (:mod:`components.lambda_code`). The role may:
+
+* assume exactly the deploy roles of the accounts it deploys to or bakes in (those roles trust it back);
 * answer CodePipeline jobs (``PutJobSuccessResult``/``PutJobFailureResult``: these take a job id and support no
   resource-level permissions);
 * write its own log group. Input artifacts are read with the job's own short-lived artifact credentials, so the
@@ -34,15 +37,17 @@ from components.config import StackConfig
 from components.lambda_code import RUNTIME, handler_archive
 from components.service_role import service_role
 
-ENGINE_MODULES = ("__init__.py", "ecs_common.py", "deploy_engine.py", "pipeline_deploy.py")
+ENGINE_MODULES = ("__init__.py", "ecs_common.py", "deploy_engine.py", "pipeline_deploy.py", "smoke_test.py")
 HANDLER = "handlers.pipeline_deploy.handler"
 TIMEOUT_SECONDS = 900
 """Lambda's maximum. The handler answers CodePipeline within ~10 minutes and keeps a reserve before this."""
 
 
 def engine_accounts(cfg: StackConfig) -> tuple[str, ...]:
-    """Workload accounts the engine deploys pipeline services to, in promotion order."""
-    return tuple(dict.fromkeys(env.account_id for s in cfg.pipeline_services for env in cfg.engine_environments(s)))
+    """Workload accounts the engine works in for pipeline services, in promotion order: where it deploys, and where
+    it watches the alarms of a bake."""
+    return tuple(dict.fromkeys(env.account_id for s in cfg.pipeline_services
+                               for env in (*cfg.engine_environments(s), *cfg.baked_environments(s))))
 
 
 def engine_deploy_role_arns(cfg: StackConfig) -> tuple[str, ...]:

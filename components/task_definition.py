@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from components import naming
-from components.config import ServiceConfig, StackConfig
+from components.config import EnvironmentConfig, ServiceConfig, StackConfig
 from handlers import deploy_engine
 
 IMAGE_PLACEHOLDER = "<IMAGE1_NAME>"
@@ -103,6 +103,17 @@ DEPLOY_DOCUMENT_VERSION = deploy_engine.DOCUMENT_VERSION
 DEPLOY_DOCUMENT_FILE = deploy_engine.DOCUMENT_FILE
 
 
+def _smoke_test(env: EnvironmentConfig, region: str, service: ServiceConfig) -> dict[str, Any]:
+    """The engine's check after a ``rolling`` deployment, through the region's public production listener (HTTPS
+    where the environment has a certificate there). Other strategies test before production traffic, in an ECS or
+    CodeDeploy hook, so their targets carry none."""
+    spec = service.smoke_spec()
+    if spec is None or env.strategy != "rolling" or service.existing:
+        return {}
+    https = region in env.certificate_arns
+    return {"smokeTest": {"spec": spec, "protocol": "HTTPS" if https else "HTTP", "port": 443 if https else 80}}
+
+
 def deploy_document(cfg: StackConfig, service: ServiceConfig) -> dict[str, Any]:
     """What every deploy of `service` renders from, whatever triggers it: per environment the deploy engine serves
     (all but ``codedeploy``), its strategy and timeout, and per region the target and the task definition rendered
@@ -131,6 +142,7 @@ def deploy_document(cfg: StackConfig, service: ServiceConfig) -> dict[str, Any]:
                         "container": service.container,
                         "taskDefinition": None if service.existing else task_definition(
                             cfg, env.account_id, region, service, bootstrap_image(cfg, region, service)),
+                        **_smoke_test(env, region, service),
                     }
                     for region in env.regions
                 ],

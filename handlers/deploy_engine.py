@@ -22,6 +22,16 @@ What it guarantees, per deployment (one service, one environment, its account-re
   left alone. Restores are waited for like deployments. Never half old, half new.
 * **Resumable.** Per-target progress is a :class:`TargetState`, JSON-serialisable, so a caller may stop between
   steps and continue in another process (the CodePipeline action does, between Lambda invocations).
+* **Smoke-tested where the document asks** (``smokeTest`` of a target; ``rolling`` environments only). When the
+  target's own deployment reaches ECS SUCCESSFUL (never a restore, never an UNCHANGED target), the engine finds the
+  service's load balancer (its first target group -> that group's first load balancer -> its DNS name) and runs
+  :func:`handlers.smoke_test.check` against the public production listener the document names. It runs outside
+  any VPC, in the tools account, so it calls the internet-facing listener as users do. A pass makes the target
+  SUCCEEDED; a failure, or a load balancer it cannot find, makes it FAILED with a one-line reason, and the rule
+  above restores every changed target (this one by UpdateService(previous), its deployment being finished). One
+  :func:`advance` may then take up to :func:`smoke_test_seconds`: callers with a deadline leave room for it. The
+  native strategies (blue-green, canary, linear) run the same check as an ECS lifecycle hook on test traffic,
+  before production traffic, so their targets carry none.
 
 Strategy (rolling, blue-green, canary, linear) is ECS-native: Pulumi configures it on the service; the engine only
 points the service at the new revision and follows ECS's service deployment (DescribeServiceDeployments), falling
@@ -54,6 +64,7 @@ import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.validate import ParamValidator
 
+from handlers import smoke_test as smoke
 from handlers.ecs_common import (
     ACCOUNT_ID,
     ECS_NAME,
@@ -106,6 +117,9 @@ _ECR_IMAGE = re.compile(r"[0-9]{12}\.dkr\.ecr\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\
 _DOCUMENT_KEYS = ("version", "service", "environments")
 _ENVIRONMENT_KEYS = ("name", "strategy", "timeoutSeconds", "targets")
 _TARGET_KEYS = ("accountId", "region", "roleArn", "cluster", "service", "container", "taskDefinition")
+_OPTIONAL_TARGET_KEYS = ("smokeTest",)  # absent and null mean the same: no smoke test
+_SMOKE_TEST_KEYS = ("spec", "protocol", "port")
+SMOKE_PROTOCOLS = ("HTTP", "HTTPS")
 
 
 class EngineInputError(ValueError):
@@ -121,6 +135,21 @@ class EngineInputError(ValueError):
 
 
 @dataclass(frozen=True)
+class SmokeTest:
+    """The check after a ``rolling`` deployment of a target: ``spec`` through the public production listener of the
+    service's load balancer (``protocol``, ``port``). Native strategies run theirs as an ECS lifecycle hook on test
+    traffic, before production traffic, so their targets have none."""
+
+    spec: smoke.SmokeSpec
+    protocol: str
+    port: int
+
+    @property
+    def scheme(self) -> str:
+        return self.protocol.lower()
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """One target as the document names it (no image yet)."""
 
@@ -132,6 +161,7 @@ class TargetSpec:
     container: str
     task_definition: dict[str, Any] | None = field(compare=False, hash=False)
     """A RegisterTaskDefinition request (API camelCase), or None: copy the service's current revision."""
+    smoke_test: SmokeTest | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -169,6 +199,8 @@ class Target:
     container: str
     image: str
     task_definition: dict[str, Any] | None = field(compare=False, hash=False)
+    smoke_test: SmokeTest | None = field(default=None, compare=False, hash=False)
+    """Checked once the target's own deployment succeeded (never after a restore, never an unchanged target)."""
 
     @property
     def label(self) -> str:
@@ -210,9 +242,28 @@ def _check_task_definition(td: Any, container: str | None, where: str, problems:
         problems.add(f"{where}.tags", f"{DEPLOYMENT_TAG!r} is set by the engine, not the document")
 
 
+def _parse_smoke_test(raw: Any, where: str, problems: Problems) -> SmokeTest | None:
+    before = len(problems.items)
+    if not problems.exact_keys(raw, _SMOKE_TEST_KEYS, where):
+        return None
+    protocol, port = raw.get("protocol"), problems.integer(raw, "port", 1, 65535, where)
+    if "protocol" in raw and protocol not in SMOKE_PROTOCOLS:
+        problems.add(f"{where}.protocol", f"expected one of {list(SMOKE_PROTOCOLS)}, got {_show(protocol)}")
+    spec = None
+    if "spec" in raw:
+        try:
+            spec = smoke.SmokeSpec.from_json(raw["spec"], f"{where}.spec")
+        except smoke.SmokeTestError as exc:  # its problems carry the key path given
+            problems.items.extend(exc.problems)
+    if len(problems.items) > before or spec is None:
+        return None
+    return SmokeTest(spec, str(protocol), int(port))  # type: ignore[arg-type]
+
+
 def _parse_target(raw: Any, where: str, problems: Problems) -> TargetSpec | None:
     before = len(problems.items)
-    if not problems.exact_keys(raw, _TARGET_KEYS, where):
+    required = {k: v for k, v in raw.items() if k not in _OPTIONAL_TARGET_KEYS} if isinstance(raw, dict) else raw
+    if not problems.exact_keys(required, _TARGET_KEYS, where):
         return None
     account = problems.string(raw, "accountId", ACCOUNT_ID, where, "a 12-digit account id string")
     region = problems.string(raw, "region", REGION, where, "a region name")
@@ -229,10 +280,13 @@ def _parse_target(raw: Any, where: str, problems: Problems) -> TargetSpec | None
     td = raw.get("taskDefinition")
     if td is not None:
         _check_task_definition(td, container, f"{where}.taskDefinition", problems)
+    smoke_test = None
+    if raw.get("smokeTest") is not None:
+        smoke_test = _parse_smoke_test(raw["smokeTest"], f"{where}.smokeTest", problems)
     if len(problems.items) > before:
         return None
     return TargetSpec(str(account), str(region), str(role_arn), str(cluster), str(service), str(container),
-                      copy.deepcopy(td))
+                      copy.deepcopy(td), smoke_test)
 
 
 def _parse_environment(raw: Any, where: str, problems: Problems) -> Environment | None:
@@ -257,6 +311,11 @@ def _parse_environment(raw: Any, where: str, problems: Problems) -> Environment 
         spec = _parse_target(raw_target, f"{where}.targets[{i}]", problems)
         if spec is None:
             continue
+        if spec.smoke_test is not None and strategy in STRATEGIES and strategy != "rolling":
+            # The engine tests after the deployment, through production traffic; the native strategies test
+            # before it (an ECS lifecycle hook on test traffic). Both at once would be two verdicts on one rollout.
+            problems.add(f"{where}.targets[{i}].smokeTest", f"only rolling environments are smoke-tested by the "
+                                                            f"engine; {strategy} runs it as an ECS lifecycle hook")
         key = (spec.account_id, spec.region, spec.cluster, spec.service)
         if key in seen:
             # Two entries for one service would race each other and restore each other's revisions.
@@ -319,7 +378,7 @@ def targets_for(document: Document, environment: str, images: Mapping[str, str])
     if problems.items:
         raise EngineInputError(problems.items)
     return [Target(env.name, s.account_id, s.region, s.role_arn, s.cluster, s.service, s.container,
-                   images[s.region], copy.deepcopy(s.task_definition)) for s in env.targets]
+                   images[s.region], copy.deepcopy(s.task_definition), s.smoke_test) for s in env.targets]
 
 
 # --- per-target state -------------------------------------------------------------------------------------------
@@ -388,18 +447,25 @@ class Outcome:
 
 SessionFor = Callable[[str, str], boto3.Session]
 
-_clients: weakref.WeakKeyDictionary[boto3.Session, dict[str, Any]] = weakref.WeakKeyDictionary()
+_clients: weakref.WeakKeyDictionary[boto3.Session, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 _clients_lock = threading.Lock()
 
 
-def _ecs(session: boto3.Session, region: str) -> Any:
-    # One client per session and region: building one loads and parses ECS's model (tens of ms), and boto3
-    # sessions are not safe to build clients from concurrently, while clients are safe to share between threads.
+def client(session: boto3.Session, service: str, region: str) -> Any:
+    """The ``service`` client of ``session`` in ``region``, built once.
+
+    One client per session, service and region: building one loads and parses the service's model (tens of ms),
+    and boto3 sessions are not safe to build clients from concurrently, while clients are safe to share between
+    threads."""
     with _clients_lock:
         per_session = _clients.setdefault(session, {})
-        if region not in per_session:
-            per_session[region] = session.client("ecs", region_name=region, config=RETRY)
-        return per_session[region]
+        if (service, region) not in per_session:
+            per_session[(service, region)] = session.client(service, region_name=region, config=RETRY)
+        return per_session[(service, region)]
+
+
+def _ecs(session: boto3.Session, region: str) -> Any:
+    return client(session, "ecs", region)
 
 
 def default_session_for(deployment_id: str, base: boto3.Session | None = None,
@@ -653,8 +719,76 @@ def _failure_reason(target: Target, status: str, reason: str) -> str:
     return f"{text}: {' '.join(reason.split())}" if reason else text
 
 
-def poll(target: Target, state: TargetState, session: boto3.Session, now: float) -> TargetState:
-    """One status read for a DEPLOYING or RESTORING target; other phases are returned as they are."""
+# --- the smoke test after a rolling deployment ------------------------------------------------------------------
+
+
+def connect_address(dns_name: str) -> str:
+    """What the check connects to for the load balancer's DNS name: the name itself (the OS resolves it, as any
+    client of the service would). The one seam of the smoke test: tests map the DNS name their moto load balancer
+    got to 127.0.0.1, where their HTTP server listens; the lookup that found the name, the port, the scheme and the
+    request are the engine's own."""
+    return dns_name
+
+
+class _NoAddress(Exception):
+    pass
+
+
+def smoke_address(session: boto3.Session, target: Target) -> str:
+    """The DNS name of the load balancer in front of ``target``'s service: its first target group
+    (DescribeServices) -> that group's first load balancer (DescribeTargetGroups) -> DescribeLoadBalancers.
+    Raises :class:`_NoAddress` or an SDK error saying why not."""
+    service = _service(_ecs(session, target.region), target)
+    if service is None:
+        raise _NoAddress("the service is not ACTIVE")
+    groups = [lb["targetGroupArn"] for lb in service.get("loadBalancers") or [] if lb.get("targetGroupArn")]
+    if not groups:
+        raise _NoAddress("the service has no load balancer target group")
+    elbv2 = client(session, "elbv2", target.region)
+    found = elbv2.describe_target_groups(TargetGroupArns=[groups[0]]).get("TargetGroups") or []
+    balancers = (found[0].get("LoadBalancerArns") or []) if found else []
+    if not balancers:
+        raise _NoAddress(f"target group {groups[0]} is attached to no load balancer")
+    described = elbv2.describe_load_balancers(LoadBalancerArns=[balancers[0]]).get("LoadBalancers") or []
+    if not described or not described[0].get("DNSName"):
+        raise _NoAddress(f"load balancer {balancers[0]} has no DNS name")
+    return str(described[0]["DNSName"])
+
+
+def smoke_test_target(target: Target, session: boto3.Session,
+                      sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """Run ``target``'s smoke test against its load balancer's production listener: None when it passes (or the
+    target has none), else the one-line reason the target fails with. Takes at most
+    :func:`smoke_test.worst_case_seconds` of the spec, plus the lookup. Never raises."""
+    test, fields_ = target.smoke_test, target.log_fields()
+    if test is None:
+        return None
+    try:
+        dns_name = smoke_address(session, target)
+    except Exception as exc:  # AccessDenied, no load balancer: the deployment is unproven, so it fails
+        why = str(exc) if isinstance(exc, _NoAddress) else _error(exc)
+        reason = f"{target.label}: smoke test failed: cannot find the load balancer: {why}"
+        log("smoke-test", **fields_, result="failed", reason=reason, attempts=[])
+        return reason
+    # The engine runs in the tools account, outside any VPC: it calls the internet-facing production listener by
+    # its public name, as users do. TLS verifies the chain, and the name only when the spec names a host: the
+    # load balancer's own DNS name is on no certificate (smoke_test.tls_context).
+    try:
+        result = smoke.check(test.spec, scheme=test.scheme, address=connect_address(dns_name), port=test.port,
+                             sleep=sleep)
+    except Exception as exc:  # a fault of the check itself must not leave the target undecided
+        result = smoke.CheckResult(False, f"GET {test.spec.path} could not run: {type(exc).__name__}: {exc}", [])
+    reason = None if result.ok else f"{target.label}: smoke test failed: {result.reason}"
+    log("smoke-test", **fields_, result="passed" if result.ok else "failed", reason=reason or result.reason,
+        url=f"{test.scheme}://{dns_name}:{test.port}{test.spec.path}", attempts=result.attempts)
+    return reason
+
+
+def poll(target: Target, state: TargetState, session: boto3.Session, now: float, *,
+         sleep: Callable[[float], None] = time.sleep) -> TargetState:
+    """One status read for a DEPLOYING or RESTORING target; other phases are returned as they are. A deployment
+    ECS reports SUCCESSFUL is smoke-tested first when the target has a smoke test (``sleep`` paces its attempts):
+    only a pass makes it SUCCEEDED, a failure makes it FAILED, and the other targets are then restored."""
     if not state.active:
         return state
     state = copy.copy(state)
@@ -674,7 +808,8 @@ def poll(target: Target, state: TargetState, session: boto3.Session, now: float)
     if not restoring:
         state.ecs_status = status or state.ecs_status
         if status == "SUCCESSFUL":
-            return _finish(target, state, restoring, ok=True)
+            failure = smoke_test_target(target, session, sleep)
+            return _finish(target, state, restoring, ok=failure is None, reason=failure)
         if status in _ECS_FAILED:
             return _finish(target, state, restoring, ok=False, reason=_failure_reason(target, status, reason))
     elif status:
@@ -795,6 +930,17 @@ def _parallel(fn: Callable[[Any], TargetState], items: Sequence[Any], max_concur
         return list(pool.map(fn, items))
 
 
+def smoke_test_seconds(targets: Sequence[Target], states: Sequence[TargetState],
+                       max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> int:
+    """The longest one :func:`advance` may spend smoke-testing: the slowest worst case among the targets still
+    deploying, once per round of ``max_concurrency`` (the tests run in parallel, like the polls). 0 when none can
+    be tested."""
+    worst = [smoke.worst_case_seconds(t.smoke_test.spec) for t, s in zip(targets, states, strict=True)
+             if t.smoke_test is not None and s.phase == DEPLOYING]
+    rounds = -(-len(worst) // max(1, max_concurrency))
+    return max(worst, default=0) * rounds
+
+
 def failing(states: Sequence[TargetState]) -> bool:
     """Whether the deployment as a whole has failed (and so must be, or is being, restored)."""
     return any(s.reason for s in states)
@@ -808,9 +954,11 @@ def finished(states: Sequence[TargetState]) -> bool:
 
 
 def advance(targets: Sequence[Target], states: Sequence[TargetState], *, session_for: SessionFor, now: float,
-            max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> list[TargetState]:
-    """One step: poll whatever is in progress; once any target has failed, start restoring every changed target
-    (deployments still running are stopped with ECS's rollback) and poll the restores."""
+            max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+            sleep: Callable[[float], None] = time.sleep) -> list[TargetState]:
+    """One step: poll whatever is in progress (a deployment that succeeds is smoke-tested first, see :func:`poll`;
+    this step then takes up to :func:`smoke_test_seconds`); once any target has failed, start restoring every
+    changed target (deployments still running are stopped with ECS's rollback) and poll the restores."""
     pairs = list(zip(targets, states, strict=True))
 
     def step(pair: tuple[Target, TargetState], restoring: bool) -> TargetState:
@@ -825,7 +973,7 @@ def advance(targets: Sequence[Target], states: Sequence[TargetState], *, session
         if restoring and state.changed and state.phase not in (RESTORING, RESTORED, RESTORE_FAILED):
             return restore(target, state, session, now)
         # (A resumed rollout whose previous revision is unknown cannot be restored: it is followed to its end.)
-        return poll(target, state, session, now)
+        return poll(target, state, session, now, sleep=sleep)
 
     new = list(states)
     if not failing(new):
@@ -873,7 +1021,8 @@ def run(
     while not finished(states):
         if any(s.active for s in states):
             sleep(poll_seconds)
-        states = advance(targets, states, session_for=session_for, now=clock(), max_concurrency=max_concurrency)
+        states = advance(targets, states, session_for=session_for, now=clock(), max_concurrency=max_concurrency,
+                         sleep=sleep)
     result = outcome(targets, states)
     log("deployment-outcome", deploymentId=deployment_id, status=result.status, reason=result.reason,
         counts=result.counts())

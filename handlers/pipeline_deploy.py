@@ -1,5 +1,5 @@
 """CodePipeline's deploy step: a Lambda invoke action that runs the deploy engine for one environment of one
-service (Lambda entry point ``handlers.pipeline_deploy.handler``).
+service, and the alarm bake after it (Lambda entry point ``handlers.pipeline_deploy.handler``).
 
 Why a Lambda invoke action answering with continuation tokens (see :mod:`handlers.deploy_engine`): it is the only
 CodePipeline action that may wait 24 hours, long enough for ECS's longest bake (1440 minutes); Step Functions and
@@ -8,9 +8,9 @@ least every 20 minutes, so each invocation works for at most ~10 minutes (and ne
 Lambda's own timeout), then answers PutJobSuccessResult with a ``continuationToken``; CodePipeline invokes the
 function again with that token, and so on until the final answer.
 
-* Input: ``UserParameters`` is ``{"environment": "<name>"}``; input artifacts ``DeployConfig`` (a zip holding
-  ``deploy.json``, the deploy document as it was when the execution started) and ``ImageDefinitions`` (a zip of
-  ``imagedefinitions-<region>.json``, written by the build step). Both are read with the job's
+* Input of a deployment: ``UserParameters`` is ``{"environment": "<name>"}``; input artifacts ``DeployConfig`` (a
+  zip holding ``deploy.json``, the deploy document as it was when the execution started) and ``ImageDefinitions``
+  (a zip of ``imagedefinitions-<region>.json``, written by the build step). Both are read with the job's
   ``artifactCredentials`` (SSE-KMS objects, which S3 decrypts for SigV4 requests).
 * First invocation: validate everything (nothing is deployed on a bad job, artifact, document or image), start
   every target of the environment in parallel, answer with a token holding each target's state.
@@ -19,10 +19,30 @@ function again with that token, and so on until the final answer.
   tokens while the restores run) -> PutJobFailureResult ``{"type": "JobFailed", "message": <one line>}``.
 * The job is always answered (an unanswered job hangs until the action times out); the job id is the deployment
   id in logs, task definition tags and STS session names. The event is never logged: it carries credentials.
+* Smoke tests (rolling targets with ``smokeTest``, see :mod:`handlers.deploy_engine`) run inside a poll; an
+  invocation starts a poll only while the slowest smoke test it could run still ends within its time, so the
+  Lambda is never stopped mid-check, and a first invocation whose smoke tests could never fit is refused.
 
 Token: ``zlib`` + URL-safe base64 of minimal JSON, ARNs shortened by the parts the target already determines
 (account, region, cluster, service); it must fit CodePipeline's 2048 characters, which is checked with a worst case
 before anything is started (ten regions fit, see the tests).
+
+**The alarm bake** (the ``Bake`` action after a deployment, run order 2, same function, no input artifacts):
+``UserParameters`` is ``{"environment": "<name>", "bake": {"minutes": <1-1440>, "roleArn": "<deploy role of the
+environment's account>", "regions": ["us-east-2", ...], "alarms": ["<alarm name>", ...]}}`` (alarm names are the
+same in every region), validated strictly, nothing assumed. The first invocation records ``until = now + minutes``
+in a continuation token (``{"v", "k": "bake", "h": <fingerprint of the parameters>, "s": start, "u": until}``);
+every invocation assumes the deploy role in each region and reads the alarms (DescribeAlarms, 100 names a call,
+metric and composite), every :data:`BAKE_POLL_FLOOR_SECONDS` at least, and answers with a fresh token until
+``until`` passes. An alarm in ALARM, an alarm that does not exist (a bake that watches nothing is no evidence) or a
+region it cannot read (AccessDenied) fails the job with a one-line message naming them; OK and INSUFFICIENT_DATA
+hold. Reads are samples: an alarm that fires and clears between two reads is not seen (its history would show
+it; the deploy role may read only the alarms). The bake puts nothing back itself: the failure fails the stage, and
+the stage's ``onFailure: ROLLBACK`` redeploys the last successful execution, through this same engine.
+
+Why a Lambda in the tools account and not a CodePipeline ``CloudWatchAlarm`` rule: the rule reads alarms in the
+pipeline's own account only, and the alarms live in the workload accounts, where the deploy role may read them
+(``cloudwatch:DescribeAlarms``, scoped to the stack's alarm ARNs) and the engine already assumes it.
 """
 
 from __future__ import annotations
@@ -45,7 +65,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from handlers import deploy_engine as engine
-from handlers.ecs_common import RETRY, log
+from handlers.ecs_common import ENVIRONMENT, REGION, RETRY, Problems, log
 
 MAX_TOKEN_CHARS = 2048  # CodePipeline's continuationToken limit
 MAX_SUMMARY_CHARS = 2048  # ExecutionDetails.summary
@@ -56,6 +76,17 @@ POLL_SECONDS_ENV, MAX_CONCURRENCY_ENV = "CROSSDEPLOY_POLL_SECONDS", "CROSSDEPLOY
 DEPLOY_CONFIG, IMAGE_DEFINITIONS, DEPLOY_FILE = "DeployConfig", "ImageDefinitions", engine.DOCUMENT_FILE
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 TOKEN_VERSION = 1
+
+# The alarm bake (see the module docstring).
+MAX_BAKE_MINUTES = 24 * 60  # the Lambda invoke action's own limit; the stack config keeps bakes an hour shorter
+BAKE_POLL_FLOOR_SECONDS = 30.0
+"""Alarms are read at most this often: CloudWatch evaluates them once a minute at best, and DescribeAlarms is
+throttled per account and region, where many pipelines may bake at once."""
+MAX_ALARMS_PER_CALL = 100  # DescribeAlarms' AlarmNames limit
+ACTION_LIMIT_SECONDS = 24 * 3600.0  # no bake token may be older: CodePipeline has timed the action out by then
+CLOCK_SKEW_SECONDS = 300.0  # Lambda hosts' clocks agree to well within this
+_ALARM_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,255}")  # CloudWatch: 1-255 UTF-8 characters, no control characters
+_BAKE_KEYS = ("minutes", "roleArn", "regions", "alarms")
 
 _IMAGE_FILE = re.compile(r"(?:.*/)?imagedefinitions-(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.json")
 _PHASE_CODES = {phase: i for i, phase in enumerate(engine.PHASES)}
@@ -102,11 +133,35 @@ _now = time.time  # across invocations: the token carries wall-clock times
 
 @dataclass(frozen=True)
 class Job:
+    """A deployment: ``UserParameters`` ``{"environment": "<name>"}``, the two input artifacts."""
+
     id: str
     environment: str
     deploy_config: tuple[str, str]
     image_definitions: tuple[str, str]
     credentials: Mapping[str, str]
+    continuation_token: str | None
+
+
+@dataclass(frozen=True)
+class Bake:
+    """What a bake watches: ``UserParameters.bake``."""
+
+    minutes: int
+    role_arn: str
+    """The deploy role of the environment's account: the alarms live there."""
+    regions: tuple[str, ...]
+    alarms: tuple[str, ...]
+    """Alarm names, the same in every region."""
+
+
+@dataclass(frozen=True)
+class BakeJob:
+    """An alarm bake: ``UserParameters`` ``{"environment": "<name>", "bake": {...}}``, no input artifacts."""
+
+    id: str
+    environment: str
+    bake: Bake
     continuation_token: str | None
 
 
@@ -124,23 +179,72 @@ def _get(obj: Any, path: str) -> Any:
     return obj
 
 
-def parse_job(event: Any) -> Job:
-    """The job's environment, artifact locations, credentials and token; :class:`JobError` names what is wrong
-    (never a credential's value)."""
+def _user_parameters(raw: Any) -> dict[str, Any]:
+    try:
+        params = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        params = None
+    if not isinstance(params, dict) or not isinstance(params.get("environment"), str) or set(params) not in (
+            {"environment"}, {"environment", "bake"}):
+        raise JobError('job: UserParameters must be the JSON object {"environment": "<name>"} (a deployment) or '
+                       '{"environment": "<name>", "bake": {"minutes", "roleArn", "regions", "alarms"}} (an alarm '
+                       f"bake), got {engine._show(raw)}")
+    return params
+
+
+def _names(raw: Mapping[str, Any], key: str, pattern: re.Pattern[str], where: str, what: tuple[str, str],
+           problems: Problems) -> tuple[str, ...]:
+    """A non-empty list of unique strings, each matching ``pattern``; ``what``: (one, the plural)."""
+    values = raw.get(key)
+    if key not in raw:
+        return ()  # reported by exact_keys
+    if not isinstance(values, list) or not values:
+        problems.add(f"{where}.{key}", f"expected a non-empty list of {what[1]}, got {engine._show(values)}")
+        return ()
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            problems.add(f"{where}.{key}[{i}]", f"expected {what[0]}, got {engine._show(value)}")
+    repeated = sorted({v for v in values if isinstance(v, str) and values.count(v) > 1})
+    if repeated:
+        problems.add(f"{where}.{key}", f"repeats {repeated}")
+    return tuple(values)
+
+
+def parse_bake(params: Mapping[str, Any]) -> tuple[str, Bake]:
+    """(environment, bake) from decoded UserParameters; :class:`JobError` names every problem with its key path.
+    Nothing has a default: a bake that guessed what to watch would be no evidence."""
+    problems = Problems()
+    environment = problems.string(params, "environment", ENVIRONMENT, "UserParameters", "an environment name")
+    raw, where = params.get("bake"), "UserParameters.bake"
+    minutes, role_arn, regions, alarms = None, None, (), ()
+    if problems.exact_keys(raw, _BAKE_KEYS, where):
+        minutes = problems.integer(raw, "minutes", 1, MAX_BAKE_MINUTES, where)
+        role_arn = problems.string(raw, "roleArn", engine._ROLE_ARN, where, "an IAM role ARN")
+        regions = _names(raw, "regions", REGION, where, ("a region name", "region names"), problems)
+        alarms = _names(raw, "alarms", _ALARM_NAME, where, ("an alarm name (1-255 characters, no control "
+                                                            "characters)", "alarm names"), problems)
+    if problems.items:
+        raise JobError("job: bake: " + "; ".join(problems.items))
+    return str(environment), Bake(int(minutes), str(role_arn), regions, alarms)  # type: ignore[arg-type]
+
+
+def parse_job(event: Any) -> Job | BakeJob:
+    """The job: a deployment (environment, artifact locations, credentials) or an alarm bake (what to watch), and
+    its token; :class:`JobError` names what is wrong (never a credential's value)."""
     ident = job_id(event)
     if ident is None:
         raise JobError("job: CodePipeline.job.id is missing")
     data = event["CodePipeline.job"].get("data")  # the key itself holds a dot: not a _get path
     if not isinstance(data, Mapping):
         raise JobError("job: CodePipeline.job.data is missing")
-    raw_params = _get(data, "actionConfiguration.configuration.UserParameters")
-    try:
-        params = json.loads(raw_params) if isinstance(raw_params, str) else None
-    except ValueError:
-        params = None
-    if not isinstance(params, dict) or set(params) != {"environment"} or not isinstance(params["environment"], str):
-        raise JobError(f"job: UserParameters must be the JSON object {{\"environment\": \"<name>\"}}, got "
-                       f"{engine._show(raw_params)}")
+    params = _user_parameters(_get(data, "actionConfiguration.configuration.UserParameters"))
+    token = data.get("continuationToken")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise JobError("job: continuationToken is not a non-empty string")
+    if "bake" in params:
+        # No artifacts and no artifact credentials: a bake reads only alarms, as the deploy role.
+        environment, bake = parse_bake(params)
+        return BakeJob(ident, environment, bake, token)
     artifacts = data.get("inputArtifacts")
     if not isinstance(artifacts, list):
         raise JobError("job: inputArtifacts is missing or not a list")
@@ -161,9 +265,6 @@ def parse_job(event: Any) -> Job:
     keys = ("accessKeyId", "secretAccessKey", "sessionToken")
     if not isinstance(credentials, Mapping) or not all(isinstance(credentials.get(k), str) for k in keys):
         raise JobError(f"job: artifactCredentials must hold {list(keys)}")
-    token = data.get("continuationToken")
-    if token is not None and (not isinstance(token, str) or not token):
-        raise JobError("job: continuationToken is not a non-empty string")
     return Job(ident, params["environment"], locations[DEPLOY_CONFIG], locations[IMAGE_DEFINITIONS],
                {k: credentials[k] for k in keys}, token)
 
@@ -275,9 +376,22 @@ def encode_token(environment: str, targets: Sequence[engine.Target], states: Seq
         while row and row[-1] is None:
             row.pop()
         rows.append(row)
-    data = {"v": TOKEN_VERSION, "t": round(started), "h": _fingerprint(environment, targets), "s": rows}
+    return _pack({"v": TOKEN_VERSION, "t": round(started), "h": _fingerprint(environment, targets), "s": rows})
+
+
+def _pack(data: Mapping[str, Any]) -> str:
     raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+
+def _unpack(token: str) -> dict[str, Any]:
+    try:
+        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))))
+    except (ValueError, zlib.error) as exc:
+        raise JobError(f"continuation token is not readable ({exc})") from None
+    if not isinstance(data, dict) or data.get("v") != TOKEN_VERSION:
+        raise JobError("continuation token is of another version of this function")
+    return data
 
 
 def fitting_token(environment: str, targets: Sequence[engine.Target], states: Sequence[engine.TargetState],
@@ -293,13 +407,10 @@ def fitting_token(environment: str, targets: Sequence[engine.Target], states: Se
 def decode_token(token: str, environment: str, targets: Sequence[engine.Target],
                  timeout_seconds: float) -> tuple[list[engine.TargetState], float]:
     """(states, start time) from :func:`encode_token`'s text; :class:`JobError` if it is not for these targets."""
-    try:
-        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))))
-    except (ValueError, zlib.error) as exc:
-        raise JobError(f"continuation token is not readable ({exc})") from None
-    if not isinstance(data, dict) or data.get("v") != TOKEN_VERSION:
-        raise JobError("continuation token is of another version of this function")
-    if data.get("h") != _fingerprint(environment, targets) or len(data.get("s") or []) != len(targets):
+    data = _unpack(token)
+    rows = data.get("s")
+    if data.get("h") != _fingerprint(environment, targets) or not isinstance(rows, list) or len(rows) != len(
+            targets):
         raise JobError("continuation token does not match this job's targets and images")
     started = float(data["t"])
     phases, statuses = list(_PHASE_CODES), list(_STATUS_CODES)
@@ -371,7 +482,8 @@ def _progress(environment: str, targets: Sequence[engine.Target], states: list[e
             if not state.reason:
                 states[i] = engine.TargetState(**{**state.to_dict(), "reason": "state does not fit the token"})
                 break
-        states = engine.advance(targets, states, session_for=session_for, now=_now(), max_concurrency=max_concurrency)
+        states = engine.advance(targets, states, session_for=session_for, now=_now(), max_concurrency=max_concurrency,
+                                sleep=_sleep)
         return Answer("failed", f"deployment state no longer fits CodePipeline's {MAX_TOKEN_CHARS}-character "
                                 f"continuation token; restores started: {_summary(states)}")
     done = sum(not s.active for s in states)
@@ -400,6 +512,14 @@ def handle(job: Job, remaining_seconds: float) -> Answer:
         if not _worst_case_fits(environment.name, targets):
             raise JobError(f"{len(targets)} targets could not be tracked within CodePipeline's {MAX_TOKEN_CHARS}-"
                            "character continuation token; split the environment")
+        # Every later invocation gets the same Lambda timeout: if the smoke tests cannot fit in this one's, they
+        # never will, and following the deployment would end in a Lambda killed mid-check.
+        smoke_seconds = engine.smoke_test_seconds(targets, [engine.TargetState(engine.DEPLOYING)] * len(targets),
+                                                  max_concurrency)
+        if smoke_seconds > remaining_seconds - RESERVE_SECONDS:
+            raise JobError(f"the smoke tests may take {smoke_seconds} s, more than the "
+                           f"{int(remaining_seconds - RESERVE_SECONDS)} s an invocation of this function can spend "
+                           "(fewer attempts or a shorter timeoutSeconds)")
         started = _now()
         log("pipeline-start", deploymentId=job.id, environment=environment.name, strategy=environment.strategy,
             targets=[t.label for t in targets], images=sorted(set(t.image for t in targets)))
@@ -408,13 +528,165 @@ def handle(job: Job, remaining_seconds: float) -> Answer:
                                   max_concurrency=max_concurrency)
         return _progress(environment.name, targets, states, started, job, session_for, max_concurrency)
     states, started = decode_token(job.continuation_token, environment.name, targets, environment.timeout_seconds)
-    deadline = began + min(INVOCATION_CAP_SECONDS, remaining_seconds - RESERVE_SECONDS)
+    budget = min(INVOCATION_CAP_SECONDS, remaining_seconds - RESERVE_SECONDS)
     while True:
-        states = engine.advance(targets, states, session_for=session_for, now=_now(), max_concurrency=max_concurrency)
-        if engine.finished(states) or _clock() + poll_seconds >= deadline:
+        # A step may smoke-test a deployment that just succeeded: start one only while the slowest smoke test it
+        # could run still ends within the budget (and, whatever the budget, within the Lambda's time), so the
+        # function is never stopped mid-check.
+        smoke_seconds = engine.smoke_test_seconds(targets, states, max_concurrency)
+        if smoke_seconds > remaining_seconds - RESERVE_SECONDS - (_clock() - began):
+            break
+        states = engine.advance(targets, states, session_for=session_for, now=_now(), max_concurrency=max_concurrency,
+                                sleep=_sleep)
+        if engine.finished(states) or _clock() + poll_seconds + engine.smoke_test_seconds(
+                targets, states, max_concurrency) >= began + budget:
             break
         _sleep(poll_seconds)
     return _progress(environment.name, targets, states, started, job, session_for, max_concurrency)
+
+
+# --- the alarm bake ------------------------------------------------------------------------------------------------
+
+
+def _bake_fingerprint(environment: str, bake: Bake) -> str:
+    # A bake token belongs to one bake: another environment, role, region or alarm list makes it another bake.
+    text = json.dumps([environment, bake.minutes, bake.role_arn, list(bake.regions), list(bake.alarms)])
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def encode_bake_token(environment: str, bake: Bake, started: float) -> str:
+    """The bake's progress: when it started and until when it watches (``until - started`` is the bake)."""
+    return _pack({"v": TOKEN_VERSION, "k": "bake", "h": _bake_fingerprint(environment, bake), "s": round(started),
+                  "u": round(started) + bake.minutes * 60})
+
+
+def decode_bake_token(token: str, environment: str, bake: Bake, now: float) -> tuple[float, float]:
+    """(started, until) from :func:`encode_bake_token`'s text; :class:`JobError` if it is not this bake's, does not
+    add up, or is older than any action CodePipeline still runs (a replayed token)."""
+    data = _unpack(token)
+    if data.get("k") != "bake":
+        raise JobError("continuation token is not a bake's (a deployment's token sent to a bake)")
+    if data.get("h") != _bake_fingerprint(environment, bake):
+        raise JobError("continuation token does not match this bake's environment, role, regions and alarms")
+    started, until = data.get("s"), data.get("u")
+    # The token is only ever ours, round-tripped by CodePipeline; these checks keep an edited one from stretching
+    # or skipping the bake.
+    if type(started) is not int or type(until) is not int or until - started != bake.minutes * 60:
+        raise JobError(f"continuation token's bake does not last the {bake.minutes} minutes asked for")
+    if started > now + CLOCK_SKEW_SECONDS:
+        raise JobError("continuation token's bake starts in the future")
+    if now - started > ACTION_LIMIT_SECONDS + CLOCK_SKEW_SECONDS:
+        raise JobError(f"continuation token expired: its bake started {int((now - started) // 3600)} h ago, longer "
+                       "than CodePipeline runs an action")
+    return float(started), float(until)
+
+
+@dataclass(frozen=True)
+class AlarmRead:
+    """One read of every alarm in every region."""
+
+    problems: tuple[str, ...]
+    """Why the bake fails (an alarm in ALARM, a missing alarm, an unreadable region): empty while it holds."""
+    states: Mapping[str, int]
+    """State value -> how many (alarm, region) pairs are in it."""
+
+
+def _read_region(bake: Bake, region: str, session_for: engine.SessionFor) -> tuple[list[str], list[str]]:
+    """(problems, state values) of the bake's alarms in one region, read as the deploy role."""
+    try:
+        session = session_for(bake.role_arn, region)
+    except Exception as exc:  # a refused role is a failed bake: nothing was watched
+        return [f"{region}: cannot assume {bake.role_arn}: {engine._error(exc)}"], []
+    found: dict[str, Mapping[str, Any]] = {}
+    try:
+        cloudwatch = engine.client(session, "cloudwatch", region)
+        paginator = cloudwatch.get_paginator("describe_alarms")
+        for i in range(0, len(bake.alarms), MAX_ALARMS_PER_CALL):
+            # Both types: without AlarmTypes CloudWatch answers with metric alarms only, and a composite alarm
+            # would look missing.
+            for page in paginator.paginate(AlarmNames=list(bake.alarms[i:i + MAX_ALARMS_PER_CALL]),
+                                           AlarmTypes=["CompositeAlarm", "MetricAlarm"]):
+                for alarm in [*page.get("MetricAlarms", []), *page.get("CompositeAlarms", [])]:
+                    found[alarm["AlarmName"]] = alarm
+    except (ClientError, BotoCoreError) as exc:  # AccessDenied above all: a bake that cannot see is no evidence
+        return [f"{region}: cannot read the alarms as {bake.role_arn}: {engine._error(exc)}"], []
+    problems, states = [], []
+    for name in bake.alarms:
+        alarm = found.get(name)
+        if alarm is None:
+            problems.append(f"alarm {name} does not exist in {region} (a bake that watches nothing is no evidence)")
+            continue
+        state = str(alarm.get("StateValue"))
+        states.append(state)
+        if state == "ALARM":
+            why = " ".join(str(alarm.get("StateReason") or "no reason given").split())
+            problems.append(f"alarm {name} in {region} is in ALARM: {why}")
+    return problems, states
+
+
+def read_alarms(bake: Bake, session_for: engine.SessionFor) -> AlarmRead:
+    """Every alarm of the bake in every region, now. INSUFFICIENT_DATA and OK hold; ALARM, a missing alarm or an
+    unreadable region fail."""
+    problems: list[str] = []
+    states: dict[str, int] = {}
+    for region in bake.regions:  # a handful of regions, one call each: not worth threads
+        region_problems, region_states = _read_region(bake, region, session_for)
+        problems.extend(region_problems)
+        for state in region_states:
+            states[state] = states.get(state, 0) + 1
+    return AlarmRead(tuple(problems), states)
+
+
+def _bake_summary(environment: str, bake: Bake, read: AlarmRead) -> str:
+    total, regions = len(bake.alarms) * len(bake.regions), ", ".join(bake.regions)
+    if set(read.states) == {"OK"}:
+        return f"{environment}: baked {bake.minutes} min: {total} alarms OK in {regions}"
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(read.states.items()))
+    return f"{environment}: baked {bake.minutes} min: {total} alarms in {regions}, none in ALARM ({counts})"
+
+
+def handle_bake(job: BakeJob, remaining_seconds: float) -> Answer:
+    """Watch the alarms until the bake's end (answering with a token every invocation) or until one fails it.
+
+    The handler restores nothing: a failed bake fails the stage, whose ``onFailure: ROLLBACK`` redeploys the last
+    successful execution."""
+    began = _clock()
+    poll_seconds, _ = _settings()
+    interval = max(poll_seconds, BAKE_POLL_FLOOR_SECONDS)
+    bake, environment = job.bake, job.environment
+    if job.continuation_token is None:
+        started = float(round(_now()))
+        until = started + bake.minutes * 60
+        log("bake-start", deploymentId=job.id, environment=environment, minutes=bake.minutes, roleArn=bake.role_arn,
+            regions=list(bake.regions), alarms=list(bake.alarms))
+    else:
+        started, until = decode_bake_token(job.continuation_token, environment, bake, _now())
+    session_for = _session_for(job.id)
+    deadline = began + min(INVOCATION_CAP_SECONDS, remaining_seconds - RESERVE_SECONDS)
+    while True:
+        checked_at = _now()  # the read began here: it proves the alarms at this time, not at its end
+        read = read_alarms(bake, session_for)
+        elapsed = max(0.0, checked_at - started)
+        log("bake-read", deploymentId=job.id, environment=environment, elapsedSeconds=round(elapsed),
+            states=dict(read.states), problems=list(read.problems))
+        if read.problems:
+            message = (f"{environment}: bake failed after {int(elapsed // 60)} of {bake.minutes} min: "
+                       + "; ".join(read.problems))
+            log("bake-failed", deploymentId=job.id, environment=environment, reason=message)
+            return Answer("failed", message)
+        if checked_at >= until:
+            message = _bake_summary(environment, bake, read)
+            log("bake-succeeded", deploymentId=job.id, environment=environment, reason=message)
+            return Answer("succeeded", message)
+        wait = min(interval, until - checked_at)  # the last read falls on the bake's end, not up to a poll after it
+        if _clock() + wait >= deadline:
+            break
+        _sleep(wait)
+    left = max(0.0, until - _now())
+    percent = min(99, int(100 * (bake.minutes * 60 - left) // (bake.minutes * 60)))
+    alarms = len(bake.alarms) * len(bake.regions)
+    return Answer("continue", f"{environment}: baking, {left / 60:.0f} of {bake.minutes} min left; {alarms} alarms "
+                              "watched, none in ALARM", encode_bake_token(environment, bake, started), percent)
 
 
 def _answer(client: Any, ident: str, answer: Answer) -> None:
@@ -438,7 +710,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return {"status": "ignored"}
     remaining = context.get_remaining_time_in_millis() / 1000.0 if context is not None else 900.0
     try:
-        answer = handle(parse_job(event), remaining)
+        job = parse_job(event)
+        answer = handle_bake(job, remaining) if isinstance(job, BakeJob) else handle(job, remaining)
     except (JobError, engine.EngineInputError) as exc:
         answer = Answer("failed", str(exc))
         log("job-refused", deploymentId=ident, reason=answer.message)

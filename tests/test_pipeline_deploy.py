@@ -263,8 +263,9 @@ def _bad_document() -> bytes:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"user_parameters": "test"}, 'job: UserParameters must be the JSON object {"environment": "<name>"}, got '
-                                  "'test'"),
+    ({"user_parameters": "test"}, 'job: UserParameters must be the JSON object {"environment": "<name>"} (a '
+                                  'deployment) or {"environment": "<name>", "bake": {"minutes", "roleArn", '
+                                  '"regions", "alarms"}} (an alarm bake), got ' "'test'"),
     ({"user_parameters": '{"environment": "test", "x": 1}'}, "job: UserParameters must be the JSON object"),
     ({"artifacts": ("DeployConfig",)}, "job: input artifact(s) ['ImageDefinitions'] missing (has ['DeployConfig'])"),
     ({"user_parameters": '{"environment": "prod"}'}, "1 problem(s): environment: 'prod' is not in the deploy "
@@ -393,10 +394,12 @@ def test_an_environment_too_big_for_the_token_is_refused_before_anything_starts(
     assert world.recorder.calls == []
 
 
-def test_the_lambda_package_imports_with_only_its_four_files(tmp_path):
+def test_the_lambda_package_imports_with_only_its_own_files(tmp_path):
+    from components.deploy_engine import ENGINE_MODULES  # what `pulumi up` packages
+
     package = tmp_path / "handlers"
     package.mkdir()
-    for name in ("__init__.py", "ecs_common.py", "deploy_engine.py", "pipeline_deploy.py"):
+    for name in ENGINE_MODULES:
         (package / name).write_bytes((ROOT / "handlers" / name).read_bytes())
     code = "import handlers.pipeline_deploy as p; print(p.handler.__module__, p.engine.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
