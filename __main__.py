@@ -11,15 +11,7 @@ from components.artifacts import ArtifactStores, ArtifactStoresArgs
 from components.config import load
 from components.deploy_config import DeployConfigStore, DeployConfigStoreArgs, deploy_documents
 from components.deploy_engine import DeployEngine, DeployEngineArgs, engine_deploy_role_arns
-from components.deploy_role import (
-    DeployRole,
-    DeployRoleArgs,
-    codedeploy_targets,
-    deploy_targets,
-    infrastructure_roles,
-    passable_roles,
-    trusted_principals,
-)
+from components.deploy_role import DeployRole, deploy_role_args
 from components.network import NetworkArgs
 from components.notifications import Notifications, NotificationsArgs
 from components.pipeline import EngineWiring, ServicePipeline, ServicePipelineArgs, environment_stages
@@ -35,9 +27,11 @@ from components.workload import (
     WorkloadArgs,
     WorkloadRoles,
     WorkloadRolesArgs,
+    codedeploy_hook_arns,
     native_settings,
     needs_infrastructure_role,
     service_roles,
+    smoke_hook_settings,
     workload_services,
 )
 
@@ -70,27 +64,11 @@ registry = Registry("registry", RegistryArgs(
             *(role_arn(cfg.partition, account, n) for n in (cfg.release.pass_role_names if cfg.release else ())))),
 ))
 
-deploy_roles = {}
-for account in cfg.workload_accounts:
-    regions = cfg.account_regions(account)
-    deploy_roles[account] = DeployRole(f"deploy-{account}", DeployRoleArgs(
-        provider=providers.get(account, regions[0]),
-        partition=cfg.partition,
-        account_id=account,
-        role_name=naming.deploy_role_name(cfg),
-        path=naming.iam_path(cfg, "deploy"),
-        tools_account_id=cfg.tools_account_id,
-        trusted_principal_patterns=trusted_principals(cfg, account),
-        targets=deploy_targets(cfg, account),
-        passable_role_arns=passable_roles(cfg, account),
-        artifact_bucket_arns=tuple(artifacts.stores[r].bucket_arn for r in regions),
-        artifact_key_arns=tuple(artifacts.stores[r].key_arn for r in regions),
-        scheduled_task_regions=regions if cfg.release else (),
-        scheduled_task_role_names=tuple(cfg.release.pass_role_names) if cfg.release else (),
-        codedeploy_targets=codedeploy_targets(cfg, account),
-        infrastructure_role_arns=infrastructure_roles(cfg, account),
-        codedeploy_release=cfg.release is not None,
-    ))
+deploy_roles = {
+    account: DeployRole(f"deploy-{account}", deploy_role_args(
+        cfg, account, providers.get(account, cfg.account_regions(account)[0]), artifacts.stores))
+    for account in cfg.workload_accounts
+}
 
 # What `pulumi up` says each service runs: the documents every deploy reads, and the engine that deploys them.
 deploy_config = DeployConfigStore("deploy-config", DeployConfigStoreArgs(
@@ -121,6 +99,7 @@ for account in cfg.workload_accounts if cfg.workload_services else ():
         services=service_roles(cfg, account),
         codedeploy_role_name=naming.codedeploy_role_name(cfg) if uses_blue_green else None,
         codedeploy_role_path=naming.iam_path(cfg, "codedeploy"),
+        codedeploy_hook_arns=codedeploy_hook_arns(cfg, account),
         infrastructure_role_name=(naming.infrastructure_role_name(cfg) if needs_infrastructure_role(cfg, account)
                                   else None),
         infrastructure_role_path=naming.iam_path(cfg, "infrastructure"),
@@ -150,7 +129,7 @@ if cfg.workload_services:
                 ) if env.strategy == "codedeploy" else None,
                 native=native_settings(cfg, env, roles),
                 rollback_alarm=env.blue_green_settings.rollback_alarm,
-                name=iam_name(prefix, env.name),
+                smoke_hook=smoke_hook_settings(cfg, env, region),
             ), opts=pulumi.ResourceOptions(depends_on=roles.execution_role_policies))
 
 notifications = Notifications("notifications", NotificationsArgs(

@@ -55,8 +55,7 @@ import pulumi
 import pulumi_aws as aws
 from pulumi_aws import codedeploy as cd
 
-from components import policies as p
-from components.naming import PREDEFINED_ECS_CONFIGS
+from components.naming import PREDEFINED_ECS_CONFIGS, default_alarm_name
 
 COMPUTE_PLATFORM = "ECS"
 MAX_CODEDEPLOY_NAME = 100  # application, deployment group and deployment configuration names (CodeDeploy API)
@@ -65,6 +64,7 @@ MAX_TERMINATION_WAIT_MINUTES = 2880  # CodeDeploy, ECS: the original task set is
 PREDEFINED_PREFIX = "CodeDeployDefault."
 ROLLBACK_EVENTS = ("DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_ALARM")
 TARGET_5XX_METRIC = "HTTPCode_Target_5XX_Count"
+UNHEALTHY_HOSTS_METRIC = "UnHealthyHostCount"
 ALB_NAMESPACE = "AWS/ApplicationELB"
 ALARM_PERIOD_SECONDS = 60
 _ROUTING_TYPES = {"canary": ("TimeBasedCanary", "time_based_canary"),
@@ -246,14 +246,13 @@ class BlueGreenDeploymentArgs:
             raise ValueError("BlueGreenDeploymentArgs: " + "; ".join(problems))
 
 
-def default_alarm_name(application_name: str, deployment_group_name: str) -> str:
-    return p.iam_name(application_name, deployment_group_name, "target-5xx", max_len=MAX_ALARM_NAME)
-
-
-def target_5xx_queries(load_balancer_arn_suffix: pulumi.Input[str],
-                       target_group_arn_suffixes: tuple[pulumi.Input[str], ...]) -> list:
-    """Metric math: each target group's 5xx count (missing minutes as 0), added up; only the sum is returned.
-    Two groups for blue/green (CodeDeploy or ECS-native), one for a rolling service."""
+def _summed_queries(load_balancer_arn_suffix: pulumi.Input[str],
+                    target_group_arn_suffixes: tuple[pulumi.Input[str], ...], metric_name: str, stat: str,
+                    result_id: str, label: str) -> list:
+    """Metric math over target groups: each group's `metric_name` per minute (missing minutes as 0), added up; only
+    the sum is returned. ALB publishes per-target-group metrics with both the LoadBalancer and TargetGroup
+    dimensions, and only for minutes it has a value for: plain ``a + b`` has no value where either side has none,
+    which would hide one group's trouble behind a quiet (or empty) other group."""
     queries: list = []
     for i, suffix in enumerate(target_group_arn_suffixes, start=1):
         queries.append(aws.cloudwatch.MetricAlarmMetricQueryArgs(
@@ -261,17 +260,33 @@ def target_5xx_queries(load_balancer_arn_suffix: pulumi.Input[str],
             return_data=False,
             metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
                 namespace=ALB_NAMESPACE,
-                metric_name=TARGET_5XX_METRIC,
-                stat="Sum",
+                metric_name=metric_name,
+                stat=stat,
                 period=ALARM_PERIOD_SECONDS,
                 dimensions={"LoadBalancer": load_balancer_arn_suffix, "TargetGroup": suffix},
             ),
         ))
     expression = " + ".join(f"FILL({q.id}, 0)" for q in queries)
     queries.append(aws.cloudwatch.MetricAlarmMetricQueryArgs(
-        id="target5xx", expression=expression, return_data=True,
-        label="Target 5xx responses" + (", both target groups" if len(target_group_arn_suffixes) == 2 else "")))
+        id=result_id, expression=expression, return_data=True,
+        label=label + (", both target groups" if len(target_group_arn_suffixes) == 2 else "")))
     return queries
+
+
+def target_5xx_queries(load_balancer_arn_suffix: pulumi.Input[str],
+                       target_group_arn_suffixes: tuple[pulumi.Input[str], ...]) -> list:
+    """Metric math: each target group's 5xx count (``Sum`` per minute), added up. Two groups for blue/green
+    (CodeDeploy or ECS-native), one for a rolling service."""
+    return _summed_queries(load_balancer_arn_suffix, target_group_arn_suffixes, TARGET_5XX_METRIC, "Sum",
+                           "target5xx", "Target 5xx responses")
+
+
+def unhealthy_targets_queries(load_balancer_arn_suffix: pulumi.Input[str],
+                              target_group_arn_suffixes: tuple[pulumi.Input[str], ...]) -> list:
+    """Metric math: each target group's unhealthy targets (``Maximum`` per minute: one failing check in the minute
+    counts, where an average would dilute it), added up over the service's groups, whichever serves."""
+    return _summed_queries(load_balancer_arn_suffix, target_group_arn_suffixes, UNHEALTHY_HOSTS_METRIC, "Maximum",
+                           "unhealthy", "Unhealthy targets")
 
 
 class BlueGreenDeployment(pulumi.ComponentResource):

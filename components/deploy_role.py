@@ -30,6 +30,7 @@ policies at 10,240 characters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
@@ -37,6 +38,7 @@ import pulumi_aws as aws
 
 from components import naming
 from components import policies as p
+from components.artifacts import ArtifactStore
 from components.config import StackConfig
 from components.deploy_engine import engine_accounts
 from components.workload import ECS, needs_infrastructure_role
@@ -96,6 +98,11 @@ class DeployRoleArgs:
     infrastructure_role_arns: tuple[str, ...] = ()
     """The ECS infrastructure role of this account, where an ECS-native blue-green, canary or linear environment
     runs: passed only to ``ecs.amazonaws.com``. Default none."""
+    smoke_test_lookup: bool = False
+    """Whether the engine smoke-tests a ``rolling`` environment of this account after deploying it: adds reading the
+    services' target groups and load balancers (to find the address it calls). Default false."""
+    alarm_arns: tuple[str, ...] = ()
+    """Alarms the bake after a deployment reads (``cloudwatch:DescribeAlarms``), as ARN patterns. Default none."""
     codedeploy_release: bool = False
     """Whether a release (Step Functions) deploys to the codedeploy_targets too: adds reading the deployment group,
     listing its deployments and stopping one (a release's rollback). Default false."""
@@ -154,6 +161,48 @@ def infrastructure_roles(cfg: StackConfig, account: str) -> tuple[str, ...]:
     for services crossdeploy creates; else none."""
     # The same rule that makes the workload side create the role (one definition, so the two cannot disagree).
     return (naming.infrastructure_role_arn(cfg, account),) if needs_infrastructure_role(cfg, account) else ()
+
+
+def smoke_test_lookup(cfg: StackConfig, account: str) -> bool:
+    """Whether the engine smoke-tests services after ``rolling`` deployments in `account` (it then looks up their
+    load balancers)."""
+    return any(env.strategy == "rolling" and env.account_id == account for env in cfg.environments) and any(
+        s.smoke_test for s in cfg.workload_services)
+
+
+def bake_alarm_arns(cfg: StackConfig, account: str) -> tuple[str, ...]:
+    """The alarms bakes read in `account`: per baked environment and region, the names
+    :func:`components.naming.bake_alarm_names` gives (all start with ``<prefix>-<environment>-``)."""
+    return tuple(dict.fromkeys(
+        p.arn(cfg.partition, "cloudwatch", region, account, f"alarm:{cfg.name_prefix}-{env.name}-*")
+        for env in cfg.environments if env.account_id == account and env.bake > 0 and cfg.workload_services
+        for region in env.regions))
+
+
+def deploy_role_args(cfg: StackConfig, account: str, provider: aws.Provider,
+                     stores: Mapping[str, ArtifactStore]) -> DeployRoleArgs:
+    """The deploy role of `account` as the stack config asks for it; `stores`: the artifact store per region."""
+    regions = cfg.account_regions(account)
+    return DeployRoleArgs(
+        provider=provider,
+        partition=cfg.partition,
+        account_id=account,
+        role_name=naming.deploy_role_name(cfg),
+        path=naming.iam_path(cfg, "deploy"),
+        tools_account_id=cfg.tools_account_id,
+        trusted_principal_patterns=trusted_principals(cfg, account),
+        targets=deploy_targets(cfg, account),
+        passable_role_arns=passable_roles(cfg, account),
+        artifact_bucket_arns=tuple(stores[r].bucket_arn for r in regions),
+        artifact_key_arns=tuple(stores[r].key_arn for r in regions),
+        scheduled_task_regions=regions if cfg.release else (),
+        scheduled_task_role_names=tuple(cfg.release.pass_role_names) if cfg.release else (),
+        codedeploy_targets=codedeploy_targets(cfg, account),
+        infrastructure_role_arns=infrastructure_roles(cfg, account),
+        smoke_test_lookup=smoke_test_lookup(cfg, account),
+        alarm_arns=bake_alarm_arns(cfg, account),
+        codedeploy_release=cfg.release is not None,
+    )
 
 
 def codedeploy_targets(cfg: StackConfig, account: str) -> tuple[CodeDeployTarget, ...]:
@@ -261,6 +310,13 @@ def deploy_role_policy(args: DeployRoleArgs) -> dict:
             roles = sorted(p.role_arn(args.partition, args.account_id, n) for n in args.scheduled_task_role_names)
             statements.append(p.pass_role("PassScheduledTaskRoles", roles, ["ecs-tasks.amazonaws.com",
                                                                             "events.amazonaws.com"]))
+    if args.smoke_test_lookup:
+        statements.append(p.unscoped(
+            "FindSmokeTestAddress", ["elasticloadbalancing:DescribeLoadBalancers",
+                                     "elasticloadbalancing:DescribeTargetGroups"],
+            why="Elastic Load Balancing supports no resource-level permissions for its Describe actions"))
+    if args.alarm_arns:
+        statements.append(p.statement("WatchBakeAlarms", ["cloudwatch:DescribeAlarms"], sorted(args.alarm_arns)))
     if args.codedeploy_targets:
         statements.extend(codedeploy_statements(args))
     if args.artifact_bucket_arns:

@@ -190,3 +190,47 @@ def release_blue_green_context(cfg: StackConfig, env: EnvironmentConfig) -> dict
     """What a release needs to deploy a blue/green environment's services through CodeDeploy."""
     return {"application": codedeploy_application_name(cfg, env.name),
             "deploymentGroups": {s.service: deployment_group_name(cfg, s) for s in cfg.workload_services}}
+
+
+ALARM_KINDS = ("target-5xx", "unhealthy-targets")
+"""The alarms crossdeploy gives every service it creates, in each environment and region: target 5xx responses
+(ECS rolls a deployment back on it) and unhealthy targets; the alarm bake watches both."""
+
+
+def alarm_name(cfg: StackConfig, environment: str, service: ServiceConfig, kind: str) -> str:
+    """One of a service's alarms in an environment (the same name in each of its regions; alarms are regional)."""
+    if kind not in ALARM_KINDS:
+        raise ValueError(f"alarm kind: one of {ALARM_KINDS}, got {kind!r}")
+    return iam_name(cfg.name_prefix, environment, service.cluster, service.service, kind, max_len=255)
+
+
+def default_alarm_name(application_name: str, deployment_group_name: str) -> str:
+    """A CodeDeploy deployment group's 5xx alarm: alarm names are unique per account and region, and two
+    environments may share both names (each with a service of the same name)."""
+    return iam_name(application_name, deployment_group_name, "target-5xx", max_len=255)
+
+
+def codedeploy_alarm_name(cfg: StackConfig, environment: str, service: ServiceConfig) -> str:
+    """The 5xx alarm CodeDeploy rolls a ``codedeploy`` deployment back on (``blue_green.default_alarm_name``)."""
+    return default_alarm_name(codedeploy_application_name(cfg, environment), deployment_group_name(cfg, service))
+
+
+def bake_alarm_names(cfg: StackConfig, env: EnvironmentConfig, service: ServiceConfig) -> tuple[str, ...]:
+    """The alarms the bake after `env`'s deployment watches for `service`: its 5xx alarm (CodeDeploy's where
+    CodeDeploy deploys) and its unhealthy-targets alarm. None for existing services: their alarms are not
+    crossdeploy's."""
+    if service.existing:
+        return ()
+    errors = (codedeploy_alarm_name(cfg, env.name, service) if env.codedeploy
+              else alarm_name(cfg, env.name, service, "target-5xx"))
+    return errors, alarm_name(cfg, env.name, service, "unhealthy-targets")
+
+
+def smoke_hook_function_name(cfg: StackConfig, environment: str) -> str:
+    """The smoke-test hook of an environment: one function per region of it, in its VPC, same name everywhere."""
+    return iam_name(cfg.name_prefix, environment, "smoke-test", max_len=64, allowed=r"A-Za-z0-9_-")
+
+
+def smoke_hook_function_arn(cfg: StackConfig, env: EnvironmentConfig, region: str) -> str:
+    return arn(cfg.partition, "lambda", region, env.account_id,
+               f"function:{smoke_hook_function_name(cfg, env.name)}")

@@ -17,11 +17,17 @@ Stages::
                                         with taskdef.json, appspec.yaml and imageDetail.json (regional, by digest)
     per environment, in config order:
       Approve-<env>  manual approval, notice to the SNS topic (only where requireApproval is set)
-      Deploy-<env>   rolling, blue-green, canary, linear: ONE Lambda invoke action (home region) running the deploy
-                     engine for every region of the environment at once (``UserParameters`` names the environment;
-                     inputs ImageDefinitions and DeployConfig); codedeploy: one CodeDeployToECS action per region;
-                     existing services: one ECS action per region. The last two run as the environment's deploy role
-                     in that region.
+      Deploy-<env>   before entry: the environment's deployment window, if any (a DeploymentWindow rule holds the
+                     change until the window opens);
+                     run order 1: rolling, blue-green, canary, linear: ONE Lambda invoke action (home region)
+                     running the deploy engine for every region of the environment at once (``UserParameters`` names
+                     the environment; inputs ImageDefinitions and DeployConfig); codedeploy: one CodeDeployToECS
+                     action per region; existing services: one ECS action per region. The last two run as the
+                     environment's deploy role in that region. Smoke tests run inside these deployments (an ECS
+                     lifecycle hook or CodeDeploy hook on test traffic; the engine after a rolling deployment);
+                     run order 2: ``Bake`` (where ``bakeMinutes`` > 0): the engine's function watches the service's
+                     alarms in every region of the environment through the deploy role;
+                     on failure: ROLLBACK, CodePipeline re-deploys the last successful execution's artifacts.
 
 Why these choices:
 
@@ -42,6 +48,15 @@ Why these choices:
   "In Progress" for 60 minutes (pitfall 7).
 * An artifact store in the home region and in each region where an ECS or CodeDeploy action runs, each with its
   key's **ARN** (an alias does not resolve across accounts). The engine's action runs in the home region.
+* Stage rollback and windows are CodePipeline V2's own (``onFailure`` result ROLLBACK, a ``beforeEntry``
+  condition): they show in the console, an operator can override a window (``override-stage-condition``), and no
+  code of ours decides them. Rollback needs an earlier successful execution (the first run of a stage has nothing
+  to return to: it fails and stays failed, and the engine has already put back what it changed) and an execution
+  mode other than PARALLEL (:data:`EXECUTION_MODE`).
+* The bake is an action and not an on-success condition with a CloudWatchAlarm rule: that rule reads alarms of the
+  pipeline's own account, and the alarms live in the workload accounts. The deploy role there can read them
+  (``cloudwatch:DescribeAlarms`` on the stack's alarm names), so the engine's function, which already assumes it,
+  watches them; a Lambda invoke action may wait up to 24 hours.
 * One pipeline role and one build role per service: each can touch only its own repository, projects, document and
   the shared artifact stores; the pipeline role may invoke exactly the engine function, and assumes deploy roles
   only where it still runs ECS or CodeDeploy actions. The deploy roles trust the pipeline role *path*, so adding a
@@ -83,6 +98,11 @@ CONFIG_ARTIFACT = "DeployConfig"
 """The deploy document source (names fixed by :mod:`handlers.pipeline_deploy`, which reads both by name)."""
 ENGINE_ACTION_LIMIT_MINUTES = 24 * 60
 """CodePipeline's limit for a Lambda invoke action with continuation tokens."""
+MAX_USER_PARAMETERS = 1000  # CodePipeline's limit on an invoke action's UserParameters
+EXECUTION_MODE = "SUPERSEDED"
+"""A newer image supersedes one still waiting for approval or a window: the newest build is what gets promoted. It
+must not be PARALLEL: CodePipeline rolls a stage back (``onFailure: ROLLBACK``) only in SUPERSEDED or QUEUED
+mode."""
 IMAGE1_CONTAINER = IMAGE_PLACEHOLDER.strip("<>")
 """``Image1ContainerName``: the CodeDeployToECS action replaces ``<IMAGE1_NAME>`` in taskdef.json with the image."""
 TASKDEF_FILE, APPSPEC_FILE, _ = BLUE_GREEN_FILES
@@ -109,6 +129,28 @@ class BlueGreenTarget:
     container_name: str
     """The container that gets the new image and that the load balancer targets (the AppSpec names it)."""
     container_port: int
+    smoke_hook_arn: str | None = None
+    """The environment's smoke-test function in this region (:func:`components.naming.smoke_hook_function_arn`),
+    when the service has a ``smokeTest``: the AppSpec runs it at ``AfterAllowTestTraffic``. Default none."""
+
+
+@dataclass(frozen=True)
+class Bake:
+    """The alarm bake after an environment's deployment: a ``Bake`` action (the deploy engine's function, bake mode,
+    see :mod:`handlers.pipeline_deploy`) reads the services' alarms in the workload account through the deploy role
+    for ``minutes``; an alarm in ALARM fails the stage, which then rolls back."""
+
+    minutes: int
+    role_arn: str
+    """The deploy role of the environment's account: the alarms live there, and only a role there can read them."""
+    regions: tuple[str, ...]
+    alarms: tuple[str, ...]
+    """Alarm names, the same in every region (:func:`components.naming.bake_alarm_names`)."""
+
+    def user_parameters(self, environment: str) -> str:
+        return json.dumps({"environment": environment, "bake": {
+            "minutes": self.minutes, "roleArn": self.role_arn, "regions": list(self.regions),
+            "alarms": list(self.alarms)}}, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -133,8 +175,22 @@ class EnvironmentStage:
     ``cluster``/``service`` (image only; existing services)."""
     deploy_timeout_minutes: int | None = None
     """The environment's deploy timeout (enforced by the engine), checked against the action's 24-hour limit."""
+    window: tuple[str, str] | None = None
+    """(cron, time zone) of the deployment window: the stage's before-entry condition holds a change until it opens.
+    Default none: any time."""
+    bake: Bake | None = None
+    """Alarm bake after the deployment. Default none."""
 
     def __post_init__(self) -> None:
+        if self.bake is not None:
+            params = self.bake.user_parameters(self.name)
+            if not 1 <= self.bake.minutes <= ENGINE_ACTION_LIMIT_MINUTES or not self.bake.alarms:
+                raise ValueError(f"EnvironmentStage {self.name}: a bake needs 1-{ENGINE_ACTION_LIMIT_MINUTES} "
+                                 f"minutes and at least one alarm, got {self.bake.minutes} and {self.bake.alarms}")
+            if len(params) > MAX_USER_PARAMETERS:
+                raise ValueError(f"EnvironmentStage {self.name}: the Bake action's UserParameters are {len(params)} "
+                                 f"characters, CodePipeline accepts {MAX_USER_PARAMETERS} (fewer regions per "
+                                 "environment, or shorter service names)")
         if self.engine and self.blue_green:
             raise ValueError(f"EnvironmentStage {self.name}: engine and blue_green (CodeDeploy) exclude each other")
         if self.engine and self.deploy_timeout_minutes is not None and not (
@@ -188,6 +244,7 @@ def blue_green_spec(stage: EnvironmentStage, target: BlueGreenTarget) -> dict:
         "taskDefinition": target.task_definition,
         "containerName": target.container_name,
         "containerPort": target.container_port,
+        **({"smokeHookArn": target.smoke_hook_arn} if target.smoke_hook_arn else {}),
     }
 
 
@@ -224,6 +281,8 @@ def blue_green_targets(cfg: StackConfig, env: EnvironmentConfig, service: Servic
             task_definition=task_definition(cfg, env.account_id, region, service, IMAGE_PLACEHOLDER),
             container_name=service.container,
             container_port=service.port,
+            # The hook the workload creates where the environment has smoke tests (components.workload).
+            smoke_hook_arn=naming.smoke_hook_function_arn(cfg, env, region) if service.smoke_test else None,
         )
         for region in env.regions
     )
@@ -248,12 +307,17 @@ def environment_stages(cfg: StackConfig, service: ServiceConfig,
     :meth:`~components.config.StackConfig.engine_environments` names, CodeDeploy for ``codedeploy`` ones, ECS
     actions for the rest (existing services). `deploy_role_arns`: workload account -> its deploy role."""
     engine = {env.name for env in cfg.engine_environments(service)}
+    baked = {env.name for env in cfg.baked_environments(service)}
     return tuple(
         EnvironmentStage(name=env.name, account_id=env.account_id, regions=tuple(env.regions),
                          deploy_role_arn=deploy_role_arns[env.account_id], cluster=service.cluster,
                          service=service.service, require_approval=env.require_approval,
                          blue_green=blue_green_targets(cfg, env, service), engine=env.name in engine,
-                         deploy_timeout_minutes=env.deploy_timeout_minutes if env.name in engine else None)
+                         deploy_timeout_minutes=env.deploy_timeout_minutes if env.name in engine else None,
+                         window=(env.deployment_window.cron, env.deployment_window.time_zone)
+                         if env.deployment_window else None,
+                         bake=Bake(env.bake, naming.deploy_role_arn(cfg, env.account_id), tuple(env.regions),
+                                   naming.bake_alarm_names(cfg, env, service)) if env.name in baked else None)
         for env in cfg.environments
     )
 
@@ -303,8 +367,8 @@ class ServicePipelineArgs:
         missing = sorted(set(self.store_regions) - set(self.artifact_stores))
         if missing:
             problems.append(f"artifact_stores: no store for regions {missing}")
-        if self.uses_engine and self.engine is None:
-            problems.append("engine: required when a stage deploys with the deploy engine")
+        if self.invokes_engine and self.engine is None:
+            problems.append("engine: required when a stage deploys with the deploy engine or bakes")
         needed = {self.home_region, *self.target_regions}
         missing_repos = sorted(needed - set(self.repository_arns))
         if missing_repos:
@@ -337,6 +401,11 @@ class ServicePipelineArgs:
     @property
     def uses_engine(self) -> bool:
         return any(s.engine for s in self.stages)
+
+    @property
+    def invokes_engine(self) -> bool:
+        """Whether the engine's function runs in this pipeline at all: a deployment or a bake."""
+        return self.uses_engine or any(s.bake for s in self.stages)
 
     @property
     def active_engine(self) -> EngineWiring | None:
@@ -395,10 +464,11 @@ def pipeline_role_policy(args: ServicePipelineArgs, project_arns: list[pulumi.In
     ]
     if args.assumes_deploy_roles:
         statements.append(p.statement("AssumeDeployRoles", ["sts:AssumeRole"], args.assumes_deploy_roles))
+    if args.invokes_engine and args.engine is not None:
+        statements.append(p.statement("InvokeDeployEngine", ["lambda:InvokeFunction"], [args.engine.function_arn]))
     engine = args.active_engine
     if engine is not None:
         statements += [
-            p.statement("InvokeDeployEngine", ["lambda:InvokeFunction"], [engine.function_arn]),
             # The Config source: exactly this service's document (decrypted with the home key above).
             p.statement("ReadDeployDocument", ["s3:GetObject", "s3:GetObjectVersion"],
                         [pulumi.Output.concat(engine.config_bucket_arn, "/", engine.config_key)]),
@@ -548,9 +618,40 @@ def _stages(args: ServicePipelineArgs, project_names: dict[str, pulumi.Input[str
                                       f"(account {stage.account_id}, {', '.join(stage.regions)})",
                     },
                 )]))
-        stages.append(aws.codepipeline.PipelineStageArgs(name=f"Deploy-{stage.name}",
-                                                         actions=_deploy_actions(args, stage)))
+        stages.append(aws.codepipeline.PipelineStageArgs(
+            name=f"Deploy-{stage.name}",
+            actions=[*_deploy_actions(args, stage), *_bake_actions(args, stage)],
+            before_entry=_window_condition(stage.window) if stage.window else None,
+            # Any failure (deployment, smoke test, bake) re-deploys the last successful execution's artifacts.
+            on_failure=aws.codepipeline.PipelineStageOnFailureArgs(result="ROLLBACK")))
     return stages
+
+
+def _window_condition(window: tuple[str, str]) -> aws.codepipeline.PipelineStageBeforeEntryArgs:
+    """The DeploymentWindow rule: outside the window the rule keeps the execution waiting at the stage's entry (an
+    operator can override it: ``aws codepipeline override-stage-condition``); ``FAIL`` applies only if the rule
+    itself fails."""
+    cron, zone = window
+    cp = aws.codepipeline
+    return cp.PipelineStageBeforeEntryArgs(condition=cp.PipelineStageBeforeEntryConditionArgs(
+        result="FAIL",
+        rules=[cp.PipelineStageBeforeEntryConditionRuleArgs(
+            name="DeploymentWindow",
+            rule_type_id=cp.PipelineStageBeforeEntryConditionRuleRuleTypeIdArgs(
+                category="Rule", owner="AWS", provider="DeploymentWindow", version="1"),
+            configuration={"Cron": cron, "TimeZone": zone})]))
+
+
+def _bake_actions(args: ServicePipelineArgs, stage: EnvironmentStage) -> list:
+    if stage.bake is None:
+        return []
+    assert args.engine is not None  # checked by ServicePipelineArgs
+    # After every deploy action of the stage (run order 2); no artifacts: it only reads alarms.
+    return [aws.codepipeline.PipelineStageActionArgs(
+        name="Bake", category="Invoke", owner="AWS", provider="Lambda", version="1", run_order=2,
+        configuration={"FunctionName": args.engine.function_name,
+                       "UserParameters": stage.bake.user_parameters(stage.name)},
+    )]
 
 
 class ServicePipeline(pulumi.ComponentResource):
@@ -614,8 +715,7 @@ class ServicePipeline(pulumi.ComponentResource):
             f"{name}-pipeline",
             name=args.pipeline_name,
             pipeline_type="V2",
-            # A newer image supersedes one still waiting for approval: the newest build is what gets promoted.
-            execution_mode="SUPERSEDED",
+            execution_mode=EXECUTION_MODE,
             role_arn=role.arn,
             artifact_stores=[
                 aws.codepipeline.PipelineArtifactStoreArgs(

@@ -10,19 +10,29 @@ Two components:
     its own log group and read the secrets the service names, nothing else. Where an environment of the account
     deploys ECS-native (``blue-green``, ``canary``, ``linear``), the ECS infrastructure role: trusted by
     ``ecs.amazonaws.com`` of this account only, with AWS's ``AmazonECSInfrastructureRolePolicyForLoadBalancers``.
+    Where a ``codedeploy`` environment of the account runs smoke tests, the CodeDeploy role may also invoke exactly
+    those environments' hook functions (AWS's policy covers only functions named ``CodeDeployHook_*``).
 
 :class:`Workload` (one per environment x region)
     the network (:mod:`components.network`), one cluster per cluster name with Container Insights, an internet-
     facing ALB (HTTPS with HTTP->HTTPS redirect when the environment gives a certificate for the region, HTTP
     otherwise; unmatched requests get a 404), security groups so tasks accept traffic only from the ALB, and per
     service: log group, task definition (:mod:`components.task_definition`), target group(s), listener rule(s),
-    the ECS service in the private subnets and optional CPU target-tracking autoscaling. Rolling and native services
-    get a deployment alarm (target 5xx per minute, the environment's ``rollbackAlarm``) that ECS rolls back on,
-    beside the circuit breaker. ``codedeploy`` environments add a test listener, a second target group per service
-    and CodeDeploy (:mod:`components.blue_green`). Native environments add the test listener and, per service, an
-    alternate target group, a production and a test rule forwarding to both groups by weight (primary 100,
-    alternate 0), and the service's ``deploymentConfiguration`` (strategy, bake, canary/linear steps) and
-    ``advancedConfiguration`` (alternate group, both rules, the infrastructure role); ECS shifts the weights.
+    the ECS service in the private subnets and optional CPU target-tracking autoscaling. Every service gets two
+    alarms, named by :func:`components.naming.bake_alarm_names` (what the bake after a deployment watches): target
+    5xx per minute (the environment's ``rollbackAlarm``) over its target groups, which ECS rolls rolling and native
+    deployments back on, beside the circuit breaker (CodeDeploy's alarm in ``codedeploy`` environments); and
+    unhealthy targets over its target groups, which no deployment rolls back on by itself (starting tasks may fail
+    a check). ``codedeploy`` environments add a test listener, a second target group per service and CodeDeploy
+    (:mod:`components.blue_green`). Native environments add the test listener and, per service, an alternate target
+    group, a production and a test rule forwarding to both groups by weight (primary 100, alternate 0), and the
+    service's ``deploymentConfiguration`` (strategy, bake, canary/linear steps) and ``advancedConfiguration``
+    (alternate group, both rules, the infrastructure role); ECS shifts the weights. Where a native or
+    ``codedeploy`` environment has services with a ``smokeTest``: the smoke-test hook (:class:`SmokeHookSettings`),
+    a Lambda function in the private subnets with its own security group, the only source besides
+    ``testTrafficCidrs`` the test listener admits, its log group and execution role, and for native environments
+    the role ECS invokes it with; native services with a smoke test name it as their ``POST_TEST_TRAFFIC_SHIFT``
+    lifecycle hook, codedeploy ones get it in their AppSpec (:func:`components.pipeline.blue_green_targets`).
 
 Ownership after creation (``ignore_changes``), so a later ``pulumi up`` never reverts a deployment:
 
@@ -35,9 +45,9 @@ Ownership after creation (``ignore_changes``), so a later ``pulumi up`` never re
   primary and alternate groups it was created with. (Should ECS ever report them swapped, ignore
   ``load_balancers`` here as for codedeploy.)
 
-A rolling service's later task definitions are copies of the one it runs, with the image replaced (that is what
-the ECS deploy action does): changes to its sizing, environment or secrets are registered by ``pulumi up`` but
-reach the running service only through a blue/green release or a manual update (see the README).
+The task definition registered here is only the first: later revisions come from the deploy engine (or, in
+``codedeploy`` environments, the CodeDeployToECS action), rendered from the same config by
+:mod:`components.task_definition`, so a config change reaches the services through the pipeline (see the README).
 
 Services marked ``existing`` get nothing here: the pipeline and the deploy role target them by name.
 """
@@ -59,6 +69,7 @@ from components.blue_green import (
     BlueGreenDeployment,
     BlueGreenDeploymentArgs,
     target_5xx_queries,
+    unhealthy_targets_queries,
 )
 from components.config import (
     ECS_MAX_BAKE_MINUTES,
@@ -71,24 +82,37 @@ from components.config import (
     ServiceConfig,
     StackConfig,
 )
+from components.lambda_code import RUNTIME, handler_archive
 from components.network import Network, NetworkArgs
 from components.registry import PULL_ACTIONS
+from components.service_role import service_role
 from components.task_definition import bootstrap_image, secret_grant_arn, task_definition
+from handlers import smoke_test as smoke
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 ECS = "ecs.amazonaws.com"
+LAMBDA = "lambda.amazonaws.com"
 CODEDEPLOY_ECS_POLICY = "AWSCodeDeployRoleForECS"
 # AWS managed: elasticloadbalancing Describe*/ModifyListener/ModifyRule/RegisterTargets/DeregisterTargets, limited
 # to what ECS needs to move the weights of a production and a test listener rule (DESIGN.md pitfall 13).
 ECS_INFRASTRUCTURE_LB_POLICY = "AmazonECSInfrastructureRolePolicyForLoadBalancers"
 ECS_STRATEGIES = {"blue-green": "BLUE_GREEN", "canary": "CANARY", "linear": "LINEAR"}
 """crossdeploy's native strategy -> ECS's ``deploymentConfiguration.strategy``."""
-MAX_ALARM_NAME = 255  # CloudWatch PutMetricAlarm AlarmName
 # TLS 1.3 with 1.2 fallback: AWS's recommended policy for new HTTPS listeners.
 SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 DEREGISTRATION_DELAY_SECONDS = 30  # AWS's 300-second default makes every rollout wait five minutes per old task
 # Faster than AWS's target group defaults (30 s x 5 healthy checks = 2.5 min before a new task gets traffic).
 HEALTH_CHECK_TIMING = {"interval": 15, "timeout": 5, "healthy_threshold": 2, "unhealthy_threshold": 3}
+SMOKE_HOOK_HANDLER = "handlers.smoke_test.handler"
+SMOKE_HOOK_MODULES = ("__init__.py", "ecs_common.py", "smoke_test.py")
+"""The hook's package: :mod:`handlers.smoke_test` and the ``handlers`` modules it imports, byte for byte."""
+SMOKE_HOOK_STAGE = smoke.ECS_STAGE
+"""The ECS lifecycle stage the native hook runs in: the new tasks have all of the test listener's traffic and none
+of production's, so a failed smoke test rolls back before any user reaches them."""
+SMOKE_HOOK_MARGIN_SECONDS = 30
+"""Beyond the test's own worst case: a cold start in the VPC, the load balancer's address lookup, the answer."""
+LAMBDA_MAX_TIMEOUT_SECONDS = 900
+LAMBDA_ENVIRONMENT_LIMIT = 4096  # bytes of all keys and values together (Lambda quotas)
 
 
 # --------------------------------------------------------------------------------------------------- roles
@@ -122,6 +146,9 @@ class WorkloadRolesArgs:
     codedeploy_role_name: str | None = None
     """The CodeDeploy service role, when an environment of the account deploys blue/green. Default none."""
     codedeploy_role_path: str = "/"
+    codedeploy_hook_arns: tuple[str, ...] = ()
+    """The smoke-test hook functions of the account's ``codedeploy`` environments (one per region): CodeDeploy
+    invokes them as the service role, which may invoke exactly these. Default none."""
     infrastructure_role_name: str | None = None
     """The ECS infrastructure role (:func:`components.naming.infrastructure_role_name`), when an environment of the
     account deploys ECS-native blue-green, canary or linear. Default none."""
@@ -139,6 +166,14 @@ class WorkloadRolesArgs:
         for s in self.services:
             if not s.repository_arns or not s.log_group_arns:
                 problems.append(f"services: {s.execution_role_name} needs its repositories and log groups")
+        if self.codedeploy_hook_arns and not self.codedeploy_role_name:
+            problems.append("codedeploy_hook_arns: hooks are invoked by the CodeDeploy service role; "
+                            "codedeploy_role_name is not set")
+        for hook in self.codedeploy_hook_arns:
+            if "*" in hook or not hook.startswith(f"arn:{self.partition}:lambda:") or \
+                    hook.split(":")[4:6] != [self.account_id, "function"]:
+                problems.append(f"codedeploy_hook_arns: exact Lambda functions of account {self.account_id}, got "
+                                f"{hook!r}")
         if problems:
             raise ValueError("WorkloadRolesArgs: " + "; ".join(problems))
 
@@ -157,6 +192,13 @@ def execution_role_policy(spec: ServiceRoles) -> dict:
     if spec.parameter_arns:
         statements.append(p.statement("ReadOwnParameters", ["ssm:GetParameters"], sorted(spec.parameter_arns)))
     return p.document(statements)
+
+
+def codedeploy_hooks_policy(hook_arns: tuple[str, ...]) -> dict:
+    """What the CodeDeploy service role needs beyond ``AWSCodeDeployRoleForECS`` to run the smoke-test hooks."""
+    # AWS's managed policy allows lambda:InvokeFunction only on functions named CodeDeployHook_*; crossdeploy's hooks
+    # follow the stack's naming instead, so the role may invoke exactly them (and no other function).
+    return p.document([p.statement("InvokeSmokeTestHooks", ["lambda:InvokeFunction"], sorted(set(hook_arns)))])
 
 
 def task_trust_policy(partition: str, account_id: str) -> dict:
@@ -196,6 +238,9 @@ class WorkloadRoles(pulumi.ComponentResource):
             aws.iam.RolePolicyAttachment(
                 f"{name}-codedeploy-ecs", role=role.name,
                 policy_arn=f"arn:{args.partition}:iam::aws:policy/{CODEDEPLOY_ECS_POLICY}", opts=child)
+            if args.codedeploy_hook_arns:
+                aws.iam.RolePolicy(f"{name}-codedeploy-hooks", role=role.name,
+                                   policy=p.to_json(codedeploy_hooks_policy(args.codedeploy_hook_arns)), opts=child)
             self.codedeploy_role_arn = role.arn
 
         self.infrastructure_role_arn: pulumi.Output[str] | None = None
@@ -229,8 +274,20 @@ class WorkloadService:
     priority: int
     """Listener rule priority, unique on the load balancer."""
     log_group_name: str
+    error_alarm_name: str
+    """The service's 5xx alarm (:func:`components.naming.alarm_name` ``target-5xx``; CodeDeploy's
+    :func:`components.naming.codedeploy_alarm_name` in ``codedeploy`` environments): ECS or CodeDeploy roll a
+    deployment back on it, and the bake after a deployment watches it."""
+    unhealthy_alarm_name: str
+    """The service's unhealthy-targets alarm (:func:`components.naming.alarm_name` ``unhealthy-targets``): the bake
+    watches it; no deployment rolls back on it by itself."""
     deployment_group_name: str = ""
     """CodeDeploy deployment group (blue/green environments only)."""
+    smoke_spec: dict[str, Any] | None = None
+    """The smoke test the environment's hook runs against the new tasks through the test listener before they get
+    production traffic (:meth:`components.config.ServiceConfig.smoke_spec`): set in native and ``codedeploy``
+    environments for a service with a ``smokeTest``. None elsewhere (a rolling environment's smoke test is the deploy
+    engine's, after the deployment)."""
 
 
 @dataclass(frozen=True)
@@ -288,8 +345,11 @@ class NativeSettings:
         if problems:
             raise ValueError("NativeSettings: " + "; ".join(problems))
 
-    def deployment_configuration(self) -> aws.ecs.ServiceDeploymentConfigurationArgs:
-        """The service's ``deploymentConfiguration``: strategy, bake, and the canary or linear steps."""
+    def deployment_configuration(
+            self, lifecycle_hooks: list[aws.ecs.ServiceDeploymentConfigurationLifecycleHookArgs] | None = None,
+    ) -> aws.ecs.ServiceDeploymentConfigurationArgs:
+        """The service's ``deploymentConfiguration``: strategy, bake, the canary or linear steps, and the lifecycle
+        hooks (the smoke test) if any."""
         _, percent, minutes = self.traffic_shift
         strategy = ECS_STRATEGIES[self.strategy]
         return aws.ecs.ServiceDeploymentConfigurationArgs(
@@ -302,7 +362,50 @@ class NativeSettings:
             linear_configuration=aws.ecs.ServiceDeploymentConfigurationLinearConfigurationArgs(
                 step_percent=float(percent), step_bake_time_in_minutes=str(minutes),
             ) if strategy == "LINEAR" else None,
+            lifecycle_hooks=lifecycle_hooks or None,
         )
+
+
+@dataclass(frozen=True)
+class SmokeHookSettings:
+    """The environment's smoke-test hook in one region (:func:`smoke_hook_settings`): a Lambda function in the
+    VPC's private subnets that requests each new service's ``smokeTest.path`` through the test listener.
+
+    ECS-native environments run it as the services' ``POST_TEST_TRAFFIC_SHIFT`` lifecycle hook (ECS assumes the
+    invoke role to call it); ``codedeploy`` environments as the AppSpec's ``AfterAllowTestTraffic`` hook (the
+    CodeDeploy service role invokes it, :attr:`WorkloadRolesArgs.codedeploy_hook_arns`)."""
+
+    function_name: str
+    """:func:`components.naming.smoke_hook_function_name`: the AppSpec and the CodeDeploy role name its ARN."""
+    partition: str
+    account_id: str
+    role_name: str
+    """The function's execution role; unique per account (IAM is global), so per environment and region."""
+    role_path: str
+    timeout_seconds: int
+    """The function's timeout: the slowest smoke test's worst case plus :data:`SMOKE_HOOK_MARGIN_SECONDS`."""
+    invoke_role_name: str | None = None
+    """The role ECS assumes to invoke the hook (native environments only; same path). Default none."""
+    log_retention_days: int = 30
+    """Retention of the function's log group. Default 30."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.timeout_seconds <= LAMBDA_MAX_TIMEOUT_SECONDS:
+            problems.append(f"timeout_seconds: Lambda allows 1-{LAMBDA_MAX_TIMEOUT_SECONDS}, got "
+                            f"{self.timeout_seconds}")
+        if not self.role_path.startswith("/") or not self.role_path.endswith("/"):
+            problems.append(f"role_path: must start and end with '/', got {self.role_path!r}")
+        if self.invoke_role_name is not None and self.invoke_role_name == self.role_name:
+            problems.append("invoke_role_name: the invoke role and the execution role are two roles")
+        if problems:
+            raise ValueError("SmokeHookSettings: " + "; ".join(problems))
+
+    def function_arn(self, region: str) -> str:
+        return p.arn(self.partition, "lambda", region, self.account_id, f"function:{self.function_name}")
+
+    def log_group_arn(self, region: str) -> str:
+        return p.arn(self.partition, "logs", region, self.account_id, f"log-group:/aws/lambda/{self.function_name}")
 
 
 @dataclass(frozen=True)
@@ -322,10 +425,12 @@ class WorkloadArgs:
     Default none: rolling."""
     rollback_alarm: RollbackAlarmConfig = field(default_factory=RollbackAlarmConfig)
     """Threshold and evaluation periods of each rolling or native service's deployment alarm (target 5xx per
-    minute), which ECS watches during a deployment and rolls back on. Default 10 per minute for 2 minutes.
-    CodeDeploy environments take theirs from ``blue_green.settings`` (their alarm is CodeDeploy's)."""
-    name: str = ""
-    """Prefix of Name tags and generated names, e.g. ``crossdeploy-prod-prod``."""
+    minute), which ECS watches during a deployment and rolls back on, and the evaluation periods of every service's
+    unhealthy-targets alarm. Default 10 per minute for 2 minutes. CodeDeploy environments take theirs from
+    ``blue_green.settings`` (their 5xx alarm is CodeDeploy's)."""
+    smoke_hook: SmokeHookSettings | None = None
+    """The smoke-test hook, where a native or ``codedeploy`` environment has services with a ``smokeTest``
+    (:attr:`WorkloadService.smoke_spec`). Default none."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -346,8 +451,60 @@ class WorkloadArgs:
                             f"{self.rollback_alarm.threshold}/{self.rollback_alarm.evaluation_periods}")
         if self.certificate_arn and f":{self.region}:" not in self.certificate_arn:
             problems.append(f"certificate_arn: not in {self.region}: {self.certificate_arn}")
+        problems.extend(self._smoke_problems())
         if problems:
             raise ValueError("WorkloadArgs: " + "; ".join(problems))
+
+    def _smoke_problems(self) -> list[str]:
+        tested = [s.config.name for s in self.services if s.smoke_spec is not None]
+        hook = self.smoke_hook
+        if hook is None:
+            return [f"smoke_hook: services {tested} have smoke tests, which run in the hook"] if tested else []
+        problems = []
+        if not self.traffic_settings:
+            problems.append("smoke_hook: only native and codedeploy environments run the hook (it tests the new "
+                            "tasks through the test listener); rolling smoke tests are the deploy engine's")
+        if not tested:
+            problems.append("smoke_hook: no service has a smoke test")
+        if self.native and not hook.invoke_role_name:
+            problems.append("smoke_hook.invoke_role_name: ECS needs a role to invoke a native lifecycle hook")
+        if self.blue_green and hook.invoke_role_name:
+            problems.append("smoke_hook.invoke_role_name: CodeDeploy invokes the hook as its service role")
+        if not problems:
+            # Measured with the longest load balancer ARN suffix ELB makes (its name at most 32 characters).
+            variables = self.smoke_hook_variables("app/" + "x" * 32 + "/" + "0" * 16)
+            size = sum(len(k.encode()) + len(str(v).encode()) for k, v in variables.items())
+            if size > LAMBDA_ENVIRONMENT_LIMIT:
+                problems.append(f"smoke_hook: the hook's environment would take {size} bytes with the smoke tests of "
+                                f"{len(tested)} services; Lambda allows {LAMBDA_ENVIRONMENT_LIMIT}")
+        return problems
+
+    def smoke_hook_variables(self, load_balancer_arn_suffix: pulumi.Input[str]) -> dict[str, pulumi.Input[str]]:
+        """The hook function's environment (the contract of :mod:`handlers.smoke_test`): the load balancer whose
+        private addresses it looks up, the test listener's port and protocol, and in ``codedeploy`` environments the
+        application and each deployment group's smoke test (a native hook gets its test in ECS's ``hookDetails``)."""
+        settings = self.traffic_settings
+        hook = self.smoke_hook
+        assert settings is not None and hook is not None
+        variables: dict[str, pulumi.Input[str]] = {
+            smoke.LOAD_BALANCER_ENV: load_balancer_arn_suffix,
+            smoke.TEST_PORT_ENV: str(settings.test_listener_port),
+            smoke.PROTOCOL_ENV: self.protocol,
+            # The hook answers only for services of its own account (and region, which Lambda sets).
+            smoke.ACCOUNT_ID_ENV: hook.account_id,
+        }
+        if self.blue_green:
+            variables[smoke.CODEDEPLOY_APPLICATION_ENV] = self.blue_green.application_name
+            variables[smoke.SMOKE_TESTS_ENV] = json.dumps(
+                {s.deployment_group_name: s.smoke_spec for s in self.services if s.smoke_spec is not None},
+                separators=(",", ":"), sort_keys=True)
+        return variables
+
+    @property
+    def alarm_settings(self) -> RollbackAlarmConfig:
+        """Threshold and evaluation periods of the services' alarms (CodeDeploy's settings in codedeploy
+        environments)."""
+        return self.blue_green.settings.rollback_alarm if self.blue_green else self.rollback_alarm
 
     @property
     def https(self) -> bool:
@@ -363,6 +520,54 @@ class WorkloadArgs:
     @property
     def protocol(self) -> str:
         return "HTTPS" if self.https else "HTTP"
+
+
+@dataclass(frozen=True)
+class SmokeHook:
+    """What the services need of the hook the workload created."""
+
+    function_arn: pulumi.Output[str]
+    invoke_role_arn: pulumi.Output[str] | None
+    """The role ECS invokes the hook with (native environments); None where CodeDeploy invokes it."""
+    ready: tuple[pulumi.Resource, ...]
+    """The function and the invoke role's policy: a native service waits for both."""
+
+
+def smoke_hook_policy(hook: SmokeHookSettings, region: str, subnet_ids: list[pulumi.Input[str]],
+                      security_group_id: pulumi.Input[str], deployment_group_arns: tuple[str, ...]) -> dict:
+    """The hook function's execution role: its own log group, the network interfaces Lambda manages for it in the
+    VPC, and in ``codedeploy`` environments the answer to exactly the deployment groups it tests."""
+    prefix = p.arn(hook.partition, "ec2", region, hook.account_id, "")
+
+    def ec2(kind: str, resource_id: pulumi.Input[str]) -> pulumi.Input[str]:
+        if isinstance(resource_id, str):
+            return f"{prefix}{kind}/{resource_id}"
+        return pulumi.Output.concat(prefix, kind, "/", resource_id)
+
+    interfaces = f"{prefix}network-interface/*"
+    statements = [
+        p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"], [f"{hook.log_group_arn(region)}:*"]),
+        # Lambda creates and manages the function's network interfaces with the function's own role: in its subnets,
+        # with its security group, in this account and region only.
+        p.statement("CreateOwnNetworkInterfaces", ["ec2:CreateNetworkInterface"],
+                    [*(ec2("subnet", s) for s in subnet_ids), ec2("security-group", security_group_id), interfaces]),
+        p.statement("ManageNetworkInterfaces",
+                    ["ec2:AssignPrivateIpAddresses", "ec2:DeleteNetworkInterface", "ec2:UnassignPrivateIpAddresses"],
+                    [interfaces]),
+        p.unscoped("DescribeNetworkInterfaces", ["ec2:DescribeNetworkInterfaces"],
+                   why="EC2 Describe actions support no resource-level permissions; Lambda finds the function's "
+                       "interfaces and the hook the load balancer's private addresses with it"),
+    ]
+    if deployment_group_arns:
+        statements.append(p.statement(
+            "AnswerOwnDeployments", ["codedeploy:GetDeployment", "codedeploy:PutLifecycleEventHookExecutionStatus"],
+            sorted(set(deployment_group_arns))))
+    return p.document(statements)
+
+
+def smoke_invoke_policy(function_arn: str) -> dict:
+    """The role ECS assumes to run a native lifecycle hook: it may invoke exactly that function."""
+    return p.document([p.statement("InvokeSmokeTestHook", ["lambda:InvokeFunction"], [function_arn])])
 
 
 def _fixed_404() -> aws.lb.ListenerDefaultActionArgs:
@@ -422,6 +627,9 @@ class Workload(pulumi.ComponentResource):
                 provider=args.provider, application_name=bg.application_name,
                 deployment_config_name=bg.deployment_config_name, traffic_shift=bg.traffic_shift),
                 opts=pulumi.ResourceOptions(parent=self))
+
+        # Before the services: a native service names the hook and its invoke role in its deployment configuration.
+        self.smoke_hook = self._smoke_hook(network, alb, alb_sg) if args.smoke_hook else None
 
         self.services: dict[str, aws.ecs.Service] = {}
         for spec in args.services:
@@ -506,21 +714,104 @@ class Workload(pulumi.ComponentResource):
             logical, listener_arn=listener.arn, priority=spec.priority, conditions=_conditions(spec.config),
             actions=[action], opts=opts)
 
-    def _deployment_alarm(self, base: str, svc: ServiceConfig, alb: aws.lb.LoadBalancer,
+    def _smoke_hook(self, network: Network, alb: aws.lb.LoadBalancer, alb_sg: aws.ec2.SecurityGroup) -> SmokeHook:
+        """The smoke-test hook: a function in the private subnets, the one client the test listener admits besides
+        ``testTrafficCidrs``, its log group, its execution role and (native) the role ECS invokes it with."""
+        name, args, child = self._name, self._args, self._child
+        hook, settings = args.smoke_hook, args.traffic_settings
+        assert hook is not None and settings is not None
+        port = settings.test_listener_port
+        hook_sg = aws.ec2.SecurityGroup(
+            f"{name}-smoke-sg", vpc_id=network.vpc_id,
+            description="crossdeploy: smoke-test hook, reaches the test listener and AWS APIs only", opts=child)
+        # Separate rule resources, like the ALB's and the tasks': the two groups reference each other.
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-smoke-out-test", security_group_id=hook_sg.id, ip_protocol="tcp", from_port=port, to_port=port,
+            referenced_security_group_id=alb_sg.id, description="to the test listener", opts=child)
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-alb-in-test-smoke", security_group_id=alb_sg.id, ip_protocol="tcp", from_port=port,
+            to_port=port, referenced_security_group_id=hook_sg.id, description="smoke-test hook", opts=child)
+        # EC2 (the load balancer's private addresses) and CodeDeploy (the hook's answer) over HTTPS, through NAT.
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-smoke-out-https", security_group_id=hook_sg.id, ip_protocol="tcp", from_port=443, to_port=443,
+            cidr_ipv4="0.0.0.0/0", description="AWS APIs", opts=child)
+        # Created here rather than by Lambda on first use: with a retention, and removed with the stack.
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-smoke-logs", name=f"/aws/lambda/{hook.function_name}",
+            retention_in_days=hook.log_retention_days, opts=child)
+        role, role_policy = service_role(
+            f"{name}-smoke", role_name=hook.role_name, path=hook.role_path, service=LAMBDA,
+            account_id=hook.account_id, opts=child,
+            policy=smoke_hook_policy(hook, args.region, network.private_subnet_ids, hook_sg.id,
+                                     self._hook_deployment_groups()))
+        function = aws.lambda_.Function(
+            f"{name}-smoke-function",
+            name=hook.function_name,
+            description="crossdeploy: smoke-tests new tasks through the test listener before production traffic",
+            runtime=RUNTIME,
+            architectures=["arm64"],
+            handler=SMOKE_HOOK_HANDLER,
+            code=handler_archive(SMOKE_HOOK_MODULES),
+            role=role.arn,
+            timeout=hook.timeout_seconds,
+            vpc_config=aws.lambda_.FunctionVpcConfigArgs(
+                subnet_ids=network.private_subnet_ids, security_group_ids=[hook_sg.id]),
+            environment=aws.lambda_.FunctionEnvironmentArgs(variables=args.smoke_hook_variables(alb.arn_suffix)),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[role_policy, log_group])),
+        )
+        invoke_role_arn: pulumi.Output[str] | None = None
+        ready: list[pulumi.Resource] = [function]
+        if hook.invoke_role_name:
+            invoke_role, invoke_policy = service_role(
+                f"{name}-smoke-invoke", role_name=hook.invoke_role_name, path=hook.role_path, service=ECS,
+                account_id=hook.account_id, policy=smoke_invoke_policy(hook.function_arn(args.region)), opts=child)
+            invoke_role_arn = invoke_role.arn
+            ready.append(invoke_policy)  # ECS checks it may invoke the hook when the service is created
+        return SmokeHook(function_arn=function.arn, invoke_role_arn=invoke_role_arn, ready=tuple(ready))
+
+    def _hook_deployment_groups(self) -> tuple[str, ...]:
+        """The deployment groups whose deployments the hook answers (``codedeploy`` services with a smoke test)."""
+        args, hook = self._args, self._args.smoke_hook
+        if not args.blue_green or hook is None:
+            return ()
+        return tuple(p.arn(hook.partition, "codedeploy", args.region, hook.account_id,
+                           f"deploymentgroup:{args.blue_green.application_name}/{s.deployment_group_name}")
+                     for s in args.services if s.smoke_spec is not None)
+
+    def _deployment_alarm(self, base: str, spec: WorkloadService, alb: aws.lb.LoadBalancer,
                           groups: list[aws.lb.TargetGroup]) -> aws.cloudwatch.MetricAlarm:
         """The 5xx alarm ECS watches during a rolling or native deployment (both target groups when native: either
         may serve the new tasks), with the same metric math as CodeDeploy's alarm (:func:`target_5xx_queries`)."""
         alarm = self._args.rollback_alarm
-        alarm_name = p.iam_name(self._args.name or self._args.environment, svc.cluster, svc.service, "target-5xx",
-                                max_len=MAX_ALARM_NAME)
+        svc = spec.config
         return aws.cloudwatch.MetricAlarm(
-            f"{base}-target-5xx", name=alarm_name,
+            f"{base}-target-5xx", name=spec.error_alarm_name,
             alarm_description=f"crossdeploy: target 5xx responses of {svc.service} ({svc.cluster}); ECS stops a "
                               "deployment and rolls it back while this alarm is in ALARM",
             metric_queries=target_5xx_queries(alb.arn_suffix, tuple(g.arn_suffix for g in groups)),
             comparison_operator="GreaterThanOrEqualToThreshold", threshold=alarm.threshold,
             evaluation_periods=alarm.evaluation_periods,
             # A minute without traffic is not a failure.
+            treat_missing_data="notBreaching", opts=self._child)
+
+    def _unhealthy_alarm(self, base: str, spec: WorkloadService, alb: aws.lb.LoadBalancer,
+                         groups: list[aws.lb.TargetGroup]) -> aws.cloudwatch.MetricAlarm:
+        """Targets of the service failing the load balancer's health check, over all of its target groups (blue and
+        green, or primary and alternate: either may hold the tasks that serve), for the environment's
+        ``rollbackAlarm.evaluationPeriods`` minutes. The bake after a deployment watches it next to the 5xx alarm.
+
+        Not one of ECS's deployment alarms: new tasks may fail a check or two while they start, and ECS would roll
+        a healthy deployment back for it. Tasks that never get healthy are the circuit breaker's (rolling, native)
+        or CodeDeploy's; this alarm catches tasks that turn unhealthy once they serve."""
+        svc = spec.config
+        return aws.cloudwatch.MetricAlarm(
+            f"{base}-unhealthy-targets", name=spec.unhealthy_alarm_name,
+            alarm_description=f"crossdeploy: unhealthy targets of {svc.service} ({svc.cluster}); the bake after a "
+                              "deployment fails while this alarm is in ALARM",
+            metric_queries=unhealthy_targets_queries(alb.arn_suffix, tuple(g.arn_suffix for g in groups)),
+            comparison_operator="GreaterThanOrEqualToThreshold", threshold=1,
+            evaluation_periods=self._args.alarm_settings.evaluation_periods,
+            # A target group without targets (the idle one of a blue/green pair) reports nothing: not a failure.
             treat_missing_data="notBreaching", opts=self._child)
 
     def _service(self, spec: WorkloadService, network: Network, task_sg: aws.ec2.SecurityGroup,
@@ -565,7 +856,8 @@ class Workload(pulumi.ComponentResource):
             owned.append("load_balancers")  # CodeDeploy swaps the target group of the service's task set
             common["deployment_controller"] = aws.ecs.ServiceDeploymentControllerArgs(type="CODE_DEPLOY")
         else:
-            alarm = self._deployment_alarm(base, svc, alb, [blue, alternate] if alternate else [blue])
+            # The unhealthy-targets alarm is deliberately not among these (see _unhealthy_alarm).
+            alarm = self._deployment_alarm(base, spec, alb, [blue, alternate] if alternate else [blue])
             common.update(
                 deployment_controller=aws.ecs.ServiceDeploymentControllerArgs(type="ECS"),
                 # A rollout whose tasks keep failing stops and returns to the last good revision; the pipeline's
@@ -585,7 +877,14 @@ class Workload(pulumi.ComponentResource):
                     alternate_target_group_arn=alternate.arn, production_listener_rule=rules[0].arn,
                     test_listener_rule=rules[1].arn if len(rules) > 1 else None,
                     role_arn=native.infrastructure_role_arn))
-            common["deployment_configuration"] = native.deployment_configuration()
+            hooks = []
+            if spec.smoke_spec is not None and self.smoke_hook is not None:
+                # hookDetails reaches the function as the event's ``hookDetails``: the service's own smoke test.
+                hooks.append(aws.ecs.ServiceDeploymentConfigurationLifecycleHookArgs(
+                    hook_target_arn=self.smoke_hook.function_arn, role_arn=self.smoke_hook.invoke_role_arn,
+                    lifecycle_stages=[SMOKE_HOOK_STAGE], hook_details=json.dumps(spec.smoke_spec, sort_keys=True)))
+                depends_on.extend(self.smoke_hook.ready)
+            common["deployment_configuration"] = native.deployment_configuration(hooks)
             depends_on.extend(native.infrastructure_role_ready)
         service = aws.ecs.Service(
             f"{base}-service", name=svc.service, cluster=self.clusters[svc.cluster].arn,
@@ -601,6 +900,7 @@ class Workload(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                 ignore_changes=owned, depends_on=depends_on)),
         )
+        self._unhealthy_alarm(base, spec, alb, [g for g in (blue, alternate, green) if g is not None])
         if svc.autoscaling:
             self._autoscaling(base, svc, svc.autoscaling, service)
         if blue_green and green is not None and test is not None and application is not None:
@@ -617,6 +917,7 @@ class Workload(pulumi.ComponentResource):
                 termination_wait_minutes=bg.settings.termination_wait_minutes,
                 alarm_threshold=bg.settings.rollback_alarm.threshold,
                 alarm_evaluation_periods=bg.settings.rollback_alarm.evaluation_periods,
+                alarm_name=spec.error_alarm_name,
             ), opts=pulumi.ResourceOptions(parent=self, depends_on=[service]))
         return service
 
@@ -674,10 +975,58 @@ def workload_services(cfg: StackConfig, env: EnvironmentConfig, region: str) -> 
             task_definition=task_definition(cfg, env.account_id, region, svc, bootstrap_image(cfg, region, svc)),
             priority=cfg.rule_priority(svc),
             log_group_name=naming.log_group_name(cfg, svc),
-            deployment_group_name=naming.deployment_group_name(cfg, svc) if env.strategy == "codedeploy" else "",
+            error_alarm_name=(naming.codedeploy_alarm_name(cfg, env.name, svc) if env.codedeploy
+                              else naming.alarm_name(cfg, env.name, svc, "target-5xx")),
+            unhealthy_alarm_name=naming.alarm_name(cfg, env.name, svc, "unhealthy-targets"),
+            deployment_group_name=naming.deployment_group_name(cfg, svc) if env.codedeploy else "",
+            smoke_spec=svc.smoke_spec() if runs_smoke_hook(env) else None,
         )
         for svc in cfg.workload_services
     )
+
+
+def runs_smoke_hook(env: EnvironmentConfig) -> bool:
+    """Whether `env` smoke-tests new tasks in a hook, before production traffic (native and ``codedeploy``
+    strategies: they have a test listener); a rolling environment's smoke test is the deploy engine's."""
+    return env.native or env.codedeploy
+
+
+def smoke_tested(cfg: StackConfig, env: EnvironmentConfig) -> tuple[ServiceConfig, ...]:
+    """The services whose smoke test `env`'s hook runs (none where the environment runs no hook)."""
+    return tuple(s for s in cfg.workload_services if s.smoke_test is not None) if runs_smoke_hook(env) else ()
+
+
+def smoke_hook_timeout_seconds(specs: list[dict[str, Any]]) -> int:
+    """The hook function's timeout: the slowest test's worst case (every attempt timing out, and the pauses) plus a
+    margin, within Lambda's 900 seconds (the config bounds each test so that it fits)."""
+    worst = max(smoke.worst_case_seconds(smoke.SmokeSpec.from_json(spec)) for spec in specs)
+    return min(LAMBDA_MAX_TIMEOUT_SECONDS, worst + SMOKE_HOOK_MARGIN_SECONDS)
+
+
+def smoke_hook_settings(cfg: StackConfig, env: EnvironmentConfig, region: str) -> SmokeHookSettings | None:
+    """The smoke-test hook of `env` in `region`: where a native or ``codedeploy`` environment has services with a
+    ``smokeTest``; none elsewhere."""
+    tested = smoke_tested(cfg, env)
+    if not tested:
+        return None
+    # IAM is global: roles per environment and region, so that each may reach exactly its own region's resources.
+    return SmokeHookSettings(
+        function_name=naming.smoke_hook_function_name(cfg, env.name),
+        partition=cfg.partition,
+        account_id=env.account_id,
+        role_name=p.iam_name(cfg.stack, env.name, region, "smoke-test"),
+        role_path=naming.iam_path(cfg, "smoke-test"),
+        timeout_seconds=smoke_hook_timeout_seconds([s.smoke_spec() for s in tested]),
+        invoke_role_name=p.iam_name(cfg.stack, env.name, region, "smoke-invoke") if env.native else None,
+    )
+
+
+def codedeploy_hook_arns(cfg: StackConfig, account: str) -> tuple[str, ...]:
+    """The smoke-test hooks the CodeDeploy service role of `account` invokes: those of its ``codedeploy``
+    environments, in each of their regions."""
+    return tuple(naming.smoke_hook_function_arn(cfg, env, region)
+                 for env in cfg.environments if env.account_id == account and env.codedeploy
+                 and smoke_tested(cfg, env) for region in env.regions)
 
 
 def needs_infrastructure_role(cfg: StackConfig, account: str) -> bool:

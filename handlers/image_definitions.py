@@ -121,6 +121,7 @@ TASK_DEFINITION_PLACEHOLDER = "<TASK_DEFINITION>"
 BLUE_GREEN_FILES = ("taskdef.json", "appspec.yaml", "imageDetail.json")
 _ARTIFACT = re.compile(r"[A-Za-z0-9_-]{1,100}")  # CodePipeline's artifact name rule; also a safe directory name
 _TARGET_KEYS = ("artifact", "region", "taskDefinition", "containerName", "containerPort")
+SMOKE_HOOK_EVENT = "AfterAllowTestTraffic"  # test traffic on the new task set, production still on the old one
 
 
 def _check_task_definition(where: str, taskdef: Any, container: str, port: int) -> None:
@@ -157,7 +158,8 @@ def _check_task_definition(where: str, taskdef: Any, container: str, port: int) 
 def parse_blue_green_targets(data: Any) -> list[dict[str, Any]]:
     """Validate decoded BLUE_GREEN_TARGETS: a non-empty list of objects with exactly the keys ``artifact`` (the
     pipeline artifact, also the output directory), ``region``, ``taskDefinition`` (RegisterTaskDefinition request,
-    image ``<IMAGE1_NAME>``), ``containerName`` and ``containerPort`` (what the load balancer targets)."""
+    image ``<IMAGE1_NAME>``), ``containerName`` and ``containerPort`` (what the load balancer targets), and
+    optionally ``smokeHookArn`` (the AppSpec's smoke-test hook)."""
     if not isinstance(data, list) or not data:
         raise BlueGreenSpecError("blue/green targets must be a non-empty JSON list")
     seen: set[str] = set()
@@ -165,7 +167,7 @@ def parse_blue_green_targets(data: Any) -> list[dict[str, Any]]:
         if not isinstance(target, dict):
             raise BlueGreenSpecError(f"blue/green target {i}: must be a JSON object")
         missing = [k for k in _TARGET_KEYS if k not in target]
-        unknown = sorted(set(target) - set(_TARGET_KEYS))
+        unknown = sorted(set(target) - {*_TARGET_KEYS, "smokeHookArn"})
         if missing or unknown:
             raise BlueGreenSpecError(f"blue/green target {i}: missing keys {missing}, unknown keys {unknown}")
         artifact = target["artifact"]
@@ -185,13 +187,18 @@ def parse_blue_green_targets(data: Any) -> list[dict[str, Any]]:
         if type(port) is not int or not 1 <= port <= 65535:
             raise BlueGreenSpecError(f"{where}: containerPort must be an integer 1-65535, got {port!r}")
         _check_task_definition(where, target["taskDefinition"], container, port)
+        hook = target.get("smokeHookArn")  # CodeDeploy invokes hooks in the deployment's region
+        if hook is not None and not re.fullmatch(rf"arn:[a-z-]+:lambda:{target['region']}:\d{{12}}:function:[\w-]+",
+                                                 str(hook), re.ASCII):
+            raise BlueGreenSpecError(f"{where}: smokeHookArn must be a Lambda function ARN in {target['region']}")
     return data
 
 
-def appspec(container_name: str, container_port: int) -> str:
+def appspec(container_name: str, container_port: int, smoke_hook_arn: str | None = None) -> str:
     """The ECS AppSpec: replace the service's task set with the revision the action registers, behind the load
-    balancer on `container_name`:`container_port`. Written by hand (the build image promises boto3, not PyYAML);
-    the name is ``[A-Za-z0-9_-]`` and JSON-quoted, so the text is valid YAML."""
+    balancer on `container_name`:`container_port`, smoke-tested by `smoke_hook_arn`. Written by hand (the build
+    image promises boto3, not PyYAML); the name is ``[A-Za-z0-9_-]`` and JSON-quoted, so the text is valid YAML."""
+    hooks = f"Hooks:\n  - {SMOKE_HOOK_EVENT}: {json.dumps(smoke_hook_arn)}\n" if smoke_hook_arn else ""
     return (
         "version: 0.0\n"
         "Resources:\n"
@@ -202,6 +209,7 @@ def appspec(container_name: str, container_port: int) -> str:
         "        LoadBalancerInfo:\n"
         f"          ContainerName: {json.dumps(container_name)}\n"
         f"          ContainerPort: {int(container_port)}\n"
+        + hooks
     )
 
 
@@ -211,7 +219,7 @@ def blue_green_files(image_detail: dict[str, Any], target: dict[str, Any]) -> di
     detail = {**image_detail, "ImageURI": regional_image_uri(image_detail, target["region"])}
     return {
         "taskdef.json": json.dumps(target["taskDefinition"], indent=2) + "\n",
-        "appspec.yaml": appspec(target["containerName"], target["containerPort"]),
+        "appspec.yaml": appspec(target["containerName"], target["containerPort"], target.get("smokeHookArn")),
         "imageDetail.json": json.dumps(detail, indent=4) + "\n",
     }
 

@@ -258,14 +258,84 @@ def _last_segment(value: object) -> str:
     return re.split(r"[:/]", text)[-1] if text.startswith("arn:") else text
 
 
-def engine_environment(action: Mapping[str, Any]) -> str | None:
-    """The environment a deploy engine action deploys (its ``UserParameters``), or None for other actions."""
+def _user_parameters(action: Mapping[str, Any]) -> dict[str, Any] | None:
     if (action.get("category"), action.get("provider")) != ("Invoke", "Lambda"):
         return None
     try:
-        return str(json.loads((action.get("configuration") or {}).get("UserParameters", "{}"))["environment"])
-    except (ValueError, KeyError, TypeError):
-        return "?"
+        params = json.loads((action.get("configuration") or {}).get("UserParameters", "{}"))
+    except (ValueError, TypeError):
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def engine_environment(action: Mapping[str, Any]) -> str | None:
+    """The environment a deploy engine action deploys (its ``UserParameters``), or None for other actions (bakes
+    included)."""
+    params = _user_parameters(action)
+    if params is None or "bake" in params:
+        return None
+    return str(params.get("environment", "?"))
+
+
+def bake_of(action: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An alarm bake action's settings (minutes, roleArn, regions, alarms), or None for other actions."""
+    params = _user_parameters(action)
+    bake = params.get("bake") if params else None
+    return bake if isinstance(bake, dict) else None
+
+
+def smoke_tests(run: ProgramRun) -> dict[tuple[str | None, str | None, str], str]:
+    """(account, region, ECS service or CodeDeploy deployment group) -> how its smoke test runs there: the ECS
+    lifecycle hooks and CodeDeploy hook maps as registered, and the engine's checks as the deploy documents say."""
+    found: dict[tuple[str | None, str | None, str], str] = {}
+    for service in run.of_type("aws:ecs/service:Service"):
+        for hook in (service.inputs.get("deploymentConfiguration") or {}).get("lifecycleHooks") or []:
+            details = _json_object(hook.get("hookDetails"))
+            found[(service.account, service.region, str(service.inputs.get("name")))] = (
+                f"smoke test GET {details.get('path', '?')} on test traffic")
+    for function in run.of_type("aws:lambda/function:Function"):
+        variables = (function.inputs.get("environment") or {}).get("variables") or {}
+        for group, spec in _json_object(variables.get("SMOKE_TESTS")).items():
+            found[(function.account, function.region, group)] = (
+                f"smoke test GET {(spec or {}).get('path', '?')} on test traffic")
+    for document in deploy_documents(run).values():
+        for env in document["environments"]:
+            for target in env["targets"]:
+                if target.get("smokeTest"):
+                    found[(target["accountId"], target["region"], target["service"])] = (
+                        f"smoke test GET {target['smokeTest']['spec']['path']} after the rollout")
+    return found
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def stage_smoke_tests(run: ProgramRun, pipeline: Recorded) -> dict[str, str]:
+    """Environment -> the smoke test of this pipeline's service in its deploy stage, where it has one."""
+    tests = smoke_tests(run)
+    stages = pipeline.inputs.get("stages") or []
+    repository = ((stages[0].get("actions") or [{}])[0].get("configuration") or {}).get("RepositoryName")
+    document = deploy_documents(run).get(str(repository)) or {"environments": []}
+    found: dict[str, str] = {}
+    for env in document["environments"]:
+        for target in env["targets"]:
+            line = tests.get((target["accountId"], target["region"], target["service"]))
+            if line:
+                found[env["name"]] = line
+    for stage in stages:
+        for action in stage.get("actions") or []:
+            config = action.get("configuration") or {}
+            if action.get("provider") == "CodeDeployToECS":
+                line = tests.get((arn_account(action.get("roleArn")), action.get("region"),
+                                  str(config.get("DeploymentGroupName"))))
+                if line:
+                    found[environment_of(str(stage.get("name", "")))] = line
+    return found
 
 
 def _engine_lines(env: str, engine_envs: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
@@ -290,6 +360,11 @@ def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: M
     env = engine_environment(action)
     if env is not None:
         return "deploy", _engine_lines(env, engine_envs or {})
+    bake = bake_of(action)
+    if bake is not None:
+        return "action", ("Bake · Lambda", f"{bake.get('minutes', '?')} min: {len(bake.get('alarms') or [])} alarms "
+                          f"in {', '.join(bake.get('regions') or [])}",
+                          f"read as role in {arn_account(bake.get('roleArn')) or '?'}", "alarm: stage fails")
     if category == "Build":
         return "build", (f"{provider} · {region}", str(config.get("ProjectName", action.get("name", "?"))))
     if category == "Approval":
@@ -313,23 +388,47 @@ def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: M
     return "action", (f"{category} · {provider} · {region}", str(action.get("name", "?")))
 
 
+def _window(stage: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(cron, time zone) of a stage's DeploymentWindow entry rule, or None."""
+    for rule in ((stage.get("beforeEntry") or {}).get("condition") or {}).get("rules") or []:
+        if (rule.get("ruleTypeId") or {}).get("provider") == "DeploymentWindow":
+            config = rule.get("configuration") or {}
+            return str(config.get("Cron", "?")), str(config.get("TimeZone", "UTC"))
+    return None
+
+
+def _rolls_back(stage: Mapping[str, Any]) -> bool:
+    return (stage.get("onFailure") or {}).get("result") == "ROLLBACK"
+
+
 def pipeline_flow(stages: Sequence[Mapping[str, Any]], home_region: str,
                   env_by_account: Mapping[str, Sequence[str]] | None = None,
-                  engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> list[FlowStage]:
-    """The registered ``stages`` of one pipeline as stages of nodes, keeping stage and action order."""
+                  engine_envs: Mapping[str, Mapping[str, Any]] | None = None,
+                  smoke: Mapping[str, str] | None = None) -> list[FlowStage]:
+    """The registered ``stages`` of one pipeline as stages of nodes, keeping stage and action order; a deployment
+    window is a node before the actions (it holds them), `smoke` (environment -> line) adds the smoke test to the
+    deploy nodes."""
     flow = []
     for i, stage in enumerate(stages):
+        name = str(stage.get("name", f"stage {i}"))
         nodes = []
+        window = _window(stage)
+        if window:
+            nodes.append(FlowNode(f"s{i}w", "approval", ("deployment window", *window), 0))
         for j, action in enumerate(stage.get("actions") or []):
             shape, lines = _action_lines(action, home_region, env_by_account or {}, engine_envs)
+            if shape == "deploy" and (smoke or {}).get(environment_of(name)):
+                lines = (*lines, (smoke or {})[environment_of(name)])
             nodes.append(FlowNode(f"s{i}a{j}", shape, lines, int(action.get("runOrder") or 1)))
-        title = str(stage.get("name", f"stage {i}"))
+        title = name
         if _is_blue_green(stage):
             title += " · CodeDeploy blue/green"
         for action in stage.get("actions") or []:
             env = engine_environment(action)
             if env is not None:
                 title += f" · {(engine_envs or {}).get(env, {}).get('strategy', '?')}"
+        if _rolls_back(stage):
+            title += " · rollback on failure"
         flow.append(FlowStage(f"s{i}", title, tuple(nodes)))
     return flow
 
@@ -376,8 +475,10 @@ def render_mermaid(flow: Sequence[FlowStage]) -> str:
 
 
 def render_mermaid_doc(title: str, pipelines: Sequence[Recorded], env_by_account: Mapping[str, Sequence[str]],
-                       engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """A Markdown document with one ```mermaid block per pipeline, sorted by pipeline name."""
+                       engine_envs: Mapping[str, Mapping[str, Any]] | None = None,
+                       smoke: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """A Markdown document with one ```mermaid block per pipeline, sorted by pipeline name; `smoke`: pipeline name
+    -> :func:`stage_smoke_tests`."""
     parts = [f"# {title}", "",
              "Generated by `python -m offline.plan` from the pipelines as registered under the mocks: this is what "
              "CodePipeline would receive.", ""]
@@ -385,17 +486,40 @@ def render_mermaid_doc(title: str, pipelines: Sequence[Recorded], env_by_account
         parts += [f"## {physical_name(pipeline)}", "",
                   f"Account {pipeline.account}, region {pipeline.region}.", "", "```mermaid",
                   render_mermaid(pipeline_flow(pipeline.inputs.get("stages") or [], pipeline.region or "?",
-                                               env_by_account, engine_envs)).rstrip("\n"),
+                                               env_by_account, engine_envs,
+                                               (smoke or {}).get(physical_name(pipeline)))).rstrip("\n"),
                   "```", ""]
     return "\n".join(parts)
 
 
-def stage_summary(pipeline: Recorded, engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """One line per pipeline for the text plan: ``orders:latest + config -> Build -> test[us-east-2] rolling -> …``."""
+def _gates(stage: Mapping[str, Any], smoke: Mapping[str, str]) -> str:
+    """`` (window, smoke test, bake 20 min, rollback)``: what holds a deploy stage's change back."""
+    gates = []
+    if _window(stage):
+        gates.append("window")
+    if smoke.get(environment_of(str(stage.get("name", "")))):
+        gates.append("smoke test")
+    gates += [f"bake {b.get('minutes', '?')} min" for b in map(bake_of, stage.get("actions") or []) if b]
+    if _rolls_back(stage):
+        gates.append("rollback")
+    return f" ({', '.join(gates)})" if gates else ""
+
+
+def pipelines_doc(plan: Plan, title: str) -> str:
+    """The Mermaid document of a plan's pipelines, with strategies, gates and smoke tests."""
+    return render_mermaid_doc(title, plan.pipelines, plan.env_by_account, engine_environments(plan.run),
+                              {physical_name(p): stage_smoke_tests(plan.run, p) for p in plan.pipelines})
+
+
+def stage_summary(pipeline: Recorded, engine_envs: Mapping[str, Mapping[str, Any]] | None = None,
+                  smoke: Mapping[str, str] | None = None) -> str:
+    """One line per pipeline for the text plan: ``orders:latest + config -> Build -> test[us-east-2] rolling -> …``,
+    each deploy stage with its gates."""
     steps = []
     home = pipeline.region or "?"
     for stage in pipeline.inputs.get("stages") or []:
-        actions = stage.get("actions") or []
+        gates = _gates(stage, smoke or {}) if str(stage.get("name", "")).startswith(DEPLOY_STAGE_PREFIX) else ""
+        actions = [a for a in stage.get("actions") or [] if bake_of(a) is None]
         categories = {a.get("category") for a in actions}
         ecr = [a for a in actions if a.get("provider") == "ECR"]
         if categories == {"Source"} and ecr:
@@ -406,13 +530,13 @@ def stage_summary(pipeline: Recorded, engine_envs: Mapping[str, Mapping[str, Any
             env = engine_environment(actions[0]) or "?"
             spec = (engine_envs or {}).get(env) or {}
             regions = ", ".join(t["region"] for t in spec.get("targets") or []) or "?"
-            steps.append(f"{env}[{regions}] {spec.get('strategy', '?')}")
+            steps.append(f"{env}[{regions}] {spec.get('strategy', '?')}{gates}")
         elif categories == {"Approval"}:
             steps.append("approve")
         elif categories == {"Deploy"}:
             regions = ", ".join(a.get("region") or home for a in actions)
             kind = " codedeploy" if _is_blue_green(stage) else " image-only"
-            steps.append(f"{environment_of(stage.get('name', '?'))}[{regions}]{kind}")
+            steps.append(f"{environment_of(stage.get('name', '?'))}[{regions}]{kind}{gates}")
         else:
             steps.append(str(stage.get("name", "?")))
     return " -> ".join(steps)
@@ -575,7 +699,8 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
     out += ["", f"Pipelines ({len(plan.pipelines)})"]
     width = max((len(physical_name(p)) for p in plan.pipelines), default=0)
     for pipeline in plan.pipelines:
-        out.append(f"  {physical_name(pipeline):<{width}}  {stage_summary(pipeline, engine_envs)}")
+        out.append(f"  {physical_name(pipeline):<{width}}  "
+                   f"{stage_summary(pipeline, engine_envs, stage_smoke_tests(plan.run, pipeline))}")
     if engine_envs:
         out += ["", "Deploy engine (config travels with the run: each execution deploys the deploy document it "
                 "started with)"]
@@ -736,8 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The diagrams are written before anything is printed, so `... | head` still leaves a complete file.
     out = args.out or ROOT / "build" / f"plan-{stack}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = render_mermaid_doc(f"Pipelines of {project}/{stack}", plan.pipelines, plan.env_by_account,
-                             engine_environments(run))
+    doc = pipelines_doc(plan, f"Pipelines of {project}/{stack}")
     targets = push_targets(run)
     if targets:
         doc += "\n".join(["## Push delivery", "", "```mermaid", render_push_mermaid(targets).rstrip("\n"), "```", ""])

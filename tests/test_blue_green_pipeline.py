@@ -104,6 +104,12 @@ def stage(pipeline, name: str) -> dict:
     return found
 
 
+def deployments(pipeline, name: str) -> list[dict]:
+    """The deploy actions of a stage, without the alarm bake that follows them where the environment bakes (the bake
+    has its own tests)."""
+    return [a for a in stage(pipeline, name)["actions"] if a["name"] != "Bake"]
+
+
 def project_of(run: ProgramRun, action: dict):
     return by_output(run, "name", action["configuration"]["ProjectName"], "aws:codebuild/project:Project")
 
@@ -153,7 +159,7 @@ def test_blue_green_environments_deploy_with_one_codedeploy_action_per_region(bg
         "Source", "Build", "Deploy-qa", "Deploy-stage", "Approve-prod", "Deploy-prod"]
     for env in ("stage", "prod"):
         raw_env = env_config(env)
-        actions = stage(pipeline, f"Deploy-{env}")["actions"]
+        actions = deployments(pipeline, f"Deploy-{env}")
         assert [a["region"] for a in actions] == raw_env["regions"], "one action per region, in config order"
         role = deploy_role(bg_run, raw_env["accountId"])
         for action in actions:
@@ -207,7 +213,7 @@ def test_build_actions_run_in_parallel_with_at_most_five_outputs(bg_run) -> None
             assert action["inputArtifacts"] == ["SourceImage"]
             assert action.get("runOrder", 1) == 1
             assert 1 <= len(action["outputArtifacts"]) <= 5, "CodePipeline's limit for a CodeBuild action"
-        prod_artifacts = [a["inputArtifacts"][0] for a in stage(pipeline, "Deploy-prod")["actions"]]
+        prod_artifacts = [a["inputArtifacts"][0] for a in deployments(pipeline, "Deploy-prod")]
         prod_builds = [a for a in blue_green_builds(pipeline) if set(a["outputArtifacts"]) & set(prod_artifacts)]
         assert sorted(len(a["outputArtifacts"]) for a in prod_builds) == [2, 5], "seven regions: two actions"
         assert sorted(x for a in prod_builds for x in a["outputArtifacts"]) == sorted(prod_artifacts)
@@ -268,8 +274,8 @@ def test_rolling_stages_are_unchanged(bg_run, rolling_run) -> None:
         assert stage(with_bg, "Deploy-qa") == stage(rolling, "Deploy-qa")
         assert stage(with_bg, "Build")["actions"][0] == stage(rolling, "Build")["actions"][0]
         # A rolling environment is one deploy engine action, however many regions it has.
-        assert [a["provider"] for a in stage(rolling, "Deploy-prod")["actions"]] == ["Lambda"]
-        assert json.loads(stage(rolling, "Deploy-prod")["actions"][0]["configuration"]["UserParameters"]) == {
+        assert [a["provider"] for a in deployments(rolling, "Deploy-prod")] == ["Lambda"]
+        assert json.loads(deployments(rolling, "Deploy-prod")[0]["configuration"]["UserParameters"]) == {
             "environment": "prod"}
         assert len(stage(rolling, "Build")["actions"]) == 1, "no blue/green builds without codedeploy stages"
         # The imagedefinitions build writes (and waits for) only the engine's regions.

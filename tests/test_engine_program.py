@@ -107,7 +107,8 @@ def test_every_strategy_but_codedeploy_deploys_through_one_engine_action(run, re
         "Approve-prod", "Deploy-prod"]
     function = engine_function(run)
     for env in ENGINE_ENVS:
-        (action,) = stage(pipeline, f"Deploy-{env}")["actions"]
+        # The deployment; an approved environment bakes after it (tests/test_gates_pipeline.py).
+        (action,) = [a for a in stage(pipeline, f"Deploy-{env}")["actions"] if a["name"] != "Bake"]
         assert (action["category"], action["owner"], action["provider"], action["version"]) == (
             "Invoke", "AWS", "Lambda", "1")
         assert action["configuration"]["FunctionName"] == function.outputs["name"]
@@ -115,7 +116,7 @@ def test_every_strategy_but_codedeploy_deploys_through_one_engine_action(run, re
         assert action["inputArtifacts"] == ["ImageDefinitions", "DeployConfig"]
         # The engine's action runs in the pipeline's region, as the pipeline role; the function assumes the roles.
         assert "region" not in action and "roleArn" not in action
-    for action in stage(pipeline, "Deploy-prod")["actions"]:
+    for action in [a for a in stage(pipeline, "Deploy-prod")["actions"] if a["name"] != "Bake"]:
         assert action["provider"] == "CodeDeployToECS" and action["region"] == "ap-southeast-2"
         assert action["roleArn"] == deploy_role(run, PROD).outputs["arn"]
 
@@ -296,7 +297,8 @@ def test_the_packaged_engine_is_the_tested_code_byte_for_byte(run) -> None:
     function = engine_function(run)
     assets = function.inputs["code"].assets
     assert set(assets) == {f"handlers/{m}" for m in ENGINE_MODULES} == {
-        "handlers/__init__.py", "handlers/ecs_common.py", "handlers/deploy_engine.py", "handlers/pipeline_deploy.py"}
+        "handlers/__init__.py", "handlers/ecs_common.py", "handlers/deploy_engine.py", "handlers/pipeline_deploy.py",
+        "handlers/smoke_test.py"}
     for name, asset in assets.items():
         packaged = Path(asset.path).read_bytes() if getattr(asset, "path", None) else asset.text.encode()
         assert packaged == (ROOT / name).read_bytes(), f"{name} differs from the repository file"

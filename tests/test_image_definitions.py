@@ -579,6 +579,28 @@ def test_appspec_text_is_the_documented_structure():
     assert lb == {"ContainerName": "sample-app", "ContainerPort": 8080}
 
 
+def _hook_arn(region: str) -> str:
+    return f"arn:aws:lambda:{region}:{WORKLOAD_ACCOUNT}:function:crossdeploy-test-prod-smoke-test"
+
+
+def test_appspec_runs_the_smoke_hook_after_test_traffic():
+    """AWS's ECS AppSpec: ``Hooks`` is a list of one-key maps, lifecycle event -> Lambda function."""
+    spec = yaml.safe_load(idf.appspec("sample-app", 8080, _hook_arn(HOME)))
+    assert spec["Hooks"] == [{"AfterAllowTestTraffic": _hook_arn(HOME)}]
+    assert {k: v for k, v in spec.items() if k != "Hooks"} == yaml.safe_load(idf.appspec("sample-app", 8080))
+
+
+def test_blue_green_target_with_a_smoke_hook_writes_it_into_the_appspec(aws_env, make_detail, tmp_path):
+    target = bg_target(HOME, smokeHookArn=_hook_arn(HOME))
+    plain = bg_target(HOME, artifact="Plain")
+    argv = [f"--image-detail={_write(tmp_path / 'imageDetail.json', make_detail())}", f"--home-region={HOME}",
+            f"--output-dir={tmp_path / 'out'}", f"--blue-green-targets={json.dumps([target, plain])}"]
+    assert idf.main(argv) == 0
+    hooked = yaml.safe_load((tmp_path / "out" / target["artifact"] / "appspec.yaml").read_text())
+    assert hooked["Hooks"] == [{"AfterAllowTestTraffic": _hook_arn(HOME)}]
+    assert "Hooks" not in yaml.safe_load((tmp_path / "out" / "Plain" / "appspec.yaml").read_text())
+
+
 @mock_aws
 def test_blue_green_main_writes_one_artifact_directory_per_target(aws_env, make_detail, raw_sample, tmp_path,
                                                                   capsys):
@@ -662,6 +684,14 @@ BAD_BLUE_GREEN_TARGETS = {
                         "containerPort 9090 is not among"),
     "second target bad": (lambda ts: json.dumps([ts[0], {**ts[1], "containerPort": 9090}]),
                           f"target BlueGreen-prod-{REGIONS[1]}: containerPort 9090"),
+    "smoke hook not a function": (
+        lambda ts: json.dumps([{**ts[0], "smokeHookArn": f"arn:aws:sns:{REGIONS[0]}:{WORKLOAD_ACCOUNT}:hook"}]),
+        "smokeHookArn must be a Lambda function ARN"),
+    "smoke hook in another region": (
+        lambda ts: json.dumps([{**ts[0], "smokeHookArn": _hook_arn(REGIONS[1])}]),
+        f"smokeHookArn must be a Lambda function ARN in {REGIONS[0]}"),
+    "smoke hook not a string": (lambda ts: json.dumps([{**ts[0], "smokeHookArn": ["x"]}]),
+                                "smokeHookArn must be a Lambda function ARN"),
 }
 
 

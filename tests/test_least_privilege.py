@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import (
     PROD,
+    ROOT,
     bucket_policy_for,
     by_output,
     config,
@@ -32,11 +35,14 @@ from components.deploy_role import (
 )
 from components.naming import deploy_role_name, iam_path, pipeline_role_pattern
 from components.policies import INLINE_POLICY_LIMIT, check_inline_policy_size, inline_policy_size
-from offline.mocks import ProgramRun, run_program
+from offline.mocks import ProgramRun, run_program, stack_config
 
-# Actions for which the Service Authorization Reference lists no resource type: the only ones allowed on "*".
-UNSCOPABLE = {"ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "ecs:ListTasks", "ecr:GetAuthorizationToken",
-              "codepipeline:PutJobSuccessResult", "codepipeline:PutJobFailureResult"}
+# The actions allowed on Resource "*" (those with no resource type in the Service Authorization Reference) are listed
+# once, in the policy pack that enforces them on every preview. The Pulumi CLI runs the pack from its own directory,
+# its modules importing as top-level ones: that directory goes on the path to import the very same module.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policy"))
+from crossdeploy_standards import UNSCOPABLE
+
 ENGINE_HANDLER = "handlers.pipeline_deploy.handler"
 POLICY_FIELDS = {"policy", "assumeRolePolicy"}
 
@@ -164,9 +170,44 @@ def check_agreement(run: ProgramRun) -> list[str]:
     return problems + check_engine_agreement(run)
 
 
-def engine_actions(pipeline) -> list[tuple[str, dict]]:
+def engine_actions(pipeline, *, bake: bool = False) -> list[tuple[str, dict]]:
+    """The engine's invoke actions of a pipeline: its deployments, or (``bake``) its alarm bakes."""
     return [(stage["name"], action) for stage in pipeline.inputs["stages"] for action in stage["actions"]
-            if (action["category"], action["provider"]) == ("Invoke", "Lambda")]
+            if (action["category"], action["provider"]) == ("Invoke", "Lambda")
+            and ("bake" in json.loads(action["configuration"]["UserParameters"])) == bake]
+
+
+def check_bake_agreement(run: ProgramRun) -> list[str]:
+    """Every way a bake could be refused: the pipeline role invoking the engine function, the function's role
+    assuming the deploy role named in the action (and that role trusting it), and the deploy role reading each alarm
+    the action names, in each region."""
+    problems: list[str] = []
+    functions = {f.outputs["name"]: f for f in run.of_type("aws:lambda/function:Function")}
+    for pipeline in pipelines(run):
+        for stage, action in engine_actions(pipeline, bake=True):
+            where = f"{pipeline.outputs['name']}/{stage}/{action['name']}"
+            bake = json.loads(action["configuration"]["UserParameters"])["bake"]
+            function = functions[action["configuration"]["FunctionName"]]
+            pipeline_policy = role_policy(run, by_output(run, "arn", pipeline.inputs["roleArn"]))
+            if not allows(pipeline_policy, "lambda:InvokeFunction", function.outputs["arn"]):
+                problems.append(f"{where}: pipeline role may not invoke {function.outputs['arn']}")
+            engine_role = by_output(run, "arn", function.inputs["role"])
+            roles = [r for r in run.of_type("aws:iam/role:Role") if r.outputs["arn"] == bake["roleArn"]]
+            if len(roles) != 1:
+                problems.append(f"{where}: {bake['roleArn']} is not a role the program creates")
+                continue
+            if not allows(role_policy(run, engine_role), "sts:AssumeRole", bake["roleArn"]):
+                problems.append(f"{where}: the engine role may not assume {bake['roleArn']}")
+            if not allows(roles[0].inputs["assumeRolePolicy"], "sts:AssumeRole",
+                          principal_arn=engine_role.outputs["arn"]):
+                problems.append(f"{where}: {bake['roleArn']} does not trust the engine role")
+            deploy_policy = role_policy(run, roles[0])
+            for region in bake["regions"]:
+                for alarm in bake["alarms"]:
+                    arn = f"arn:aws:cloudwatch:{region}:{roles[0].account}:alarm:{alarm}"
+                    if not allows(deploy_policy, "cloudwatch:DescribeAlarms", arn):
+                        problems.append(f"{where}: deploy role may not read {arn}")
+    return problems
 
 
 def check_engine_agreement(run: ProgramRun) -> list[str]:
@@ -241,6 +282,10 @@ def _engine_target_problems(run: ProgramRun, where: str, engine_role, engine_pol
         if taskdef.get(key) and not allows(deploy_policy, "iam:PassRole", taskdef[key],
                                            context={"iam:PassedToService": "ecs-tasks.amazonaws.com"}):
             problems.append(f"{where}: deploy role may not pass {taskdef[key]}")
+    if target.get("smokeTest"):
+        for api in ("elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeLoadBalancers"):
+            if not allows(deploy_policy, api, "*"):
+                problems.append(f"{where}: deploy role may not {api} (the smoke test's address)")
     if env["strategy"] in ("blue-green", "canary", "linear"):
         infrastructure = f"arn:aws:iam::{account}:role/crossdeploy/{run_stack(run)}/infrastructure/" \
                          f"crossdeploy-{run_stack(run)}-ecs-infrastructure"
@@ -297,6 +342,17 @@ def test_trust_bucket_key_and_role_policies_agree_for_every_deploy_action(run) -
     assert pipelines(run)
     assert any(engine_actions(p) for p in pipelines(run)), "the engine path is checked too"
     assert check_agreement(run) == []
+
+
+def test_every_bake_can_read_the_alarms_it_names(prod_run) -> None:
+    assert any(engine_actions(p, bake=True) for p in pipelines(prod_run)), "prod bakes"
+    assert check_bake_agreement(prod_run) == []
+
+
+def test_the_bake_check_catches_a_deploy_role_without_alarm_rights(monkeypatch, prod_run) -> None:
+    monkeypatch.setattr(components.deploy_role, "bake_alarm_arns", lambda cfg, account: ())
+    problems = check_bake_agreement(run_program(stack_config(ROOT / "Pulumi.prod.yaml"), stack="prod"))
+    assert any("deploy role may not read arn:aws:cloudwatch:us-west-2:" in p for p in problems), problems
 
 
 def test_the_agreement_check_catches_an_engine_the_deploy_role_does_not_trust(monkeypatch) -> None:

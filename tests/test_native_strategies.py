@@ -205,7 +205,7 @@ def test_native_services_roll_back_on_5xx_of_both_target_groups(case, region) ->
     strategy, run = case
     alb = one(at(run, "aws:lb/loadBalancer:LoadBalancer", PROD, region))
     alarms = {a.outputs["name"]: a for a in at(run, ALARM_T, PROD, region)}
-    assert len(alarms) == 2  # one per service
+    assert len(alarms) == 4  # per service: the 5xx alarm ECS rolls back on, and the unhealthy-targets alarm
     for name in ("orders", "payments"):
         svc = service(run, PROD, region, name)
         assert svc.inputs["alarms"]["enable"] is True and svc.inputs["alarms"]["rollback"] is True

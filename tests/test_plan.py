@@ -36,8 +36,7 @@ def prod_plan(prod_config) -> p.Plan:
 
 @pytest.fixture(scope="module")
 def prod_doc(prod_plan) -> str:
-    return p.render_mermaid_doc("prod", prod_plan.pipelines, prod_plan.env_by_account,
-                                p.engine_environments(prod_plan.run))
+    return p.pipelines_doc(prod_plan, "prod")
 
 
 def _accounts(config: dict) -> tuple[str, dict[str, str], list[str]]:
@@ -161,7 +160,8 @@ def test_text_plan(prod_plan, prod_config):
     assert re.search(r"^      iam:Role +\d+  crossdeploy-prod-deploy, crossdeploy-prod-rollout-forwarder, \+\d+ more$",
                      text, re.M)
     assert re.search(r"^  crossdeploy-prod-web-storefront +web/storefront:latest \+ config -> Build -> "
-                     r"test\[us-east-2\] rolling -> approve -> prod\[us-east-2, us-west-2\] canary$", text, re.M)
+                     r"test\[us-east-2\] rolling \(smoke test, rollback\) -> approve -> prod\[us-east-2, us-west-2\] "
+                     r"canary \(window, smoke test, bake 20 min, rollback\)$", text, re.M)
     for output in ("repositoryUrls", "pipelineNames", "deployRoleArns", "artifactBuckets"):
         assert f"\n  {output}\n" in text
     assert f"arn:aws:iam::{envs['prod']}:role/crossdeploy/prod/deploy/crossdeploy-prod-deploy" in text
@@ -175,8 +175,9 @@ def test_text_plan(prod_plan, prod_config):
 def test_text_plan_shows_strategies_config_source_and_workloads(prod_plan, prod_config):
     _, envs, _ = _accounts(prod_config)
     text = p.render_text(prod_plan)
-    assert re.search(r"^  crossdeploy-prod-orders +orders:latest \+ config -> Build -> test\[us-east-2\] rolling -> "
-                     r"approve -> prod\[us-east-2, us-west-2\] canary$", text, re.M)
+    assert re.search(r"^  crossdeploy-prod-orders +orders:latest \+ config -> Build -> test\[us-east-2\] rolling "
+                     r"\(smoke test, rollback\) -> approve -> prod\[us-east-2, us-west-2\] canary "
+                     r"\(window, smoke test, bake 20 min, rollback\)$", text, re.M)
     engine = text.split("\nDeploy engine (config travels with the run", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     # prod: start 5 + canary 5 + bake 15 minutes, from Pulumi.prod.yaml's blueGreen settings.
     assert [line.split() for line in engine] == [
@@ -198,9 +199,9 @@ def test_mermaid_marks_each_stage_with_its_strategy_and_the_config_source(prod_p
     block = doc.split("## crossdeploy-prod-orders", 1)[1].split("```mermaid", 1)[1].split("```", 1)[0]
     assert mermaid_problems(block) == []
     assert "S3 · us-east-2<br/>deploy document (config as of this run)<br/>services/orders/deploy.zip" in block
-    assert 'subgraph s4 ["Deploy-prod · canary"]' in block
+    assert 'subgraph s4 ["Deploy-prod · canary · rollback on failure"]' in block
     assert "deploy engine · Lambda<br/>prod: canary in us-east-2, us-west-2" in block
-    assert 'subgraph s2 ["Deploy-test · rolling"]' in block
+    assert 'subgraph s2 ["Deploy-test · rolling · rollback on failure"]' in block
 
 
 def test_mermaid_marks_codedeploy_stages():
@@ -302,20 +303,28 @@ def test_mermaid_stages_in_order_with_approval_before_prod(prod_doc, prod_config
     assert len(service_blocks) == len(prod_config["crossdeploy:services"])
     for block in service_blocks:
         titles = re.findall(r'^\s*subgraph (\w+) \["([^"]*)"\]$', block, re.M)
-        assert [t for _, t in titles] == ["Source", "Build", "Deploy-test · rolling", "Approve-prod",
-                                          "Deploy-prod · canary"]
+        test_title = "Deploy-test · rolling · rollback on failure"
+        prod_title = "Deploy-prod · canary · rollback on failure"
+        assert [t for _, t in titles] == ["Source", "Build", test_title, "Approve-prod", prod_title]
         ids = [i for i, _ in titles]
-        chain = re.findall(r"^\s*(\w+) --> (\w+)$", block, re.M)
+        chain = [edge for edge in re.findall(r"^\s*(\w+) --> (\w+)$", block, re.M) if edge[0] in ids]
         assert chain == list(itertools.pairwise(ids))
         sections = dict(zip([t for _, t in titles], re.split(r"^\s*subgraph .*$", block, flags=re.M)[1:],
                             strict=True))
         assert "{{\"Manual approval" in sections["Approve-prod"]
         # One engine action per environment covers all its regions at once.
         prod = re.findall(r'^\s*\w+\["deploy engine · Lambda<br/>prod: canary in ([a-z0-9, -]+)<br/>',
-                          sections["Deploy-prod · canary"], re.M)
+                          sections[prod_title], re.M)
         assert prod == [", ".join(prod_regions)]
+        # The window holds the deployment, the bake follows it, the smoke test runs inside it.
+        assert re.search(r'(\w+)\{\{"deployment window<br/>\* \* 9-16 \? \* MON-THU \*<br/>America/New_York"\}\}',
+                         sections[prod_title])
+        assert re.search(r'\["Bake · Lambda<br/>20 min: 2 alarms in us-east-2, us-west-2<br/>read as role in \d{12}',
+                         sections[prod_title])
+        assert "smoke test GET " in sections[prod_title] and "on test traffic" in sections[prod_title]
+        assert "after the rollout" in sections[test_title]
         assert "ECR · us-east-2" in sections["Source"] and "deploy document" in sections["Source"]
-        assert re.search(r"test: rolling in us-east-2<br/>", sections["Deploy-test · rolling"])
+        assert re.search(r"test: rolling in us-east-2<br/>", sections[test_title])
 
 
 def test_mermaid_run_order_within_a_stage():

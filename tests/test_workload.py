@@ -228,7 +228,7 @@ def test_rolling_services_roll_back_on_their_deployment_alarm(run) -> None:
     """README: rolling is "circuit breaker with rollback plus the environment's deployment alarms"."""
     alb = one(at(run, "aws:lb/loadBalancer:LoadBalancer", QA, "us-east-2"))
     alarms = {a.outputs["name"]: a for a in at(run, "aws:cloudwatch/metricAlarm:MetricAlarm", QA, "us-east-2")}
-    assert len(alarms) == 2
+    assert len(alarms) == 4  # per service: 5xx (ECS's deployment alarm) and unhealthy targets (the bake's)
     for name in ("orders", "payments"):
         service = ecs_service(run, QA, "us-east-2", name)
         assert service.inputs["alarms"] == {"alarmNames": [service.inputs["alarms"]["alarmNames"][0]],
@@ -332,8 +332,10 @@ def test_blue_green_services_are_codedeploy_controlled_with_two_target_groups(ru
     (total,) = [q for q in one(alarms).inputs["metricQueries"] if "expression" in q]
     assert total == {"id": "target5xx", "expression": "FILL(tg1, 0) + FILL(tg2, 0)",
                      "label": "Target 5xx responses, both target groups", "returnData": True}
-    # one alarm per service in a CodeDeploy environment: CodeDeploy's
-    assert len(at(run, "aws:cloudwatch/metricAlarm:MetricAlarm", PROD, region)) == 2
+    # two alarms per service in a CodeDeploy environment: CodeDeploy's 5xx alarm, and the unhealthy-targets alarm
+    # the bake watches (CodeDeploy does not roll back on it)
+    assert len(at(run, "aws:cloudwatch/metricAlarm:MetricAlarm", PROD, region)) == 4
+    assert group.inputs["alarmConfiguration"]["alarms"] == [one(alarms).outputs["name"]]
     assert set(group.inputs["autoRollbackConfiguration"]["events"]) == {"DEPLOYMENT_FAILURE",
                                                                         "DEPLOYMENT_STOP_ON_ALARM"}
 

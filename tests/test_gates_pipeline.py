@@ -1,0 +1,128 @@
+"""Issue 10 in the pipelines: deployment windows as before-entry conditions, stage rollback on every deploy stage,
+and the alarm bake action, exactly as CodePipeline's API expects them (rule type ids, configuration keys)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import PROD, QA, config, pipelines
+
+from components import naming
+from components.pipeline import EXECUTION_MODE, MAX_USER_PARAMETERS, Bake, EnvironmentStage
+from offline.mocks import run_program
+
+WINDOW = {"cron": "* * 9-16 ? * MON-THU *", "timeZone": "Europe/Berlin"}
+
+
+@pytest.fixture(scope="module")
+def gated_run():
+    return run_program(config(**{"crossdeploy:environments": [
+        {"name": "qa", "accountId": QA, "regions": ["us-east-2"], "bakeMinutes": 3},
+        {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "eu-west-1"], "requireApproval": True,
+         "strategy": "canary", "deploymentWindow": WINDOW},
+    ]}), stack="gated")
+
+
+def stage(pipeline, name: str) -> dict:
+    (found,) = [s for s in pipeline.inputs["stages"] if s["name"] == name]
+    return found
+
+
+def test_the_window_is_a_deployment_window_rule_before_entry(gated_run) -> None:
+    for pipeline in pipelines(gated_run):
+        prod = stage(pipeline, "Deploy-prod")
+        assert prod["beforeEntry"] == {"condition": {"result": "FAIL", "rules": [{
+            "name": "DeploymentWindow",
+            "ruleTypeId": {"category": "Rule", "owner": "AWS", "provider": "DeploymentWindow", "version": "1"},
+            "configuration": {"Cron": WINDOW["cron"], "TimeZone": WINDOW["timeZone"]}}]}}
+        assert "beforeEntry" not in stage(pipeline, "Deploy-qa"), "no window: any time"
+        # The window is checked after the approval, right before the deployment.
+        names = [s["name"] for s in pipeline.inputs["stages"]]
+        assert names.index("Approve-prod") + 1 == names.index("Deploy-prod")
+
+
+def test_every_deploy_stage_rolls_back_and_the_mode_allows_it(gated_run, prod_run, base_run) -> None:
+    for run in (gated_run, prod_run, base_run):
+        for pipeline in pipelines(run):
+            assert pipeline.inputs["executionMode"] == EXECUTION_MODE != "PARALLEL"
+            for s in pipeline.inputs["stages"]:
+                if s["name"].startswith("Deploy-"):
+                    assert s["onFailure"] == {"result": "ROLLBACK"}, s["name"]
+                else:
+                    assert "onFailure" not in s, "approvals and builds have nothing to roll back"
+
+
+def test_bake_runs_after_the_deployment_with_the_alarms_of_the_service(gated_run) -> None:
+    engine = [f for f in gated_run.of_type("aws:lambda/function:Function")
+              if f.inputs["handler"] == "handlers.pipeline_deploy.handler"]
+    assert len(engine) == 1
+    for pipeline in pipelines(gated_run):
+        repository = pipeline.inputs["stages"][0]["actions"][0]["configuration"]["RepositoryName"]
+        for env, account, regions, minutes in (("qa", QA, ["us-east-2"], 3),
+                                               ("prod", PROD, ["us-east-2", "eu-west-1"], 10)):
+            actions = stage(pipeline, f"Deploy-{env}")["actions"]
+            (bake,) = [a for a in actions if a["name"] == "Bake"]
+            assert {a.get("runOrder", 1) for a in actions if a["name"] != "Bake"} == {1}
+            assert bake["runOrder"] == 2 and not bake.get("inputArtifacts")
+            assert (bake["category"], bake["owner"], bake["provider"], bake["version"]) == (
+                "Invoke", "AWS", "Lambda", "1")
+            assert bake["configuration"]["FunctionName"] == engine[0].outputs["name"]
+            params = json.loads(bake["configuration"]["UserParameters"])
+            assert len(bake["configuration"]["UserParameters"]) <= MAX_USER_PARAMETERS
+            assert params["environment"] == env
+            spec = params["bake"]
+            assert spec["minutes"] == minutes and spec["regions"] == regions
+            assert spec["roleArn"] == f"arn:aws:iam::{account}:role/crossdeploy/gated/deploy/crossdeploy-gated-deploy"
+            service = "orders" if repository == "orders" else "payments"
+            assert len(spec["alarms"]) == 2 and all(service in a for a in spec["alarms"]), spec["alarms"]
+
+
+def test_bake_alarms_exist_where_the_bake_reads_them(prod_run) -> None:
+    alarms = {(a.account, a.region, a.inputs["name"])
+              for a in prod_run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
+    for pipeline in pipelines(prod_run):
+        for s in pipeline.inputs["stages"]:
+            for action in s["actions"]:
+                if action["name"] != "Bake":
+                    continue
+                spec = json.loads(action["configuration"]["UserParameters"])["bake"]
+                account = spec["roleArn"].split(":")[4]
+                for region in spec["regions"]:
+                    for name in spec["alarms"]:
+                        assert (account, region, name) in alarms, (s["name"], region, name)
+
+
+def test_no_bake_without_minutes_and_none_for_existing_services() -> None:
+    run = run_program(config(**{
+        "crossdeploy:environments": [{"name": "qa", "accountId": QA, "regions": ["us-east-2"]}],
+        "crossdeploy:services": [{"name": "legacy", "existing": True, "executionRoleName": "ecsTaskExecutionRole"}],
+    }), stack="plain")
+    for pipeline in pipelines(run):
+        assert all(a["name"] != "Bake" for s in pipeline.inputs["stages"] for a in s["actions"])
+    run = run_program(config(**{
+        "crossdeploy:environments": [{"name": "qa", "accountId": QA, "regions": ["us-east-2"], "bakeMinutes": 5}],
+        "crossdeploy:services": [{"name": "legacy", "existing": True, "executionRoleName": "ecsTaskExecutionRole"}],
+    }), stack="legacybake")
+    for pipeline in pipelines(run):
+        assert all(a["name"] != "Bake" for s in pipeline.inputs["stages"] for a in s["actions"])
+
+
+def test_a_bake_that_does_not_fit_user_parameters_is_refused_at_preview() -> None:
+    regions = ("us-east-2", "us-west-2", "eu-west-1")
+    alarms = tuple(f"crossdeploy-prod-prod-core-{'x' * 200}-{kind}" for kind in ("target-5xx", "unhealthy-targets"))
+    with pytest.raises(ValueError, match=r"UserParameters are [0-9]+ characters, CodePipeline accepts 1000"):
+        EnvironmentStage(name="prod", account_id=PROD, regions=regions, deploy_role_arn="x", cluster="c",
+                         service="s", engine=True, bake=Bake(10, f"arn:aws:iam::{PROD}:role/d", regions, alarms * 2))
+
+
+def test_pipeline_role_may_invoke_the_engine_for_a_codedeploy_bake() -> None:
+    run = run_program(config(**{"crossdeploy:environments": [
+        {"name": "qa", "accountId": QA, "regions": ["us-east-2"], "strategy": "codedeploy", "bakeMinutes": 5}]}),
+        stack="cdbake")
+    for pipeline in pipelines(run):
+        (bake,) = [a for s in pipeline.inputs["stages"] for a in s["actions"] if a["name"] == "Bake"]
+        spec = json.loads(bake["configuration"]["UserParameters"])["bake"]
+        # CodeDeploy's own 5xx alarm (the one its deployment group rolls back on), then the unhealthy-targets one.
+        assert spec["alarms"][0].startswith(naming.iam_name("crossdeploy-cdbake", "qa")), spec
+        assert spec["alarms"][0].endswith("-target-5xx") and spec["alarms"][1].endswith("-unhealthy-targets")
