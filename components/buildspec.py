@@ -33,6 +33,9 @@ HEREDOC_DELIMITER = "CROSSDEPLOY_IMAGE_DEFINITIONS_PY"
 MAX_TIMEOUT_SECONDS = 840
 # CodePipeline allows a CodeBuild action at most five output artifacts: one blue/green target each.
 MAX_OUTPUT_ARTIFACTS = 5
+MAX_BUILDSPEC_CHARS = 25600
+"""CodeBuild's limit on an inline buildspec (DESIGN.md pitfall 17, aws-cdk#14974); the embedded handler takes most
+of it, so a blue/green build carries as many targets as fit, up to :data:`MAX_OUTPUT_ARTIFACTS`."""
 BLUE_GREEN_FILES = idf.BLUE_GREEN_FILES
 
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
@@ -156,6 +159,10 @@ def render_blue_green_buildspec(
     return _emit(spec)
 
 
+class BuildspecTooLarge(ValueError):
+    """A rendered buildspec CodeBuild would refuse for its size."""
+
+
 def _emit(spec: dict[str, Any]) -> str:
     # The small per-build part goes through the YAML emitter; the large command block (the whole handler) is
     # emitted once and reused: emitting ~8 KB of literal block per service was the program's main cost at scale.
@@ -164,7 +171,11 @@ def _emit(spec: dict[str, Any]) -> str:
     line = f"    - {_COMMAND_PLACEHOLDER}\n"
     if text.count(line) != 1:
         raise RuntimeError("the buildspec placeholder was not emitted where the command block belongs")
-    return text.replace(line, _command_item(), 1)
+    rendered = text.replace(line, _command_item(), 1)
+    if len(rendered) > MAX_BUILDSPEC_CHARS:
+        raise BuildspecTooLarge(f"the buildspec is {len(rendered)} characters; CodeBuild accepts at most "
+                                f"{MAX_BUILDSPEC_CHARS} inline")
+    return rendered
 
 
 _COMMAND_PLACEHOLDER = "CROSSDEPLOY_COMMAND_PLACEHOLDER"

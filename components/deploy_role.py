@@ -17,7 +17,11 @@ they do and nothing more:
   create and follow a deployment of the service's deployment group, read its deployment configuration, each on
   exactly the ARNs of the configured applications, groups and configurations in their regions;
 * read artifacts from the tools account's buckets and decrypt them with the artifact keys: the other two halves
-  of that grant are the bucket and key policies in :mod:`components.artifacts`.
+  of that grant are the bucket and key policies in :mod:`components.artifacts`;
+* where a ``rolling`` environment of the account smoke-tests its services, describe target groups and load
+  balancers (the engine finds the address it calls; Elastic Load Balancing cannot scope its Describe actions);
+* where an environment of the account bakes, read the stack's alarms there (``cloudwatch:DescribeAlarms`` on
+  ``alarm:<prefix>-<environment>-*`` per region): the bake after a deployment watches them from the tools account.
 
 Trust: only roles under the stack's pipeline role path in the tools account, and the engine, push-deploy and
 release roles where the stack has them (``aws:PrincipalArn`` with ``ArnLike``). One pipeline role per service keeps

@@ -13,7 +13,8 @@ Stages::
                PinImageByDigest         imageDetail.json -> imagedefinitions-<region>.json for every region of the
                                         engine and ECS environments, pinned by digest to each region's replica
                BlueGreen-<env>[-<n>]    per CodeDeploy environment, up to five regions each (CodePipeline's
-                                        output artifact limit): one artifact BlueGreen-<env>-<region> per region
+                                        output artifact limit), fewer where CodeBuild's 25,600-character inline
+                                        buildspec would overflow: one artifact BlueGreen-<env>-<region> per region
                                         with taskdef.json, appspec.yaml and imageDetail.json (regional, by digest)
     per environment, in config order:
       Approve-<env>  manual approval, notice to the SNS topic (only where requireApproval is set)
@@ -82,6 +83,7 @@ from components.artifacts import ArtifactStore
 from components.buildspec import (
     BLUE_GREEN_FILES,
     MAX_OUTPUT_ARTIFACTS,
+    BuildspecTooLarge,
     artifact_file,
     render_blue_green_buildspec,
     render_buildspec,
@@ -229,6 +231,24 @@ class EnvironmentStage:
         """The targets in the stage's region order."""
         by_region = {t.region: t for t in self.blue_green}
         return [by_region[r] for r in self.regions if r in by_region]
+
+
+def blue_green_groups(specs: list[dict], home_region: str, timeout_seconds: int) -> list[list[dict]]:
+    """`specs` in order, in groups one build each can carry: at most five (CodePipeline's output artifacts per
+    action) and no more than fit CodeBuild's inline buildspec limit with the embedded handler."""
+    groups: list[list[dict]] = []
+    for spec in specs:
+        if groups and len(groups[-1]) < MAX_OUTPUT_ARTIFACTS:
+            try:
+                render_blue_green_buildspec(targets=[*groups[-1], spec], home_region=home_region,
+                                            timeout_seconds=timeout_seconds)
+                groups[-1].append(spec)
+                continue
+            except BuildspecTooLarge:
+                pass
+        # Alone, a target that still does not fit is refused by the build's own rendering, naming the size.
+        groups.append([spec])
+    return groups
 
 
 def blue_green_artifact(environment: str, region: str) -> str:
@@ -426,11 +446,12 @@ class ServicePipelineArgs:
 
     @functools.cached_property
     def blue_green_builds(self) -> list[BlueGreenBuild]:
-        """Per blue/green stage, its regions in groups of at most five, one build action (and project) each."""
+        """Per blue/green stage, its regions in groups (:func:`blue_green_groups`), one build action (and project)
+        each."""
         builds = []
         for stage in self.stages:
-            specs = [blue_green_spec(stage, t) for t in stage.blue_green_targets]
-            groups = [specs[i:i + MAX_OUTPUT_ARTIFACTS] for i in range(0, len(specs), MAX_OUTPUT_ARTIFACTS)]
+            groups = blue_green_groups([blue_green_spec(stage, t) for t in stage.blue_green_targets],
+                                       self.home_region, self.replication_timeout_seconds)
             for n, group in enumerate(groups, 1):
                 suffix = stage.name if len(groups) == 1 else f"{stage.name}-{n}"
                 builds.append(BlueGreenBuild(

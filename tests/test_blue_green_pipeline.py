@@ -18,9 +18,16 @@ from moto.server import ThreadedMotoServer
 from test_image_definitions import push, run_buildspec
 
 from components import naming
+from components.buildspec import MAX_BUILDSPEC_CHARS, BuildspecTooLarge, render_blue_green_buildspec
 from components.config import ServiceConfig, StackConfig, parse
 from components.deploy_role import CodeDeployTarget, DeployRoleArgs, DeployTarget, codedeploy_targets
-from components.pipeline import BlueGreenTarget, EnvironmentStage, blue_green_targets
+from components.pipeline import (
+    BlueGreenTarget,
+    EnvironmentStage,
+    blue_green_groups,
+    blue_green_spec,
+    blue_green_targets,
+)
 from offline.mocks import ProgramRun, run_program
 
 PLACEHOLDER = "<IMAGE1_NAME>"
@@ -215,7 +222,11 @@ def test_build_actions_run_in_parallel_with_at_most_five_outputs(bg_run) -> None
             assert 1 <= len(action["outputArtifacts"]) <= 5, "CodePipeline's limit for a CodeBuild action"
         prod_artifacts = [a["inputArtifacts"][0] for a in deployments(pipeline, "Deploy-prod")]
         prod_builds = [a for a in blue_green_builds(pipeline) if set(a["outputArtifacts"]) & set(prod_artifacts)]
-        assert sorted(len(a["outputArtifacts"]) for a in prod_builds) == [2, 5], "seven regions: two actions"
+        # Seven regions: at least two actions, as many targets each as fit CodeBuild's inline buildspec limit.
+        sizes = [len(a["outputArtifacts"]) for a in prod_builds]
+        assert sum(sizes) == 7 and len(sizes) >= 2 and sizes[0] >= sizes[-1], sizes
+        for action in prod_builds:
+            assert len(project_of(bg_run, action).inputs["source"]["buildspec"]) <= MAX_BUILDSPEC_CHARS
         assert sorted(x for a in prod_builds for x in a["outputArtifacts"]) == sorted(prod_artifacts)
         assert all(set(a["outputArtifacts"]) <= set(prod_artifacts) for a in prod_builds), "one environment each"
 
@@ -598,3 +609,19 @@ def test_deploy_role_refuses_wildcard_or_empty_codedeploy_names(bad) -> None:
                        trusted_principal_patterns=("arn:aws:iam::111111111111:role/p/*",),
                        targets=(DeployTarget("us-east-2", "c", "s"),), passable_role_arns=(),
                        codedeploy_targets=(bad,))
+
+
+def test_a_buildspec_over_codebuilds_limit_is_refused_at_preview() -> None:
+    cfg = stack_config(BG_CONFIG, "bg")
+    (prod,) = [e for e in cfg.environments if e.name == "prod"]
+    service = next(s for s in cfg.services if s.name == "team/payments")  # the larger task definition
+    stage = EnvironmentStage(name="prod", account_id=PROD, regions=tuple(prod.regions),
+                             deploy_role_arn="arn:aws:iam::777788889999:role/x", cluster=service.cluster,
+                             service=service.service, blue_green=blue_green_targets(cfg, prod, service))
+    specs = [blue_green_spec(stage, t) for t in stage.blue_green_targets]
+    with pytest.raises(BuildspecTooLarge, match=r"the buildspec is \d+ characters; CodeBuild accepts at most 25600"):
+        render_blue_green_buildspec(targets=specs[:5], home_region="us-east-2")
+    groups = blue_green_groups(specs, "us-east-2", 600)
+    assert [s for g in groups for s in g] == specs and all(1 <= len(g) <= 5 for g in groups)
+    assert all(len(render_blue_green_buildspec(targets=g, home_region="us-east-2")) <= MAX_BUILDSPEC_CHARS
+               for g in groups)
