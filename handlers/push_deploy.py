@@ -19,16 +19,24 @@ map's ``maxConcurrency``. Each ``revision`` repository of the map carries its se
   rolling/blue-green/canary/linear deployment. One region failing puts every changed region back on its previous
   revision; the invocation then fails with the engine's one-line reason. A target already on that revision is left
   alone, so a retried event deploys nothing twice. The engine waits for the environment's ``timeoutSeconds``,
-  capped by the invocation's remaining time less :data:`ENGINE_RESERVE_SECONDS`.
+  capped by the invocation's remaining time less :data:`ENGINE_RESERVE_SECONDS` and less the worst case of the
+  **smoke tests** (targets of a ``rolling`` environment whose document carries ``smokeTest``: the engine checks the
+  service through its public load balancer once ECS reports the deployment complete, and a failure restores every
+  changed region like any other failure). Everything happens inside one invocation, so the checks must end before
+  Lambda stops it: a push whose checks could never fit is refused before any AWS call, one left too little time by
+  the replication wait is refused before anything is registered, and the wait for ECS never starts a check that
+  could outlast the invocation (:func:`follow`).
 * ``force`` (for teams on mutable tags) is unchanged and does not go through the engine: per target, after the
   replica is there, ``UpdateService(forceNewDeployment)`` unless every running task already reports the digest; no
-  new revision is registered, so nothing is waited for or restored. One failing target does not stop the others.
+  new revision is registered, so nothing is waited for or restored, and nothing is smoke-tested (a check runs
+  after a deployment the engine follows; force mode follows none). One failing target does not stop the others.
 * Whatever the mode, a failed invocation raises, so Lambda's async retries and the dead-letter queue keep the event.
   Throttling is retried by the SDK (``RETRY``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -62,11 +70,14 @@ POLL_INTERVAL_SECONDS = 5.0  # DescribeImages per poll: cheap, and replication u
 # Kept back from the invocation's remaining time for the ECS calls after the wait, so a slow replica ends as a
 # reported ReplicationTimeout (with a summary) rather than as a Lambda timeout that says nothing about targets.
 DEPLOY_RESERVE_SECONDS = 60.0
-# Kept back from the invocation's remaining time when the engine's wait is bounded: enough to start restoring
-# every changed target (StopServiceDeployment ROLLBACK / UpdateService(previous)) and to report, should the
-# environment's deployment run out of time.
+# Kept back from the invocation's remaining time when the engine's wait is bounded, after the deployment's timeout
+# and the smoke tests' worst case: enough to start restoring every changed target (StopServiceDeployment ROLLBACK /
+# UpdateService(previous)), follow the restores as long as it lasts, and report, should the environment's
+# deployment run out of time or fail.
 ENGINE_RESERVE_SECONDS = 60.0
 ENGINE_POLL_SECONDS = 10.0  # one DescribeServiceDeployments per target in flight
+# The very end of the invocation: the summary line and the failure, after the last status read of a restore.
+REPORT_SECONDS = 10.0
 
 PUSH_MODES = ("revision", "force")
 
@@ -545,30 +556,119 @@ def _target_summary(target: deploy_engine.Target, state: deploy_engine.TargetSta
     return out
 
 
+def _revision_base(push: Push, engine: list[deploy_engine.Target], workers: int, checks: int) -> dict[str, Any]:
+    """The fields every summary of a revision push carries (status failed until the engine says otherwise)."""
+    return {"status": "failed", **push.log_fields(), "pushMode": "revision", "environment": engine[0].environment,
+            "concurrency": workers, "smokeTestSeconds": checks}
+
+
+def _refuse(push: Push, base: dict[str, Any], reason: str) -> PushDeployFailed:
+    """The failure of a push that deployed nothing: its summary logged, the exception to raise (the event is kept
+    for a retry and, in the end, the dead-letter queue)."""
+    summary = {**base, "reason": reason, "targets": []}
+    log("summary", **summary)
+    return PushDeployFailed(f"push {push.repository.name}:{push.tag} ({push.digest}, event {push.event_id}): "
+                            f"{reason}", summary)
+
+
+def smoke_test_seconds(engine: list[deploy_engine.Target], workers: int) -> int:
+    """The longest the smoke tests of a deployment of ``engine`` may take in all (every target deploying, checked
+    ``workers`` at a time, as the engine runs them); 0 without smoke tests."""
+    deploying = [deploy_engine.TargetState(deploy_engine.DEPLOYING) for _ in engine]
+    return deploy_engine.smoke_test_seconds(engine, deploying, workers)
+
+
+def _expire(engine: list[deploy_engine.Target], states: list[deploy_engine.TargetState], deployment_id: str,
+            checks: int) -> list[deploy_engine.TargetState]:
+    """Every target still deploying, failed as timed out: called only past the targets' own timeout (see
+    :func:`follow`), where the engine would fail them too, except that it smoke-tests one ECS reports complete
+    first, which the invocation no longer has time for."""
+    out = []
+    for target, state in zip(engine, states, strict=True):
+        if state.phase == deploy_engine.DEPLOYING:
+            reason = (f"{target.label}: timed out after {int(state.timeout_seconds)} s "
+                      f"({state.ecs_status or 'no status'}); the invocation has no time left for a smoke test "
+                      f"({checks} s)")
+            state = dataclasses.replace(state, phase=deploy_engine.FAILED, reason=reason)
+            log("target-failed", deploymentId=deployment_id, **target.log_fields(), reason=reason,
+                oldTaskDefinition=state.previous_task_definition, newTaskDefinition=state.new_task_definition,
+                ecsStatus=state.ecs_status)
+        out.append(state)
+    return out
+
+
+def _restores_under_way(states: list[deploy_engine.TargetState]) -> bool:
+    """The deployment failed and every changed target's restore has begun: what is left is following them."""
+    return deploy_engine.failing(states) and not any(
+        s.changed and s.phase in (deploy_engine.SUCCEEDED, deploy_engine.FAILED, deploy_engine.DEPLOYING)
+        for s in states)
+
+
+def follow(engine: list[deploy_engine.Target], *, session_for: deploy_engine.SessionFor, deployment_id: str,
+           started: float, timeout_seconds: float, invocation_ends: float | None, max_concurrency: int,
+           poll_seconds: float, sleep: Callable[[float], None], clock: Callable[[], float]) -> deploy_engine.Outcome:
+    """:func:`deploy_engine.run`, bounded by the invocation (``invocation_ends``, on ``clock``; None: unbounded):
+    start every target at ``started``, then advance until all succeeded or every changed target is back, never
+    beginning a step whose smoke tests could end within :data:`ENGINE_RESERVE_SECONDS` of the invocation's end.
+
+    Why not ``deploy_engine.run`` with a shorter timeout: the engine smoke-tests a deployment ECS reports complete
+    even when the read comes after the target's timeout, so a step begun just before the timeout may check for
+    :func:`smoke_test_seconds` and the next, just after it, check other targets for as long again. The caller sets
+    ``timeout_seconds`` to end at least that worst case before the reserve, so every step begun before the timeout
+    fits; a step that would not fit comes after the timeout, and the targets still deploying then fail as timed out
+    (:func:`_expire`) instead of being checked, and the restore follows. Once every restore has begun, they are
+    followed while a status read still leaves :data:`REPORT_SECONDS`; those still running then are reported as not
+    finished (ECS carries them on) rather than lost with an invocation Lambda stops."""
+    checks_end_by = None if invocation_ends is None else invocation_ends - ENGINE_RESERVE_SECONDS
+    log("deployment-start", deploymentId=deployment_id, targets=[t.label for t in engine],
+        timeoutSeconds=timeout_seconds)
+    states = deploy_engine.start_all(engine, session_for=session_for, deployment_id=deployment_id,
+                                     timeout_seconds=timeout_seconds, now=started, max_concurrency=max_concurrency)
+    while not deploy_engine.finished(states):
+        if invocation_ends is not None and _restores_under_way(states) \
+                and clock() + poll_seconds > invocation_ends - REPORT_SECONDS:
+            break
+        if any(s.active for s in states):
+            sleep(poll_seconds)
+        checks = deploy_engine.smoke_test_seconds(engine, states, max_concurrency)
+        if checks_end_by is not None and checks and clock() + checks > checks_end_by:
+            states = _expire(engine, states, deployment_id, checks)
+        states = deploy_engine.advance(engine, states, session_for=session_for, now=clock(),
+                                       max_concurrency=max_concurrency, sleep=sleep)
+    result = deploy_engine.outcome(engine, states)
+    log("deployment-outcome", deploymentId=deployment_id, status=result.status, reason=result.reason,
+        counts=result.counts())
+    return result
+
+
 def _deploy_revision(push: Push, targets: Targets, engine: list[deploy_engine.Target], environment_timeout: int, *,
-                     workers: int,
-                     replication_timeout: float, time_remaining_seconds: float | None, poll_interval_seconds: float,
+                     workers: int, checks: int,
+                     replication_timeout: float, invocation_ends: float | None, poll_interval_seconds: float,
                      sleep: Callable[[float], None], clock: Callable[[], float]) -> dict[str, Any]:
-    began = clock()
+    """``checks``: :func:`smoke_test_seconds` of ``engine``; ``invocation_ends``: when Lambda stops the invocation,
+    on ``clock`` (None: never)."""
     clients = Clients(session_name(push.event_id))
-    base = {"status": "failed", **push.log_fields(), "pushMode": "revision", "environment": engine[0].environment,
-            "concurrency": workers}
+    base = _revision_base(push, engine, workers, checks)
     missing = _wait_for_replicas(push, targets, clients, replication_timeout, poll_interval_seconds, sleep, clock,
                                  workers)
     if missing:
-        reason = (f"the image is not on every replica of environment {engine[0].environment}, nothing was deployed: "
-                  + "; ".join(missing[r] for r in sorted(missing)))
-        summary = {**base, "reason": reason, "targets": []}
-        log("summary", **summary)
-        raise PushDeployFailed(f"push {push.repository.name}:{push.tag} ({push.digest}, event {push.event_id}): "
-                               f"{reason}", summary)
+        raise _refuse(push, base, f"the image is not on every replica of environment {engine[0].environment}, "
+                                  "nothing was deployed: " + "; ".join(missing[r] for r in sorted(missing)))
+    started = clock()
     timeout = float(environment_timeout)
-    if time_remaining_seconds is not None:
-        left = time_remaining_seconds - (clock() - began)
-        timeout = max(0.0, min(timeout, left - ENGINE_RESERVE_SECONDS))
-    outcome = deploy_engine.run(engine, session_for=clients.session_for, deployment_id=f"push-{push.event_id}",
-                                timeout_seconds=timeout, max_concurrency=workers,
-                                poll_seconds=ENGINE_POLL_SECONDS, sleep=sleep, clock=clock)
+    if invocation_ends is not None:
+        # The restores and the report need ENGINE_RESERVE_SECONDS after the last check; every check must end
+        # before that, so the deployment's own timeout ends the checks' worst case earlier still (see follow).
+        timeout = min(timeout, invocation_ends - ENGINE_RESERVE_SECONDS - started - checks)
+        if timeout <= 0:
+            left = max(0, int(invocation_ends - started))
+            smoke = f" and the smoke tests may take {checks} s" if checks else ""
+            raise _refuse(push, base, f"no time left to deploy: {left} s of the invocation remain after the "
+                                      f"replication wait, {int(ENGINE_RESERVE_SECONDS)} s are kept for restoring "
+                                      f"and reporting{smoke}; nothing was deployed")
+    outcome = follow(engine, session_for=clients.session_for, deployment_id=f"push-{push.event_id}",
+                     started=started, timeout_seconds=timeout, invocation_ends=invocation_ends, max_concurrency=workers,
+                     poll_seconds=ENGINE_POLL_SECONDS, sleep=sleep, clock=clock)
     counts = outcome.counts()
     summary = {**base, "status": outcome.status, "reason": outcome.reason,
                "updated": counts[deploy_engine.SUCCEEDED], "unchanged": counts[deploy_engine.UNCHANGED],
@@ -719,6 +819,8 @@ def handle_push(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Validate ``event`` and deploy it to every target its tag maps to; see the module docstring."""
+    # Lambda's remaining time was measured as the invocation began: everything after counts against it.
+    invocation_ends = None if time_remaining_seconds is None else clock() + time_remaining_seconds
     try:
         push = parse_event(event, targets)
     except Refused as refusal:
@@ -733,21 +835,37 @@ def handle_push(
         log("configuration-error", **push.log_fields(), error=message)
         raise ConfigurationError(message)
 
-    replication_timeout = float(targets.replication_timeout_seconds)
-    if time_remaining_seconds is not None:
-        replication_timeout = max(0.0, min(replication_timeout, time_remaining_seconds - DEPLOY_RESERVE_SECONDS))
+    def replication_budget(kept: float) -> float:
+        replication_timeout = float(targets.replication_timeout_seconds)
+        if time_remaining_seconds is not None:
+            replication_timeout = max(0.0, min(replication_timeout, time_remaining_seconds - kept))
+        return replication_timeout
+
     workers = max(1, min(max_concurrency or targets.max_concurrency, len(push.targets)))
     if push.repository.push_mode == "force":
-        return _deploy_force(push, targets, workers=workers, replication_timeout=replication_timeout,
+        # No smoke test here: force mode registers no revision of ours and follows no deployment, and a check
+        # belongs after a deployment the engine followed to its end.
+        return _deploy_force(push, targets, workers=workers,
+                             replication_timeout=replication_budget(DEPLOY_RESERVE_SECONDS),
                              poll_interval_seconds=poll_interval_seconds, sleep=sleep, clock=clock)
     try:
         engine, environment_timeout = engine_targets(push, targets)  # validated before any AWS call
     except TargetsError as exc:
         log("configuration-error", **push.log_fields(), error=str(exc))
         raise
-    return _deploy_revision(push, targets, engine, environment_timeout, workers=workers,
-                            replication_timeout=replication_timeout, time_remaining_seconds=time_remaining_seconds,
-                            poll_interval_seconds=poll_interval_seconds, sleep=sleep, clock=clock)
+    checks = smoke_test_seconds(engine, workers)
+    if checks and time_remaining_seconds is not None and checks >= time_remaining_seconds - ENGINE_RESERVE_SECONDS:
+        # Every retry of this event gets the same Lambda timeout: the checks would never fit, so nothing starts.
+        usable = max(0, int(time_remaining_seconds - ENGINE_RESERVE_SECONDS))
+        raise _refuse(push, _revision_base(push, engine, workers, checks),
+                      f"the smoke tests may take {checks} s, and this invocation has {usable} s for the deployment "
+                      f"and its checks: nothing was deployed (give smokeTest fewer attempts or a shorter "
+                      f"timeoutSeconds)")
+    # The replicas may not take the time the checks need: a slow replica then ends as a ReplicationTimeout.
+    return _deploy_revision(push, targets, engine, environment_timeout, workers=workers, checks=checks,
+                            replication_timeout=replication_budget(DEPLOY_RESERVE_SECONDS + checks),
+                            invocation_ends=invocation_ends, poll_interval_seconds=poll_interval_seconds,
+                            sleep=sleep, clock=clock)
 
 
 def _max_concurrency_override() -> int | None:

@@ -16,10 +16,14 @@ The state machine (:mod:`components.release_state_machine`) calls one entry poin
   and pointed at (or left alone if the service already runs exactly that revision); its state travels in the item
   (``engine``, a few ARNs). :func:`check_service` is the engine's ``poll`` until ECS's deployment succeeded, failed
   or the per-item deadline passed (inside the Lambda, then through the state machine's Wait loop; the state machine
-  supplies the time, ``$$.State.EnteredTime``). A blue/green service of a ``codedeploy`` environment (CODE_DEPLOY
-  deployment controller) keeps CodeDeploy: a copy of its task definition with the new image (the engine's
-  copy-and-swap, :func:`deploy_engine.render`), deployed by a CodeDeploy deployment of its deployment group; steady
-  means that deployment succeeded. :func:`update_task` points a scheduled task's rule target at such a copy.
+  supplies the time, ``$$.State.EnteredTime``). Its target is rendered from the pinned document version too, so a
+  rolling environment's ``smokeTest`` runs once ECS reports the rollout complete (through the service's public
+  load balancer, :mod:`handlers.deploy_engine`): a failed check fails the target, and so the release rolls back as
+  a whole. A look that may run a check is begun only if the check ends within the Lambda's time. A blue/green
+  service of a ``codedeploy`` environment (CODE_DEPLOY deployment controller) keeps CodeDeploy: a copy of its task
+  definition with the new image (the engine's copy-and-swap, :func:`deploy_engine.render`), deployed by a
+  CodeDeploy deployment of its deployment group; steady means that deployment succeeded. :func:`update_task` points
+  a scheduled task's rule target at such a copy.
 * :func:`rollback_target` compares a target with its snapshot and restores only what differs: correct whatever the
   forward Maps did or did not do (their states are gone), and idempotent. A rolling service: the engine's
   ``restore`` back to the snapshot (UpdateService(snapshot) if it is not on it), followed by :func:`check_rollback`
@@ -250,13 +254,24 @@ def _service_timeout() -> int:
     return _env_int("CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS", 900, 1)
 
 
+# Kept back from a check Lambda's remaining time: one more look at the service, and the answer.
+CHECK_RESERVE_SECONDS = 30
+# Before a smoke test the engine reads the deployment's status and finds the load balancer (DescribeServices,
+# DescribeTargetGroups, DescribeLoadBalancers through the deploy role): a few SDK calls, retried when throttled.
+SMOKE_LOOKUP_SECONDS = 15
+
+
+def _time_left(context: Any) -> float | None:
+    """What this invocation may still spend, less :data:`CHECK_RESERVE_SECONDS` (None without a Lambda context)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return max(0.0, remaining() / 1000 - CHECK_RESERVE_SECONDS) if callable(remaining) else None
+
+
 def _check_wait(context: Any) -> float:
     """How long one check Lambda may poll: configured, and never past the Lambda's own timeout."""
     wait = float(_env_int("CROSSDEPLOY_CHECK_WAIT_SECONDS", 300, 0))
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(remaining):
-        wait = min(wait, max(0.0, remaining() / 1000 - 30))  # 30 s to describe once more and return
-    return wait
+    left = _time_left(context)
+    return wait if left is None else min(wait, left)
 
 
 # -------------------------------------------------------------------------------------------------------------- time
@@ -370,13 +385,13 @@ def _attach_documents(services: list[dict], problems: list[str]) -> None:
 
 def _engine_target(item: Mapping[str, Any], spec: deploy_engine.TargetSpec | None = None,
                    environment: str = "") -> deploy_engine.Target:
-    """The engine's target for an item: with the document's task definition (``spec``) to deploy, without it to
-    follow or restore (those need only where the service is)."""
+    """The engine's target for an item: with the document's task definition and smoke test (``spec``) to deploy
+    and to check a deployment, without them to restore (that needs only where the service is)."""
     return deploy_engine.Target(
         environment or (item.get("document") or {}).get("environment", ""), item["accountId"], item["region"],
         item["roleArn"], _cluster_name(item), item["service"],
         spec.container if spec else (item.get("container") or ""), item["image"],
-        spec.task_definition if spec else None)
+        spec.task_definition if spec else None, spec.smoke_test if spec else None)
 
 
 def _rendered_target(item: Mapping[str, Any]) -> deploy_engine.Target:
@@ -1037,13 +1052,19 @@ def deploy_service(event: Mapping[str, Any], context: Any = None, *,
     return {"taskDefinitionArn": new, "deadline": deadline, "deploymentId": deployment_id, "engine": None}
 
 
+def _render(item: Mapping[str, Any]) -> deploy_engine.Target:
+    """:func:`_rendered_target`, or :class:`TargetUpdateError` naming the item and the document version."""
+    try:
+        return _rendered_target(item)
+    except (ClientError, deploy_engine.EngineInputError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise TargetUpdateError(f"{item['name']} ({item['accountId']} {item['region']}): cannot render from deploy "
+                                f"document {item.get('document')}: {exc}") from exc
+
+
 def _deploy_with_engine(event: Mapping[str, Any], started: dt.datetime, deadline: str) -> dict[str, Any]:
     item = event["item"]
     where = f"{item['name']} ({item['accountId']} {item['region']})"
-    try:
-        target = _rendered_target(item)
-    except (ClientError, deploy_engine.EngineInputError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise TargetUpdateError(f"{where}: cannot render from deploy document {item['document']}: {exc}") from exc
+    target = _render(item)
     with _naming(item):
         session = _deploy_session(item["roleArn"], _session_name(event["release"]))
     state = deploy_engine.start(target, session, str(event["release"].get("id")), now=started.timestamp(),
@@ -1068,19 +1089,35 @@ def _describe_service(ecs: Any, item: Mapping[str, Any]) -> dict | None:
 
 def _await_service(event: Mapping[str, Any], context: Any, step: str, expected: str, deadline: str,
                    sleep: Callable[[float], None], clock: Callable[[], float],
-                   probe: Callable[[], tuple[str, str]], **log_fields: Any) -> dict[str, Any]:
+                   probe: Callable[[], tuple[str, str]], cost: Callable[[], int] | None = None,
+                   **log_fields: Any) -> dict[str, Any]:
     """Poll until steady, failed or past the deadline, or until this Lambda's wait budget is spent (IN_PROGRESS:
     the state machine waits and calls again). Waiting here rather than only in the state machine keeps a
     300-service release far below Step Functions' 25,000 history events. ``probe``: one look, (status, why): the
-    deploy engine's ``poll`` of a rolling service, CodeDeploy's deployment of a blue/green one."""
+    deploy engine's ``poll`` of a rolling service, CodeDeploy's deployment of a blue/green one. ``cost``: the
+    longest the next look may take beyond a status read (a smoke test); a look is begun only if it ends within
+    the Lambda's time, and one that never could (the first look of an invocation) fails the target, naming the
+    Lambda timeout it would need."""
     item = event["item"]
     poll = max(1, int(event.get("pollSeconds") or 15))
-    budget = _check_wait(context)
+    budget, limit = _check_wait(context), _time_left(context)
     entered = _parse_time(event["now"]) if event.get("now") else _utcnow()
     until = _parse_time(deadline)
     started = clock()
     checks = 0
+    status, reason = IN_PROGRESS, "not looked at yet"
     while True:
+        smoke = cost() if cost is not None else 0
+        need = smoke + SMOKE_LOOKUP_SECONDS if smoke else 0
+        if limit is not None and need and clock() - started + need > limit:
+            if checks == 0:
+                # Every invocation of this step gets the same timeout: the check would never fit, and waiting for
+                # the deadline would only hide why. Failing the target starts the release's rollback.
+                status, reason = FAILED, (
+                    f"the smoke test may take {smoke} s (and {SMOKE_LOOKUP_SECONDS} s to find the load balancer), "
+                    f"more than the {int(limit)} s this check step can spend: nothing was checked; its Lambda needs "
+                    f"a timeout of at least {need + CHECK_RESERVE_SECONDS} s")
+            break  # else: IN_PROGRESS, and the next invocation looks with its whole time ahead
         status, reason = probe()
         checks += 1
         waited = clock() - started
@@ -1102,9 +1139,14 @@ def check_service(event: Mapping[str, Any], context: Any = None, *, sleep: Calla
     one: its CodeDeploy deployment succeeded / is going / failed or was stopped)."""
     deploy, item = event["deploy"], event["item"]
     if not item.get("blueGreen"):
-        probe, _ = _engine_probe(event, deploy["engine"], clock)
+        # Rendered from the document version prepare pinned: its smoke test runs once ECS reports the rollout
+        # complete (a rolling environment's; native ones check through an ECS lifecycle hook, CodeDeploy through
+        # its own), and a failure fails the target, so the release rolls back as a whole.
+        target = _render(item)
+        probe, holder = _engine_probe(event, deploy["engine"], clock, target=target, sleep=sleep)
         return _await_service(event, context, "checkService", deploy["taskDefinitionArn"], deploy["deadline"],
-                              sleep, clock, probe)
+                              sleep, clock, probe,
+                              cost=lambda: deploy_engine.smoke_test_seconds([target], holder, max_concurrency=1))
     codedeploy = _client("codedeploy", item["region"], item["roleArn"], _session_name(event["release"]))
     deployment_id = deploy["deploymentId"]
 
@@ -1143,21 +1185,27 @@ def engine_status(state: deploy_engine.TargetState) -> tuple[str, str]:
         target = state.previous_task_definition if state.phase == deploy_engine.RESTORING else state.new_task_definition
         return IN_PROGRESS, f"ECS {what} {target}: {state.ecs_status or 'PENDING'}"
     reason = str(state.restore_reason if state.phase == deploy_engine.RESTORE_FAILED else state.reason)
-    return (TIMED_OUT if " timed out after " in reason else FAILED), reason
+    # The engine's own timeouts read "<target>: timed out after …" or "<target>: restore timed out after …" (a
+    # target's label has no ": "); a smoke test whose attempts timed out ("<target>: smoke test failed: GET / ->
+    # timed out after 10 s") is a failed check, not a deployment out of time.
+    what = reason.split(": ", 1)[-1]
+    return (TIMED_OUT if what.startswith(("timed out after ", "restore timed out after ")) else FAILED), reason
 
 
-def _engine_probe(event: Mapping[str, Any], raw_state: Mapping[str, Any], clock: Callable[[], float],
+def _engine_probe(event: Mapping[str, Any], raw_state: Mapping[str, Any], clock: Callable[[], float], *,
+                  target: deploy_engine.Target | None = None, sleep: Callable[[float], None] = time.sleep,
                   ) -> tuple[Callable[[], tuple[str, str]], list[deploy_engine.TargetState]]:
     """A probe for :func:`_await_service`: one engine ``poll`` per look, on Step Functions' clock (``now``), and the
-    holder of the latest state."""
+    holder of the latest state. ``target``: the rendered one, whose smoke test a look runs when the deployment
+    succeeded (``sleep`` paces its attempts); by default where the item is, which is all a restore needs."""
     item = event["item"]
-    target = _engine_target(item)
+    target = target or _engine_target(item)
     session = _deploy_session(item["roleArn"], _session_name(event["release"]))
     entered, began = _epoch(event.get("now")), clock()
     holder = [deploy_engine.TargetState.from_dict(raw_state)]
 
     def probe() -> tuple[str, str]:
-        holder[0] = deploy_engine.poll(target, holder[0], session, entered + (clock() - began))
+        holder[0] = deploy_engine.poll(target, holder[0], session, entered + (clock() - began), sleep=sleep)
         return engine_status(holder[0])
     return probe, holder
 

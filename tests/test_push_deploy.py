@@ -670,12 +670,11 @@ def test_the_engine_waits_the_environment_timeout_capped_by_the_invocation(make_
     world = make_world()
     seen: list[float] = []
 
-    def run(targets: Any, **kwargs: Any) -> Any:
+    def start_all(targets: Any, **kwargs: Any) -> Any:  # what the engine is told; nothing deployed
         seen.append(kwargs["timeout_seconds"])
-        return pd.deploy_engine.Outcome(True, "ok", tuple(targets), tuple(
-            pd.deploy_engine.TargetState(pd.deploy_engine.UNCHANGED) for _ in targets))
+        return [pd.deploy_engine.TargetState(pd.deploy_engine.UNCHANGED) for _ in targets]
 
-    monkeypatch.setattr(pd.deploy_engine, "run", run)
+    monkeypatch.setattr(pd.deploy_engine, "start_all", start_all)
     targets, fake = pd.load_targets(targets_file()), FakeTime()
     pd.handle_push(make_event(digest=world.digest), targets, sleep=fake.sleep, clock=fake.clock)
     pd.handle_push(make_event(digest=world.digest), targets, time_remaining_seconds=400.0, sleep=fake.sleep,

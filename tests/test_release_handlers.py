@@ -774,7 +774,9 @@ def test_one_failing_service_rolls_back_every_changed_target(aws, failure, error
     assert f"rolled back: {error}: {FAILING}" in mail["Message"]
     assert "services: 12 restored, 0 not restored" in mail["Message"]
     if failure == "timed-out":  # the state machine's Wait/Check/Choice loop turned until the deadline
-        assert execution.visits["WaitForService"] >= 11 + 120 // 15
+        # The failing service's own turns: the other iterations run on threads, and one that had not reached its
+        # Wait when the Map failed is cancelled before it (a race the count of every service's turns would lose).
+        assert execution.visits["WaitForService"] >= 120 // 15
     assert "scheduled tasks: 4 restored, 0 not restored" in mail["Message"]
     # One release can be followed in the logs: its id on every line, old and new task definition of each change.
     lines = [line for line in _logs(capsys.readouterr().out) if line.get("release") == "release-0001"]
