@@ -1015,6 +1015,7 @@ def _service_workload_checks(i: int, svc: Mapping[str, Any], blue_green_envs: li
             problems.append(f"services[{i}].routing: {len(values)} paths and hosts, but a load balancer rule holds "
                             f"at most {_MAX_RULE_VALUES}")
     problems.extend(_smoke_route_checks(i, svc))
+    problems.extend(_push_smoke_checks(i, svc))
     hc = svc.get("healthCheck")
     if isinstance(hc, Mapping) and isinstance(hc.get("command"), list) and hc["command"]:
         if hc["command"][0] not in ("CMD", "CMD-SHELL"):
@@ -1050,6 +1051,28 @@ def _smoke_route_checks(i: int, svc: Mapping[str, Any]) -> list[str]:
         problems.append(f"services[{i}].smokeTest: routing.hosts {hosts!r} are all wildcards; the smoke test needs "
                         "one exact host name to send")
     return problems
+
+
+PUSH_SMOKE_MAX_SECONDS = 300
+"""A push deploy rolls out, smoke-tests and, on failure, restores inside one 15-minute Lambda invocation: its smoke
+test may take at most this long in the worst case."""
+
+
+def _push_smoke_checks(i: int, svc: Mapping[str, Any]) -> list[str]:
+    test = svc.get("smokeTest")
+    if svc.get("delivery") != "push" or not isinstance(test, Mapping):
+        return []
+    try:
+        spec = smoke.SmokeSpec.from_json({k: v for k, v in test.items() if k in ("path", "timeoutSeconds",
+                                                                                  "attempts")})
+    except smoke.SmokeTestError:
+        return []  # the field errors are reported already
+    worst = smoke.worst_case_seconds(spec)
+    if worst > PUSH_SMOKE_MAX_SECONDS:
+        return [f"services[{i}].smokeTest: up to {worst} s (attempts x timeoutSeconds + pauses), but a push deploy "
+                f"must roll out, test and possibly restore within one Lambda invocation: at most "
+                f"{PUSH_SMOKE_MAX_SECONDS} s of it for the smoke test"]
+    return []
 
 
 # Margin for CodeDeploy to start the replacement tasks and see them healthy before it shifts any traffic.

@@ -54,12 +54,14 @@ _HANDLERS = {
 }
 
 # Lambda timeout per step. The check steps wait up to CROSSDEPLOY_CHECK_WAIT_SECONDS (default 300) inside the Lambda,
-# so their timeout must exceed that; prepare reads every target of a release one by one.
+# so their timeout must exceed that; prepare reads every target of a release one by one. checkService may also run a
+# rolling service's smoke test once its rollout completes (up to 645 s: 10 attempts of 60 s and the pauses, plus the
+# load balancer lookup), so it gets Lambda's maximum; the handler never starts a check it could not finish.
 _TIMEOUTS = {
     "prepare": 300,
     "updateTask": 60,
     "deployService": 60,
-    "checkService": 360,
+    "checkService": 900,
     "rollbackTarget": 60,
     "checkRollback": 360,
     "notify": 30,

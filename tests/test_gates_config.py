@@ -68,6 +68,10 @@ BROKEN = {
     "window without cron": (
         {"crossdeploy:environments": [env(deploymentWindow={"timeZone": "UTC"})]},
         "environments[0].deploymentWindow.cron", "required"),
+    "push smoke test too long for one invocation": (
+        {"crossdeploy:services": [svc(delivery="push", smokeTest={"path": "/orders/health", "attempts": 10,
+                                                                  "timeoutSeconds": 60})]},
+        "services[0].smokeTest", "up to 645 s"),
     "negative bake": (
         {"crossdeploy:environments": [env(bakeMinutes=-1)]}, "environments[0].bakeMinutes", "-1"),
     "bake beyond a day": (
