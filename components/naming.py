@@ -187,9 +187,24 @@ def deployment_config_name(cfg: StackConfig, env: EnvironmentConfig) -> str:
 
 
 def release_blue_green_context(cfg: StackConfig, env: EnvironmentConfig) -> dict:
-    """What a release needs to deploy a blue/green environment's services through CodeDeploy."""
-    return {"application": codedeploy_application_name(cfg, env.name),
-            "deploymentGroups": {s.service: deployment_group_name(cfg, s) for s in cfg.workload_services}}
+    """What a release needs to deploy a blue/green environment's services through CodeDeploy: the application, each
+    service's deployment group and, in ``smokeTestHooks``, the smoke-test hook of each service with a ``smokeTest``
+    (ECS service name -> :func:`smoke_hook_function_name`), which the release's AppSpec runs at
+    ``AfterAllowTestTraffic`` as the pipeline's does. The key is left out when no service has a smoke test, so such a
+    context is exactly what it was before hooks existed.
+
+    The hook by function name, not ARN: CodeDeploy invokes it in the deployment's own account and region, where the
+    workload created it under this one name (and the CodeDeploy service role may invoke exactly it), so one context
+    entry serves every region of the environment."""
+    context: dict = {"application": codedeploy_application_name(cfg, env.name),
+                     "deploymentGroups": {s.service: deployment_group_name(cfg, s) for s in cfg.workload_services}}
+    # Exactly the services the hook function has a smoke test for (components.workload.smoke_tested): asked about
+    # any other deployment group it answers Failed. Only a codedeploy environment's hook answers CodeDeploy at all.
+    hooks = {s.service: smoke_hook_function_name(cfg, env.name) for s in cfg.workload_services
+             if s.smoke_test is not None and env.codedeploy}
+    if hooks:
+        context["smokeTestHooks"] = hooks
+    return context
 
 
 ALARM_KINDS = ("target-5xx", "unhealthy-targets")

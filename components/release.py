@@ -115,8 +115,8 @@ class ReleaseArgs:
 
 def release_context(cfg: StackConfig) -> dict[str, Any]:
     """What the release file's validator and the release steps know of the stack: the tools registry, every
-    environment (account, regions, deploy role; CodeDeploy names for a ``codedeploy`` one) and every service's
-    deploy document key by ``<cluster>/<serviceName>`` (a service not listed is not the stack's)."""
+    environment (account, regions, deploy role; CodeDeploy names and smoke-test hooks for a ``codedeploy`` one) and
+    every service's deploy document key by ``<cluster>/<serviceName>`` (a service not listed is not the stack's)."""
     return {
         "version": 1, "partition": cfg.partition, "registryId": cfg.tools_account_id, "homeRegion": cfg.tools_region,
         "environments": {env.name: {"accountId": env.account_id, "regions": list(env.regions),

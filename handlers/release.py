@@ -22,14 +22,17 @@ The state machine (:mod:`components.release_state_machine`) calls one entry poin
   a whole. A look that may run a check is begun only if the check ends within the Lambda's time. A blue/green
   service of a ``codedeploy`` environment (CODE_DEPLOY deployment controller) keeps CodeDeploy: a copy of its task
   definition with the new image (the engine's copy-and-swap, :func:`deploy_engine.render`), deployed by a
-  CodeDeploy deployment of its deployment group; steady means that deployment succeeded. :func:`update_task` points
-  a scheduled task's rule target at such a copy.
+  CodeDeploy deployment of its deployment group; steady means that deployment succeeded. A service with a
+  ``smokeTest`` gets its environment's smoke-test hook in that AppSpec (``blueGreen.smokeTestHook``, from the
+  release context), at ``AfterAllowTestTraffic`` as in the pipeline's, so a failing check makes CodeDeploy roll
+  the deployment back and the release fails the target. :func:`update_task` points a scheduled task's rule target
+  at such a copy.
 * :func:`rollback_target` compares a target with its snapshot and restores only what differs: correct whatever the
   forward Maps did or did not do (their states are gone), and idempotent. A rolling service: the engine's
   ``restore`` back to the snapshot (UpdateService(snapshot) if it is not on it), followed by :func:`check_rollback`
   with the engine's ``poll``. A blue/green service's deployment still in flight is stopped with CodeDeploy's
-  rollback; one that finished is answered with a CodeDeploy deployment back to the snapshot. A rule gets its
-  snapshot targets back.
+  rollback; one that finished is answered with a CodeDeploy deployment back to the snapshot, without the smoke-test
+  hook (a hook failing there would undo the restore). A rule gets its snapshot targets back.
 * :func:`notify` publishes one summary to the release topic.
 
 Configuration (set by the Pulumi side): ``CROSSDEPLOY_REGISTRY_ID``, ``CROSSDEPLOY_HOME_REGION``,
@@ -103,6 +106,12 @@ _REPOSITORY = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a
 _TAG = re.compile(r"[A-Za-z0-9_.-]{1,300}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _CODEDEPLOY_NAME = re.compile(r"[A-Za-z0-9+=,.@_-]{1,100}")  # CodeDeploy application and deployment group names
+# A smoke-test hook: a Lambda function name only. By name, CodeDeploy invokes it in the deployment's own account and
+# region; an ARN could send the hook (and the verdict on this deployment) somewhere else.
+_LAMBDA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The AppSpec lifecycle event the smoke test runs at: test traffic on the new task set, production still on the old
+# one (the pipeline's AppSpec uses the same, handlers/image_definitions.py).
+SMOKE_HOOK_EVENT = "AfterAllowTestTraffic"
 
 # CodeDeploy deployment statuses: those still going (one per deployment group at a time), and how they end.
 _DEPLOYMENT_ACTIVE = ("Created", "Queued", "InProgress", "Baking", "Ready")
@@ -490,6 +499,10 @@ def validate_manifest(manifest: Any, registry_id: str, partition: str) -> tuple[
                         for k in ("application", "deploymentGroup"))):
                     problems.append(f"{where}: blueGreen {blue_green!r} must name a CodeDeploy application and "
                                     "deploymentGroup")
+                hook = blue_green.get("smokeTestHook") if isinstance(blue_green, Mapping) else None
+                if hook is not None and not (isinstance(hook, str) and _LAMBDA_NAME.fullmatch(hook)):
+                    problems.append(f"{where}: blueGreen.smokeTestHook {hook!r} is not a Lambda function name "
+                                    "(letters, digits, '-', '_', at most 64 characters; not an ARN)")
                 key = ("service", str(account), str(region), str(cluster).rsplit("/", 1)[-1], str(service))
             else:
                 rule, bus = entry.get("ruleName"), entry.get("eventBus", "default")
@@ -668,7 +681,10 @@ def _snapshot_services(services: list[dict], session_name: str, problems: list[s
                     continue
                 entry["blueGreen"] = {"application": blue_green["application"],
                                       "deploymentGroup": blue_green["deploymentGroup"],
-                                      "containerName": balancers[0][0], "containerPort": balancers[0][1]}
+                                      "containerName": balancers[0][0], "containerPort": balancers[0][1],
+                                      # Kept for the AppSpec: the release smoke-tests as the pipeline does.
+                                      **({"smokeTestHook": blue_green["smokeTestHook"]}
+                                         if blue_green.get("smokeTestHook") else {})}
                 entry["snapshot"], entry["where"] = serving_task_definition(service), where
             else:
                 problems.append(f"{where}: uses the {controller} deployment controller; a release updates rolling "
@@ -799,7 +815,8 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     common = ("name", "accountId", "region", "roleArn")
     prepared = {
         "release": release,
-        # A blue/green service's item has one more (short) key: its CodeDeploy group and load balancer container.
+        # A blue/green service's item has one more (short) key: its CodeDeploy group, load balancer container and
+        # smoke-test hook.
         "services": [{**{k: s[k] for k in common}, "cluster": s["cluster"], "service": s["service"],
                       "container": s.get("container"), "image": s["pinned"], "snapshot": s["snapshot"],
                       # A rolling service: where its deploy document is (key, version, environment): every step
@@ -848,24 +865,32 @@ def _register_copy(ecs: Any, item: Mapping[str, Any], task_definition: str, rele
 
 # ------------------------------------------------------------------------------------------- CodeDeploy (blue/green)
 
-def appspec(task_definition: str, blue_green: Mapping[str, Any]) -> str:
+def appspec(task_definition: str, blue_green: Mapping[str, Any], *, smoke_test: bool = True) -> str:
     """The AppSpec (JSON) of an ECS blue/green deployment to ``task_definition``, behind the service's load balancer
-    container and port (as DescribeServices gave them)."""
-    return json.dumps({"version": 0.0, "Resources": [{"TargetService": {
+    container and port (as DescribeServices gave them). With ``smoke_test`` and a ``smokeTestHook`` in
+    ``blue_green``, CodeDeploy runs that function at ``AfterAllowTestTraffic`` (by name: in the deployment's own
+    account and region) and rolls back if it reports Failed."""
+    spec: dict[str, Any] = {"version": 0.0, "Resources": [{"TargetService": {
         "Type": "AWS::ECS::Service",
         "Properties": {"TaskDefinition": task_definition,
                        "LoadBalancerInfo": {"ContainerName": blue_green["containerName"],
-                                            "ContainerPort": blue_green["containerPort"]}}}}]},
-        separators=(",", ":"))
+                                            "ContainerPort": blue_green["containerPort"]}}}}]}
+    hook = blue_green.get("smokeTestHook")
+    if smoke_test and hook:
+        spec["Hooks"] = [{SMOKE_HOOK_EVENT: hook}]
+    return json.dumps(spec, separators=(",", ":"))
 
 
 def _create_deployment(codedeploy: Any, item: Mapping[str, Any], release_id: str, purpose: str,
                        task_definition: str) -> str:
     blue_green = item["blueGreen"]
+    # Only a deployment forward runs the smoke test. The rollback deployment puts back the revision the service
+    # served before the release (already proven in production); a hook failing on it (the hook's own trouble, a
+    # flaky path) would make CodeDeploy roll the restore back and leave the service on the revision being undone.
+    content = appspec(task_definition, blue_green, smoke_test=purpose == "deploy")
     return str(codedeploy.create_deployment(
         applicationName=blue_green["application"], deploymentGroupName=blue_green["deploymentGroup"],
-        revision={"revisionType": "AppSpecContent",
-                  "appSpecContent": {"content": appspec(task_definition, blue_green)}},
+        revision={"revisionType": "AppSpecContent", "appSpecContent": {"content": content}},
         description=f"crossdeploy release {release_id}: {purpose} {task_definition}")["deploymentId"])
 
 

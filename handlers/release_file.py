@@ -84,6 +84,9 @@ _ROLE_ARN = r"arn:{partition}:iam::{account}:role/(?:[\x21-\x7e]+/)?[\w+=,.@-]{{
 # CodeDeploy application and deployment group names (the CodeDeploy API's rule); ECS service names.
 _CODEDEPLOY_NAME = re.compile(r"[A-Za-z0-9+=,.@_-]{1,100}")
 _ECS_SERVICE = re.compile(r"[A-Za-z0-9_-]{1,255}")
+# A Lambda function name (not an ARN, not qualified): an AppSpec hook by name runs in the deployment's own account and
+# region, so the context cannot point a release's hook anywhere else.
+_LAMBDA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Value rules for the names the release passes to AWS APIs as they are: (pattern, what it accepts).
 _NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
@@ -166,6 +169,9 @@ class BlueGreen:
     application: str
     # ECS service name -> deployment group name (a dict: left out of the hash, so an Environment stays hashable)
     deployment_groups: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # ECS service name -> the Lambda function its AppSpec runs at AfterAllowTestTraffic (the environment's
+    # smoke-test hook); only services with a smoke test, each one with a deployment group.
+    smoke_test_hooks: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -213,12 +219,17 @@ def _check_keys(data: Mapping[str, Any], path: str, keys: tuple[str, ...], probl
 
 
 def _load_blue_green(value: Any, path: str, problems: list[str]) -> BlueGreen | None:
-    """``{"application": <name>, "deploymentGroups": {<ECS service name>: <deployment group name>}}``."""
+    """``{"application": <name>, "deploymentGroups": {<ECS service name>: <deployment group name>}}`` and optionally
+    ``"smokeTestHooks": {<ECS service name>: <Lambda function name>}`` (absent or empty: no service has a smoke-test
+    hook; every service named must have a deployment group)."""
     if not isinstance(value, Mapping):
         problems.append(f"{path}: expected an object with application and deploymentGroups, got {value!r}")
         return None
     before = len(problems)
-    _check_keys(value, path, ("application", "deploymentGroups"), problems)
+    # smokeTestHooks is optional: contexts written before hooks existed (and environments without smoke tests) have
+    # none, and they stay valid.
+    _check_keys({k: v for k, v in value.items() if k != "smokeTestHooks"}, path,
+                ("application", "deploymentGroups"), problems)
     application, groups = value.get("application"), value.get("deploymentGroups")
     if "application" in value and not (isinstance(application, str) and _CODEDEPLOY_NAME.fullmatch(application)):
         problems.append(f"{path}.application: expected a CodeDeploy application name (letters, digits, '+=,.@_-', "
@@ -234,9 +245,23 @@ def _load_blue_green(value: Any, path: str, problems: list[str]) -> BlueGreen | 
                 if not (isinstance(group, str) and _CODEDEPLOY_NAME.fullmatch(group)):
                     problems.append(f"{path}.deploymentGroups.{service}: expected a CodeDeploy deployment group name "
                                     f"(letters, digits, '+=,.@_-', at most 100 characters), got {group!r}")
+    hooks = value.get("smokeTestHooks", {})
+    if not isinstance(hooks, Mapping):
+        problems.append(f"{path}.smokeTestHooks: expected an object of Lambda function names by ECS service name, "
+                        f"got {hooks!r}")
+    else:
+        for service, hook in hooks.items():
+            # A hook only runs inside a CodeDeploy deployment: one for a service without a deployment group means
+            # the generator and this code disagree about which services are blue/green.
+            if isinstance(groups, Mapping) and service not in groups:
+                problems.append(f"{path}.smokeTestHooks.{service}: service {service!r} has no deployment group in "
+                                f"{path}.deploymentGroups ({', '.join(map(str, groups)) or 'none'})")
+            if not (isinstance(hook, str) and _LAMBDA_NAME.fullmatch(hook)):
+                problems.append(f"{path}.smokeTestHooks.{service}: expected a Lambda function name (letters, digits, "
+                                f"'-', '_', at most 64 characters; not an ARN), got {hook!r}")
     if len(problems) > before:
         return None
-    return BlueGreen(application, dict(groups))
+    return BlueGreen(application, dict(groups), dict(hooks))
 
 
 def load_context(data: Any) -> ReleaseContext:
@@ -245,7 +270,9 @@ def load_context(data: Any) -> ReleaseContext:
     Strict (unknown keys, wrong types, inconsistent accounts are errors): it is generated, so any deviation means
     the Pulumi side and this code disagree, and guessing would deploy to the wrong place. An environment has
     ``accountId``, ``regions``, ``deployRoleArn`` and, only when its strategy is blue-green, ``blueGreen``:
-    ``{"application": <CodeDeploy application>, "deploymentGroups": {<ECS service name>: <deployment group>}}``.
+    ``{"application": <CodeDeploy application>, "deploymentGroups": {<ECS service name>: <deployment group>}}``,
+    with ``"smokeTestHooks": {<ECS service name>: <Lambda function name>}`` when some of those services have a smoke
+    test (optional; only services with a deployment group).
     Optional ``services``: ``{"<cluster>/<serviceName>": "<deploy document key>"}`` for every service of the stack.
     """
     if not isinstance(data, Mapping):
@@ -338,7 +365,8 @@ class _Entry:
     values: dict[str, str] = field(default_factory=dict)
     targets: list[tuple[str, str]] | None = None  # (account, region); None when the location is invalid
     image: dict[str, str | None] | None = None
-    # Per target (same order): {"application", "deploymentGroup"} of a blue/green service, None for a rolling one.
+    # Per target (same order): {"application", "deploymentGroup"[, "smokeTestHook"]} of a blue/green service, None
+    # for a rolling one.
     blue_green: list[dict[str, str] | None] | None = None
 
     @property
@@ -567,25 +595,30 @@ class _Checker:
         return [(account, region) for region in regions]
 
     def blue_green(self, entry: _Entry, node: Node) -> list[dict[str, str] | None] | None:
-        """For each target, the CodeDeploy application and deployment group that deploy the service, or None when
-        it is a rolling service. A blue/green environment deploys only the services it has a deployment group for:
-        any other service named there is a problem (at ``serviceName``'s line). An ``accountId`` entry may mean any
-        environment of that account and region; it is blue/green when one of them lists the service."""
+        """For each target, the CodeDeploy application and deployment group that deploy the service (and its
+        smoke-test hook, if it has one), or None when it is a rolling service. A blue/green environment deploys only
+        the services it has a deployment group for: any other service named there is a problem (at
+        ``serviceName``'s line). An ``accountId`` entry may mean any environment of that account and region; it is
+        blue/green when one of them lists the service."""
         service, named = entry.values["serviceName"], entry.values.get("environment")
         path = f"{entry.path}.serviceName"
         out: list[dict[str, str] | None] = []
         for account, region in entry.targets or []:
             envs = (self.ctx.environments[named],) if named else self.ctx.region_environments(account, region)
-            listed = {(e.blue_green.application, e.blue_green.deployment_groups[service]): e.name for e in envs
+            # The hook is part of what deploys the service: two environments agreeing on the group but not on the
+            # hook are as ambiguous as two groups.
+            listed = {(e.blue_green.application, e.blue_green.deployment_groups[service],
+                       e.blue_green.smoke_test_hooks.get(service)): e.name for e in envs
                       if e.blue_green and service in e.blue_green.deployment_groups}
             if len(listed) > 1:
                 self.add(node, path, f"service {service!r} in account {account}, region {region} is blue/green in "
                          f"environments {', '.join(sorted(listed.values()))} with different CodeDeploy deployment "
-                         "groups; name its environment instead of accountId")
+                         "groups or smoke-test hooks; name its environment instead of accountId")
                 return None
             if listed:
-                application, group = next(iter(listed))
-                out.append({"application": application, "deploymentGroup": group})
+                application, group, hook = next(iter(listed))
+                out.append({"application": application, "deploymentGroup": group,
+                            **({"smokeTestHook": hook} if hook else {})})
                 continue
             if envs and all(e.blue_green for e in envs):
                 known = "; ".join(f"{', '.join(sorted(e.blue_green.deployment_groups)) or 'none'} in environment "
@@ -710,8 +743,10 @@ def convert(text: str | bytes, context: ReleaseContext | Mapping[str, Any],
 
     ``container`` is null when not given (the task definition's only container); an image has a ``tag`` or a
     ``digest``, the other null. A service of a blue/green environment has one more key, ``"blueGreen":
-    {"application", "deploymentGroup"}`` (its CodeDeploy application and deployment group); a rolling service has
-    none.
+    {"application", "deploymentGroup"}`` (its CodeDeploy application and deployment group), plus
+    ``"smokeTestHook": "<Lambda function name>"`` when the context gives the service a smoke-test hook (its
+    environment's ``blueGreen.smokeTestHooks``): the release's AppSpec then runs that function at
+    ``AfterAllowTestTraffic``, as the pipeline's does. A rolling service has no ``blueGreen`` key.
     """
     ctx = context if isinstance(context, ReleaseContext) else load_context(context)
     problems, entries = _check(text, ctx, filename)

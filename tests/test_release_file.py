@@ -407,6 +407,87 @@ def test_account_entries_in_an_account_shared_by_rolling_and_blue_green_environm
         "application": "crossdeploy-staging", "deploymentGroup": "staging-api"}
 
 
+# ------------------------------------------------------------------------------------------------ smoke-test hooks
+
+
+HOOK = "crossdeploy-prod-smoke-test"  # naming.smoke_hook_function_name: one name in every region of prod
+
+
+def hooked_context(**environments: dict) -> dict:
+    """blue_green_context with prod's api smoke-tested by prod's hook (web has no smoke test)."""
+    data = blue_green_context(**environments)
+    data["environments"]["prod"]["blueGreen"]["smokeTestHooks"] = {"api": HOOK}
+    return data
+
+
+def test_smoke_test_hooks_are_optional_in_the_context_and_loaded() -> None:
+    assert rf.load_context(blue_green_context()).environments["prod"].blue_green.smoke_test_hooks == {}
+    ctx = rf.load_context(hooked_context())
+    assert ctx.environments["prod"].blue_green == rf.BlueGreen("crossdeploy-prod", BLUE_GREEN["deploymentGroups"],
+                                                               {"api": HOOK})
+    empty = blue_green_context()
+    empty["environments"]["prod"]["blueGreen"]["smokeTestHooks"] = {}  # no service smoke-tested: same as absent
+    assert rf.load_context(empty).environments["prod"].blue_green.smoke_test_hooks == {}
+
+
+@pytest.mark.parametrize("path,value,problem", [
+    ("smokeTestHooks", ["api"], "environments.prod.blueGreen.smokeTestHooks: expected an object of Lambda function "
+     "names by ECS service name, got ['api']"),
+    ("smokeTestHooks", HOOK, "environments.prod.blueGreen.smokeTestHooks: expected an object"),
+    ("smokeTestHooks.worker", HOOK, "environments.prod.blueGreen.smokeTestHooks.worker: service 'worker' has no "
+     "deployment group in environments.prod.blueGreen.deploymentGroups (api, web)"),
+    ("smokeTestHooks.api", f"arn:aws:lambda:us-east-2:{PROD}:function:{HOOK}",
+     "environments.prod.blueGreen.smokeTestHooks.api: expected a Lambda function name (letters, digits, '-', '_', "
+     "at most 64 characters; not an ARN), got 'arn:aws:lambda:"),
+    ("smokeTestHooks.api", f"{HOOK}:live", "environments.prod.blueGreen.smokeTestHooks.api: expected a Lambda "
+     "function name"),
+    ("smokeTestHooks.api", "h" * 65, "environments.prod.blueGreen.smokeTestHooks.api: expected a Lambda function"),
+    ("smokeTestHooks.api", None, "environments.prod.blueGreen.smokeTestHooks.api: expected a Lambda function name"),
+    ("smokeTestHooks.api", "", "environments.prod.blueGreen.smokeTestHooks.api: expected a Lambda function name"),
+    ("smokeTestHook", HOOK, "environments.prod.blueGreen: unknown key 'smokeTestHook'"),
+])
+def test_smoke_test_hooks_in_the_context_are_strict(path: str, value: object, problem: str) -> None:
+    data = hooked_context()
+    *parents, last = path.split(".")
+    node = data["environments"]["prod"]["blueGreen"]
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(rf.ContextError) as caught:
+        rf.load_context(data)
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_blue_green_services_convert_with_their_smoke_test_hook() -> None:
+    text = "services:\n" + service(environment="prod") + service(environment="qa") + service(
+        serviceName="web", environment=None, accountId=f'"{PROD}"', region="eu-west-1")
+    manifest = rf.convert(text, hooked_context())
+    hooked = {"application": "crossdeploy-prod", "deploymentGroup": "crossdeploy-api", "smokeTestHook": HOOK}
+    assert [(s["line"], s["region"], s.get("blueGreen")) for s in manifest["services"]] == [
+        (2, "us-east-2", hooked), (2, "eu-west-1", hooked),  # the same function name in each of prod's regions
+        (7, "us-east-2", None),  # rolling: no blueGreen, no hook (the deploy engine smoke-tests it)
+        # web has no smoke test: its blueGreen is exactly what it was before hooks existed
+        (12, "eu-west-1", {"application": "crossdeploy-prod", "deploymentGroup": "web-dg"})]
+    # Without smokeTestHooks in the context, the same file converts with no hook anywhere.
+    assert all("smokeTestHook" not in s.get("blueGreen", {})
+               for s in rf.convert(text, blue_green_context())["services"])
+
+
+def test_account_entries_are_ambiguous_when_environments_disagree_on_the_hook() -> None:
+    # staging shares prod's account, region, application and group name, but smoke-tests api with another function.
+    staging = {"accountId": PROD, "regions": ["us-east-2"], "deployRoleArn": ROLE.format(PROD),
+               "blueGreen": {"application": "crossdeploy-prod", "deploymentGroups": {"api": "crossdeploy-api"},
+                             "smokeTestHooks": {"api": "crossdeploy-staging-smoke-test"}}}
+    text = "services:\n" + service(environment=None, accountId=f'"{PROD}"', region="us-east-2")
+    [problem] = rf.validate(text, hooked_context(staging=staging))
+    assert (problem.line, problem.path) == (4, "services[0].serviceName")
+    assert "with different CodeDeploy deployment groups or smoke-test hooks" in problem.message
+    # The same hook in both: one way to deploy it, so no ambiguity.
+    staging["blueGreen"]["smokeTestHooks"] = {"api": HOOK}
+    [item] = rf.convert(text, hooked_context(staging=staging))["services"]
+    assert item["blueGreen"]["smokeTestHook"] == HOOK
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 
 

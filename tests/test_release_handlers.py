@@ -1010,6 +1010,26 @@ def test_manifest_validation_lists_every_problem_with_its_line():
             release.validate_manifest(broken, TOOLS, "aws")
 
 
+def test_manifest_validation_checks_the_smoke_test_hook():
+    good = {"name": "web", "line": 3, "accountId": "444455556666", "region": "us-east-2",
+            "roleArn": "arn:aws:iam::444455556666:role/crossdeploy/prod/deploy/crossdeploy-prod-deploy",
+            "cluster": "c", "service": "web", "container": None,
+            "image": {"registryId": TOOLS, "repository": "team/orders", "tag": "4.0.0", "digest": None},
+            "blueGreen": {"application": APPLICATION, "deploymentGroup": "web-dg", "smokeTestHook": SMOKE_HOOK}}
+    manifest = {"version": 1, "source": "deployment.yaml", "services": [good], "tasks": []}
+    assert release.validate_manifest(manifest, TOOLS, "aws")[0] == [good]
+    bad = ["arn:aws:lambda:us-east-2:999999999999:function:elsewhere", f"{SMOKE_HOOK}:live", "h" * 65, "", 7]
+    manifest["services"] = [{**good, "name": f"s{i}", "line": 10 + i, "service": f"s{i}",
+                             "blueGreen": {**good["blueGreen"], "smokeTestHook": hook}} for i, hook in enumerate(bad)]
+    with pytest.raises(release.ReleaseInputError) as raised:
+        release.validate_manifest(manifest, TOOLS, "aws")
+    message = str(raised.value)
+    assert message.startswith(f"{len(bad)} problem(s) in the release input"), message
+    for i, hook in enumerate(bad):
+        assert f"services[{i}] (s{i}, line {10 + i}): blueGreen.smokeTestHook {hook!r} is not a Lambda function " \
+               "name (letters, digits, '-', '_', at most 64 characters; not an ARN)" in message
+
+
 def test_deploy_role_sessions_and_clients_are_reused_until_they_expire(aws, monkeypatch):
     role = f"arn:aws:iam::{ACCOUNTS[0]}:role{ROLE_PATH}crossdeploy-prod-deploy"
     first = release._client("ecs", HOME, role, "crossdeploy-r1")
@@ -1030,6 +1050,7 @@ def test_deploy_role_sessions_and_clients_are_reused_until_they_expire(aws, monk
 
 APPLICATION = "crossdeploy-prod"  # one CodeDeploy application per blue/green environment (same name per region)
 BG_CONTAINER, BG_PORT = "app", 8443  # what the service's target group forwards to: not the task's first port
+SMOKE_HOOK = "crossdeploy-prod-smoke-test"  # naming.smoke_hook_function_name of prod (the same in every region)
 
 
 def small_world(aws: Env, rolling: int = 1) -> World:
@@ -1154,6 +1175,48 @@ def test_blue_green_service_is_deployed_by_codedeploy_with_the_new_revision(aws)
     assert check["status"] == "STEADY", check
     assert deployed["deploymentId"] in check["reason"] and "succeeded" in check["reason"]
     assert world.service_state(entry)["taskDefinition"] == deployed["taskDefinitionArn"]
+
+
+def test_a_smoke_tested_blue_green_service_runs_its_hook_forward_but_not_on_the_rollback(aws):
+    world = small_world(aws, rolling=0)
+    entry = add_blue_green_service(world, "web")
+    entry["blueGreen"]["smokeTestHook"] = SMOKE_HOOK  # as release_file.convert writes it for a smoke-tested service
+    add_blue_green_service(world, "api")  # no smoke test: no hook
+    _, items, common = _prepared(world)
+    # Prepare keeps the hook through its rebuild of blueGreen; the other service's item has no such key.
+    assert items["web"]["blueGreen"] == {"application": APPLICATION, "deploymentGroup": "web-dg",
+                                         "containerName": BG_CONTAINER, "containerPort": BG_PORT,
+                                         "smokeTestHook": SMOKE_HOOK}
+    assert "smokeTestHook" not in items["api"]["blueGreen"]
+
+    deployed = {name: release.deploy_service({"item": items[name], **common}) for name in ("web", "api")}
+    created = {c["group"]: c for c in aws.deployments.created}
+
+    def target(name: str, task_definition: str) -> dict:
+        return {"TargetService": {"Type": "AWS::ECS::Service", "Properties": {
+            "TaskDefinition": task_definition,
+            "LoadBalancerInfo": {"ContainerName": BG_CONTAINER, "ContainerPort": BG_PORT}}}}
+
+    # The AppSpec CodeDeploy received (as moto stored it, after botocore validated the request): the hook by name,
+    # at AfterAllowTestTraffic, exactly as the pipeline's AppSpec has it.
+    assert created["web-dg"]["appspec"] == {
+        "version": 0.0, "Resources": [target("web", deployed["web"]["taskDefinitionArn"])],
+        "Hooks": [{"AfterAllowTestTraffic": SMOKE_HOOK}]}
+    assert created["api-dg"]["appspec"] == {
+        "version": 0.0, "Resources": [target("api", deployed["api"]["taskDefinitionArn"])]}
+    assert _check(release.check_service, {"item": items["web"], **common, "deploy": deployed["web"]})[
+        "status"] == "STEADY"
+    assert world.service_state(entry)["taskDefinition"] == deployed["web"]["taskDefinitionArn"]
+
+    # The release fails elsewhere: the deployment back to the snapshot runs no smoke test (a failing hook there would
+    # roll the restore back onto the revision being undone).
+    first = release.rollback_target({"item": items["web"], "kind": "service", **common})
+    assert (first["status"], first["changed"]) == ("IN_PROGRESS", True), first
+    back = aws.deployments.created[-1]
+    assert back["description"] == f"crossdeploy release bg-1: rollback {items['web']['snapshot']}"
+    assert back["appspec"] == {"version": 0.0, "Resources": [target("web", items["web"]["snapshot"])]}
+    assert _check(release.check_rollback, {"item": items["web"], **common, "rollback": first})["status"] == "STEADY"
+    assert world.service_state(entry)["taskDefinition"] == items["web"]["snapshot"]
 
 
 def test_blue_green_check_reports_codedeploy_failure_and_the_deadline(aws):
@@ -1337,6 +1400,7 @@ def test_rollback_deploys_the_snapshot_back_once_and_reports_a_failed_rollback(a
 def test_release_of_a_rolling_and_a_blue_green_service_succeeds_or_rolls_both_back(aws, outcome):
     world = small_world(aws, rolling=1)
     blue_green = add_blue_green_service(world, "web", ACCOUNTS[0], HOME)
+    blue_green["blueGreen"]["smokeTestHook"] = SMOKE_HOOK  # "fail": as when the hook reports Failed
     before = world.current_task_definitions()
     aws.deployments.outcome["web-dg"] = outcome
     aws.deployments.polls = 3
@@ -1351,6 +1415,7 @@ def test_release_of_a_rolling_and_a_blue_green_service_succeeds_or_rolls_both_ba
     forward = aws.deployments.created[0]
     assert forward["appspec"]["Resources"][0]["TargetService"]["Properties"]["TaskDefinition"] != before[
         blue_green["name"]]
+    assert forward["appspec"]["Hooks"] == [{"AfterAllowTestTraffic": SMOKE_HOOK}]  # carried from the manifest
     [mail] = world.notifications()
     if outcome == "ok":
         assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
@@ -1373,6 +1438,7 @@ def test_release_of_a_rolling_and_a_blue_green_service_succeeds_or_rolls_both_ba
         [_, back] = aws.deployments.created
         assert back["appspec"]["Resources"][0]["TargetService"]["Properties"]["TaskDefinition"] == \
             before[blue_green["name"]]
+        assert "Hooks" not in back["appspec"]  # the restore is not smoke-tested
     assert execution.visits.get("ServiceNotRestored", 0) == 0 and execution.visits.get("ServiceRollbackFailed", 0) == 0
     assert mail["Subject"] == "crossdeploy release release-0001: ROLLED_BACK"
     error = "ECS_UPDATE_ERROR" if outcome == "fail" else "ALARM_ACTIVE"

@@ -245,13 +245,16 @@ def test_the_build_fails_on_a_bad_release_file_and_writes_nothing(release_run, t
 
 @pytest.fixture(scope="module")
 def codedeploy_run():
-    """The prod stack with its prod environment on CodeDeploy blue/green (the stack itself is ECS-native canary)."""
+    """The prod stack with its prod environment on CodeDeploy blue/green (the stack itself is ECS-native canary),
+    and web/storefront without its smoke test (so the context shows both kinds of service)."""
     from conftest import ROOT, stack_config
 
     cfg = stack_config(ROOT / "Pulumi.prod.yaml")
     prod = next(e for e in cfg["crossdeploy:environments"] if e["name"] == "prod")
     prod["strategy"] = "codedeploy"
     prod["blueGreen"]["trafficShift"]["type"] = "canary"  # CodeDeploy names its shift; ECS takes the strategy's
+    storefront = next(s for s in cfg["crossdeploy:services"] if s["name"] == "web/storefront")
+    del storefront["smokeTest"]
     return run_program(cfg, stack="prod")
 
 
@@ -292,3 +295,39 @@ def test_without_a_release_the_deploy_role_cannot_stop_deployments() -> None:
     group_arn = f"arn:aws:codedeploy:us-east-2:{PROD}:deploymentgroup:crossdeploy-nr-prod/orders"
     assert allows(policy, "codedeploy:CreateDeployment", group_arn)
     assert not allows(policy, "codedeploy:StopDeployment", group_arn)
+
+
+def test_codedeploy_context_names_the_smoke_test_hook_of_each_smoke_tested_service(codedeploy_run) -> None:
+    from handlers import release
+    from handlers.release_file import convert, load_context
+
+    context = json.loads(_bundle(codedeploy_run)["release-context.json"])
+    prod = context["environments"]["prod"]
+    hook = "crossdeploy-prod-prod-smoke-test"  # naming.smoke_hook_function_name(cfg, "prod")
+    # orders and payments have a smokeTest, storefront not: it has a deployment group but no hook.
+    assert prod["blueGreen"]["smokeTestHooks"] == {"orders": hook, "payments": hook}
+    assert "storefront" in prod["blueGreen"]["deploymentGroups"]
+    # The name is that of the hook function the workload creates in each of prod's regions, in prod's account (where
+    # CodeDeploy invokes a hook named in the AppSpec), and prod's CodeDeploy service role may invoke each of them.
+    functions = [f for f in codedeploy_run.of_type("aws:lambda/function:Function") if f.inputs["name"] == hook]
+    assert sorted((f.account, f.region) for f in functions) == [(prod["accountId"], r) for r in sorted(prod["regions"])]
+    [codedeploy_role] = [r for r in codedeploy_run.of_type("aws:iam/role:Role") if r.account == prod["accountId"]
+                         and r.inputs.get("path") == "/crossdeploy/prod/codedeploy/"]
+    policy = role_policy(codedeploy_run, codedeploy_role)
+    assert all(allows(policy, "lambda:InvokeFunction", f.outputs["arn"]) for f in functions)
+    # The release steps carry the same context, and a release of a smoke-tested service gets the hook in its
+    # manifest item (in each region), which the release input check accepts.
+    steps = next(f for f in codedeploy_run.of_type("aws:lambda/function:Function")
+                 if f.inputs["handler"] == "handlers.release.prepare")
+    assert json.loads(steps.inputs["code"].assets["release-context.json"].text)["environments"]["prod"] == prod
+    text = "".join(f"""  - service: {name}
+    clusterName: crossdeploy
+    serviceName: {name}
+    image: "{TOOLS}.dkr.ecr.us-east-2.amazonaws.com/{name}:1.0.0"
+    environment: prod
+""" for name in ("orders", "storefront"))
+    manifest = convert("services:\n" + text, load_context(context))
+    assert [(s["service"], s["region"], s["blueGreen"].get("smokeTestHook")) for s in manifest["services"]] == [
+        ("orders", "us-east-2", hook), ("orders", "us-west-2", hook),
+        ("storefront", "us-east-2", None), ("storefront", "us-west-2", None)]
+    assert release.validate_manifest(manifest, TOOLS, "aws")[0] == manifest["services"]
