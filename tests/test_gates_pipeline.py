@@ -19,6 +19,7 @@ WINDOW = {"cron": "* * 9-16 ? * MON-THU *", "timeZone": "Europe/Berlin"}
 def gated_run():
     return run_program(config(**{"crossdeploy:environments": [
         {"name": "qa", "accountId": QA, "regions": ["us-east-2"], "bakeMinutes": 3},
+        {"name": "stage", "accountId": QA, "regions": ["us-west-2"], "strategy": "codedeploy", "bakeMinutes": 5},
         {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "eu-west-1"], "requireApproval": True,
          "strategy": "canary", "deploymentWindow": WINDOW},
     ]}), stack="gated")
@@ -93,13 +94,10 @@ def test_bake_alarms_exist_where_the_bake_reads_them(prod_run) -> None:
                         assert (account, region, name) in alarms, (s["name"], region, name)
 
 
-def test_no_bake_without_minutes_and_none_for_existing_services() -> None:
-    run = run_program(config(**{
-        "crossdeploy:environments": [{"name": "qa", "accountId": QA, "regions": ["us-east-2"]}],
-        "crossdeploy:services": [{"name": "legacy", "existing": True, "executionRoleName": "ecsTaskExecutionRole"}],
-    }), stack="plain")
-    for pipeline in pipelines(run):
-        assert all(a["name"] != "Bake" for s in pipeline.inputs["stages"] for a in s["actions"])
+def test_no_bake_without_minutes_and_none_for_existing_services(base_run) -> None:
+    for pipeline in pipelines(base_run):  # qa: no approval, so no bake by default; prod: approved, 10 minutes
+        assert all(a["name"] != "Bake" for a in stage(pipeline, "Deploy-qa")["actions"])
+        assert any(a["name"] == "Bake" for a in stage(pipeline, "Deploy-prod")["actions"])
     run = run_program(config(**{
         "crossdeploy:environments": [{"name": "qa", "accountId": QA, "regions": ["us-east-2"], "bakeMinutes": 5}],
         "crossdeploy:services": [{"name": "legacy", "existing": True, "executionRoleName": "ecsTaskExecutionRole"}],
@@ -116,13 +114,18 @@ def test_a_bake_that_does_not_fit_user_parameters_is_refused_at_preview() -> Non
                          service="s", engine=True, bake=Bake(10, f"arn:aws:iam::{PROD}:role/d", regions, alarms * 2))
 
 
-def test_pipeline_role_may_invoke_the_engine_for_a_codedeploy_bake() -> None:
-    run = run_program(config(**{"crossdeploy:environments": [
-        {"name": "qa", "accountId": QA, "regions": ["us-east-2"], "strategy": "codedeploy", "bakeMinutes": 5}]}),
-        stack="cdbake")
-    for pipeline in pipelines(run):
-        (bake,) = [a for s in pipeline.inputs["stages"] for a in s["actions"] if a["name"] == "Bake"]
+def test_a_codedeploy_stage_bakes_on_codedeploys_own_alarm(gated_run) -> None:
+    for pipeline in pipelines(gated_run):
+        (bake,) = [a for a in stage(pipeline, "Deploy-stage")["actions"] if a["name"] == "Bake"]
+        assert any(a["provider"] == "CodeDeployToECS" for a in stage(pipeline, "Deploy-stage")["actions"])
         spec = json.loads(bake["configuration"]["UserParameters"])["bake"]
         # CodeDeploy's own 5xx alarm (the one its deployment group rolls back on), then the unhealthy-targets one.
-        assert spec["alarms"][0].startswith(naming.iam_name("crossdeploy-cdbake", "qa")), spec
+        assert spec["alarms"][0].startswith(naming.iam_name("crossdeploy-gated", "stage")), spec
         assert spec["alarms"][0].endswith("-target-5xx") and spec["alarms"][1].endswith("-unhealthy-targets")
+        assert spec["minutes"] == 5 and spec["regions"] == ["us-west-2"]
+
+
+def test_every_bake_of_every_strategy_can_read_its_alarms(gated_run) -> None:
+    from test_least_privilege import check_bake_agreement
+
+    assert check_bake_agreement(gated_run) == []
