@@ -113,3 +113,18 @@ def delivered(pattern: dict, events: list[dict]) -> list[dict]:
             }])
         messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
         return [json.loads(m["Body"]) for m in messages]
+
+
+@pytest.fixture
+def dns(monkeypatch) -> dict[str, str]:
+    """DNS name -> address for the engine's smoke test: a test fills it with the names moto gave its load balancers
+    (pointing at a local HTTP server); the rest of the lookup (elbv2, scheme, port, request) stays real."""
+    from handlers import deploy_engine
+
+    names: dict[str, str] = {}
+
+    def connect_address(dns_name: str) -> str:
+        return names[dns_name]  # a name elbv2 never reported is a test failure, not a silent localhost
+
+    monkeypatch.setattr(deploy_engine, "connect_address", connect_address)
+    return names

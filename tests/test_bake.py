@@ -9,7 +9,6 @@ stands in for CodePipeline and checks the exact answers; a fake clock drives the
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from test_deploy_engine import (  # noqa: F401 - fixtures
     _Body,
     aws_env,
     error_response,
+    installing,
     parse_service_models_once,
     role_arn,
 )
@@ -104,19 +104,7 @@ class Bakery:
 
     def session_for(self, deployment_id: str) -> engine.SessionFor:
         """The engine's own default (AssumeRole through STS) with the recorder on every session it hands out."""
-        inner = engine.default_session_for(deployment_id, base=self.base)
-        seen: set[int] = set()
-        lock = threading.Lock()
-
-        def session_for(role: str, region: str) -> boto3.Session:
-            session = inner(role, region)
-            with lock:
-                if id(session) not in seen:
-                    seen.add(id(session))
-                    self.recorder.install(session, role.split(":")[4])
-            return session
-
-        return session_for
+        return installing(engine.default_session_for(deployment_id, base=self.base), self.recorder.install)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -339,21 +340,25 @@ class World:
     def session_for(self, deployment_id: str = DEPLOYMENT) -> engine.SessionFor:
         """The engine's own default (cached AssumeRole through STS), with the recorder and the fake installed on
         each session it hands out."""
-        inner = engine.default_session_for(deployment_id, base=self.base)
-        seen: set[int] = set()
-        lock = threading.Lock()
+        return installing(engine.default_session_for(deployment_id, base=self.base), self.recorder.install,
+                          self.fake.install)
 
-        def session_for(role: str, region: str) -> boto3.Session:
-            session = inner(role, region)
-            with lock:
-                if id(session) not in seen:
-                    seen.add(id(session))
-                    account = role.split(":")[4]
-                    self.recorder.install(session, account)
-                    self.fake.install(session, account)
-            return session
 
-        return session_for
+def installing(inner: engine.SessionFor, *installs: Callable[[boto3.Session, str], Any]) -> engine.SessionFor:
+    """`inner`, with each of `installs` applied once to every session it hands out (given the role's account)."""
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def session_for(role: str, region: str) -> boto3.Session:
+        session = inner(role, region)
+        with lock:
+            if id(session) not in seen:
+                seen.add(id(session))
+                for install in installs:
+                    install(session, role.split(":")[4])
+        return session
+
+    return session_for
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -94,18 +94,6 @@ def servers() -> Iterator[dict[str, Server]]:
         server.close()
 
 
-@pytest.fixture
-def dns(monkeypatch) -> dict[str, str]:
-    """DNS name -> address, filled by :func:`attach_load_balancers` with the names moto gave the load balancers."""
-    names: dict[str, str] = {}
-
-    def connect_address(dns_name: str) -> str:
-        return names[dns_name]  # a name elbv2 never reported is a test failure, not a silent localhost
-
-    monkeypatch.setattr(engine, "connect_address", connect_address)
-    return names
-
-
 def attach_load_balancers(world: World, dns: dict[str, str], account: str = TEST,
                           regions: tuple[str, ...] = REGIONS) -> dict[str, str]:
     """In each region of ``account``: a VPC, an internet-facing ALB, a target group the listener forwards to, and

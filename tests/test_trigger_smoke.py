@@ -47,18 +47,6 @@ PATH = "/orders/health"
 
 
 @pytest.fixture
-def dns(monkeypatch) -> dict[str, str]:
-    """DNS name -> address, filled by :func:`attach_load_balancer` with the names moto gave the load balancers."""
-    names: dict[str, str] = {}
-
-    def connect_address(dns_name: str) -> str:
-        return names[dns_name]  # a name elbv2 never reported is a test failure, not a silent localhost
-
-    monkeypatch.setattr(engine, "connect_address", connect_address)
-    return names
-
-
-@pytest.fixture
 def servers() -> Any:
     running: dict[str, Server] = {}
 
