@@ -349,7 +349,7 @@ class Faults:
     ECS."""
 
     def __init__(self, setattr_: Callable[[Any, str, Any], None]) -> None:
-        self.throttle_every = 0  # throttle every Nth request (0: never)
+        self.throttle_every = 0  # throttle every Nth request of each operation (0: never)
         self.fail: Callable[[str, dict], str | None] | None = None  # (operation, JSON body) -> error code or None
         self.requests = 0
         self.calls: Counter = Counter()  # operation -> requests seen (retries included)
@@ -377,7 +377,9 @@ class Faults:
         with self._lock:
             self.requests += 1
             self.calls[operation] += 1
-            throttle = bool(self.throttle_every) and self.requests % self.throttle_every == 0
+            # Every Nth request *of each operation*: the Map's threads interleave operations differently from run
+            # to run, so a count over all requests would throttle a different mix each time.
+            throttle = bool(self.throttle_every) and self.calls[operation] % self.throttle_every == 0
         if throttle:
             with self._lock:
                 self.throttled[operation] += 1
