@@ -70,7 +70,8 @@ def one_release(world: World, faults: Faults, tag: str, name: str, max_concurren
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services-per-target", type=int, default=75)
-    parser.add_argument("--throttle-every", type=int, default=10, help="throttle every Nth AWS request of each operation (run 2)")
+    parser.add_argument("--throttle-every", type=int, default=10,
+                        help="throttle every Nth AWS request of each operation (run 2)")
     parser.add_argument("--max-concurrency", type=int, default=10)
     args = parser.parse_args(argv)
 
