@@ -53,6 +53,14 @@ def base_run() -> ProgramRun:
 
 
 @pytest.fixture(scope="session")
+def smoke_codedeploy_run() -> ProgramRun:
+    """tests/test_smoke_hooks.py's codedeploy stack, run once for it and tests/test_alarms.py."""
+    from test_smoke_hooks import CODEDEPLOY_CONFIG
+
+    return run_program(CODEDEPLOY_CONFIG, stack="test")
+
+
+@pytest.fixture(scope="session")
 def prod_run() -> ProgramRun:
     return run_program(stack_config(ROOT / "Pulumi.prod.yaml"), stack="prod")
 

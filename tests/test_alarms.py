@@ -6,26 +6,20 @@ receive from the real program under the offline mocks."""
 from __future__ import annotations
 
 import pytest
-from conftest import PROD, QA, ROOT, config
+import test_smoke_hooks as smoke_hooks
+from conftest import PROD, ROOT
 
 from components import naming
 from components.config import parse
-from offline.mocks import ProgramRun, Recorded, run_program, stack_config
+from offline.mocks import ProgramRun, Recorded, stack_config
 
 ALARM_T = "aws:cloudwatch/metricAlarm:MetricAlarm"
 SERVICE_T = "aws:ecs/service:Service"
 TG_T = "aws:lb/targetGroup:TargetGroup"
 GROUP_T = "aws:codedeploy/deploymentGroup:DeploymentGroup"
-SERVICES = [{"name": "orders"},
-            {"name": "team/payments", "containerName": "app", "serviceName": "payments", "cluster": "core"}]
-CODEDEPLOY_CONFIG = config(**{
-    "crossdeploy:environments": [
-        {"name": "qa", "accountId": QA, "regions": ["us-east-2"]},
-        {"name": "prod", "accountId": PROD, "regions": ["us-east-2", "eu-west-1"], "strategy": "codedeploy",
-         "blueGreen": {"rollbackAlarm": {"threshold": 3, "evaluationPeriods": 4}}},
-    ],
-    "crossdeploy:services": SERVICES,
-})
+# A codedeploy stack: qa rolling, stage and prod CodeDeploy (prod's rollbackAlarm 3 per minute for 4 minutes).
+# tests/test_smoke_hooks.py defines it; both files share its one program run (conftest's smoke_codedeploy_run).
+CODEDEPLOY_CONFIG = smoke_hooks.CODEDEPLOY_CONFIG
 
 
 def typed(raw_config: dict, stack: str):
@@ -34,8 +28,8 @@ def typed(raw_config: dict, stack: str):
 
 
 @pytest.fixture(scope="module")
-def codedeploy_run() -> ProgramRun:
-    return run_program(CODEDEPLOY_CONFIG, stack="test")
+def codedeploy_run(smoke_codedeploy_run) -> ProgramRun:
+    return smoke_codedeploy_run
 
 
 @pytest.fixture(scope="module", params=["prod-stack", "codedeploy"])
@@ -116,7 +110,7 @@ def test_unhealthy_targets_alarm_sums_every_target_group_of_the_service(case) ->
 
 def test_codedeploy_alarms_follow_the_environments_rollback_alarm(codedeploy_run) -> None:
     cfg = typed(CODEDEPLOY_CONFIG, "test")
-    prod = cfg.environments[1]
+    (prod,) = [e for e in cfg.environments if e.name == "prod"]
     for region in prod.regions:
         alarms = alarms_at(codedeploy_run, PROD, region)
         for svc in cfg.workload_services:

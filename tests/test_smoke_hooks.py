@@ -74,7 +74,9 @@ CODEDEPLOY_CONFIG = config(**{
     "crossdeploy:environments": [
         {"name": "qa", "accountId": QA, "regions": ["us-east-2"]},
         {"name": "stage", "accountId": QA, "regions": ["us-west-2"], "strategy": "codedeploy"},
-        {**PROD_ENV, "strategy": "codedeploy"},
+        # tests/test_alarms.py shares this stack (one program run): its alarms follow these settings.
+        {**PROD_ENV, "strategy": "codedeploy",
+         "blueGreen": {"rollbackAlarm": {"threshold": 3, "evaluationPeriods": 4}}},
     ],
     "crossdeploy:services": SERVICES,
 })
@@ -91,8 +93,8 @@ def native_run() -> ProgramRun:
 
 
 @pytest.fixture(scope="module")
-def codedeploy_run() -> ProgramRun:
-    return run_program(CODEDEPLOY_CONFIG, stack="test")
+def codedeploy_run(smoke_codedeploy_run) -> ProgramRun:
+    return smoke_codedeploy_run
 
 
 @pytest.fixture(scope="module", params=["native", "codedeploy"])
