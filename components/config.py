@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from handlers import smoke_test as smoke
 
@@ -78,10 +78,23 @@ def region_partitions() -> dict[str, str]:
     }
 
 
+NOT_A_REGION = "not an AWS region name (e.g. us-east-2)"
+"""The one wording of a bad region, wherever a region is named (tools.region, aws:region, environments[].regions,
+certificateArns and existingVpcs keys), each bad value reported once, at its own key path."""
+
+
+def is_region(value: object) -> bool:
+    """Whether `value` is a region name botocore knows (anything else, a list or a number too, is not)."""
+    return isinstance(value, str) and value in region_partitions()
+
+
 def _check_region(value: str) -> str:
-    if value not in region_partitions():
-        raise ValueError("not an AWS region name (e.g. us-east-2)")
+    if not is_region(value):
+        raise ValueError(NOT_A_REGION)
     return value
+
+
+_Region = Annotated[str, AfterValidator(_check_region)]
 
 
 class _Strict(BaseModel):
@@ -323,8 +336,10 @@ class EnvironmentConfig(_Strict):
     """Lower-case letters, digits and '-', at most 32 characters (it ends up in IAM and pipeline names)."""
     account_id: str = Field(alias="accountId", pattern=_ACCOUNT_ID)
     """The workload account; never the tools account."""
-    regions: list[str] = Field(min_length=1)
-    """One or more region names, unique. Each gets its own deploy action and artifact store."""
+    regions: list[_Region] = Field(min_length=1)
+    """One or more region names, unique. Each gets its own deploy action and artifact store. A bad name is reported
+    at its index (``regions[1]``); a repeated one by :func:`_environment_workload_checks` (one message naming both
+    indexes, reported even when another name of the list is bad), so :func:`parse` never returns one."""
     strategy: Literal["rolling", "blue-green", "canary", "linear", "codedeploy"] = "rolling"
     """How ECS replaces the tasks: ``rolling`` (circuit breaker with rollback, deployment alarms), ECS-native
     ``blue-green``, ``canary`` or ``linear`` (a second target group, test listener, traffic shifted by ECS, bake time),
@@ -396,16 +411,6 @@ class EnvironmentConfig(_Strict):
     @property
     def tag_patterns(self) -> list[str]:
         return list(self.push_tags) if self.push_tags else [f"{self.name}-*"]
-
-    @field_validator("regions")
-    @classmethod
-    def _regions(cls, value: list[str]) -> list[str]:
-        bad = [r for r in value if r not in region_partitions()]
-        if bad:
-            raise ValueError(f"not AWS region names: {', '.join(map(repr, bad))}")
-        if len(set(value)) != len(value):
-            raise ValueError("regions must be unique")
-        return value
 
 
 # Fargate's task sizes (ECS developer guide, "Task CPU and memory"): cpu units -> allowed memory in MiB.
@@ -796,6 +801,14 @@ def _describe(error: Mapping[str, Any]) -> str:
     if kind in ("string_too_short", "string_too_long"):
         return f"{error['msg'].lower()}, got {value!r}"
     if kind == "string_type":
+        typed = getattr(value, "yaml_text", None)
+        if isinstance(value, int | float) and isinstance(typed, str):
+            # A number offline.stack_file read from a YAML 1.1-only spelling (012345670123 is octal there): name what
+            # the user typed, not a number nobody wrote. At `pulumi up` values arrive as plain JSON numbers and take
+            # the generic message below.
+            number = int.__repr__(value) if isinstance(value, int) else float.__repr__(value)
+            reading = getattr(value, "yaml_reading", "YAML 1.1")
+            return f'{typed} was read as the number {number} ({reading}); quote it: "{typed}"'
         extra = " (quote it in YAML)" if isinstance(value, int | float) else ""
         return f"expected a string{extra}, got {value!r}"
     if kind == "bool_type":
@@ -855,24 +868,44 @@ _WORKLOAD_KEYS = ("cpu", "memory", "port", "desiredCount", "healthCheck", "routi
 _MAX_RULE_VALUES = 5
 
 
-def _environment_workload_checks(i: int, env: Mapping[str, Any], seen_places: dict[tuple[Any, Any], str]) -> list[str]:
+def _environment_label(i: int, env: Mapping[str, Any]) -> str:
+    name = env.get("name")
+    return f"environment {name!r}" if isinstance(name, str) else f"environments[{i}]"
+
+
+def _environment_workload_checks(i: int, env: Mapping[str, Any],
+                                 seen_places: dict[tuple[Any, str], tuple[str, str]]) -> list[str]:
+    """`seen_places`: (account, region) -> (the environment using it, its key path), across environments."""
     problems: list[str] = []
     regions = env.get("regions") if isinstance(env.get("regions"), list) else []
     strategy = env.get("strategy", "rolling")
+    first_index: dict[str, int] = {}
     for j, region in enumerate(regions):
+        # A bad name is reported by the field validator, at its own index; it adds no "listed twice" or "used by
+        # both" message about the same key.
+        if not is_region(region):
+            continue
+        if region in first_index:
+            problems.append(f"environments[{i}].regions[{j}]: {region!r} is already listed at "
+                            f"environments[{i}].regions[{first_index[region]}]; regions must be unique")
+            continue
+        first_index[region] = j
         place = (env.get("accountId"), region)
-        if isinstance(region, str) and place in seen_places:
-            problems.append(f"environments[{i}].regions[{j}]: {region!r} of account {place[0]!r} is already used by "
-                            f"environment {seen_places[place]!r}; each account and region holds one environment "
-                            "(its services, load balancer and VPC would collide)")
-        seen_places.setdefault(place, str(env.get("name")))
+        if place in seen_places:
+            other, where = seen_places[place]
+            problems.append(f"environments[{i}].regions[{j}]: {region!r} of account {place[0]!r} is used by both "
+                            f"{_environment_label(i, env)} and {other} ({where}); each account and region holds "
+                            "one environment (its services, load balancer and VPC would collide)")
+        seen_places.setdefault(place, (_environment_label(i, env), f"environments[{i}].regions[{j}]"))
     if "blueGreen" in env and strategy == "rolling":
         problems.append(f"environments[{i}].blueGreen: only applies to strategies blue-green, canary, linear and "
                         f"codedeploy, got strategy {strategy!r}")
     certs = env.get("certificateArns")
     if isinstance(certs, Mapping):
         for region, value in certs.items():
-            if region not in regions:
+            if not is_region(region):
+                problems.append(f"environments[{i}].certificateArns.{region}: {NOT_A_REGION}, got {region!r}")
+            elif region not in regions:
                 problems.append(f"environments[{i}].certificateArns.{region}: not a region of this environment "
                                 f"({', '.join(map(str, regions))})")
             elif isinstance(value, str) and value.count(":") >= 5:
@@ -885,7 +918,9 @@ def _environment_workload_checks(i: int, env: Mapping[str, Any], seen_places: di
     vpcs = network.get("existingVpcs") if isinstance(network, Mapping) else None
     if isinstance(vpcs, Mapping):
         for region in vpcs:
-            if region not in regions:
+            if not is_region(region):
+                problems.append(f"environments[{i}].network.existingVpcs.{region}: {NOT_A_REGION}, got {region!r}")
+            elif region not in regions:
                 problems.append(f"environments[{i}].network.existingVpcs.{region}: not a region of this environment "
                                 f"({', '.join(map(str, regions))})")
     blue_green = env.get("blueGreen")
@@ -1240,7 +1275,7 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
                                     "cross-partition delivery is not possible")
 
     problems.extend(_push_tag_overlaps(envs, services))
-    seen_places: dict[tuple[Any, Any], str] = {}
+    seen_places: dict[tuple[Any, str], tuple[str, str]] = {}
     for i, env in enumerate(envs):
         if isinstance(env, Mapping):
             problems.extend(_environment_workload_checks(i, env, seen_places))
@@ -1315,15 +1350,14 @@ def parse(raw: Mapping[str, Any], *, project: str, stack: str, aws_region: str |
             problems.append(f"{_path(err['loc'])}: {_describe(err)}")
 
     problems.extend(_cross_checks({**data, "_aws_region": aws_region}))
-    tools_region = None
-    if model is not None:
-        tools_region = model.tools.region or aws_region
-    elif isinstance(data.get("tools"), Mapping):
-        tools_region = data["tools"].get("region") or aws_region
+    tools = data.get("tools") if isinstance(data.get("tools"), Mapping) else {}
+    tools_region = tools.get("region") or aws_region
     if not tools_region:
         problems.append("tools.region: not set, and aws:region is not set either; set one of them")
-    elif tools_region not in region_partitions() and (model is not None or aws_region == tools_region):
-        problems.append(f"aws:region: not an AWS region name, got {tools_region!r}")
+    elif not tools.get("region") and not is_region(aws_region):
+        # aws:region stands in for tools.region only when that is not set; a bad tools.region is its own problem,
+        # reported once by the field validator.
+        problems.append(f"aws:region: {NOT_A_REGION}, got {aws_region!r}")
 
     if problems or model is None:
         raise ConfigError(problems)
@@ -1339,17 +1373,28 @@ def parse(raw: Mapping[str, Any], *, project: str, stack: str, aws_region: str |
     )
 
 
-def load() -> StackConfig:
-    """Read the ``crossdeploy:*`` keys of the current stack and validate them (see :func:`parse`)."""
+def namespace_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``crossdeploy:*`` entries of a stack's config (``namespace:key`` -> value) as :func:`parse` takes them:
+    key without namespace, a string decoded as JSON where it is JSON (the language host hands every value over as
+    text), any other value as it is (a stack file read offline, see :mod:`offline.stack_file`)."""
     raw: dict[str, Any] = {}
-    # The language host hands config over either as PULUMI_CONFIG or through set_all_config; read both.
-    for full_key, text in {**get_config_env(), **CONFIG.get()}.items():
+    for full_key, value in config.items():
         namespace, _, key = full_key.partition(":")
         if namespace != NAMESPACE:
             continue
+        if not isinstance(value, str):
+            raw[key] = value
+            continue
         try:
-            raw[key] = json.loads(text)
-        except (TypeError, ValueError):
-            raw[key] = text  # a plain string where a mapping or list is expected: validation names it
+            raw[key] = json.loads(value)
+        except ValueError:
+            raw[key] = value  # a plain string where a mapping or list is expected: validation names it
+    return raw
+
+
+def load() -> StackConfig:
+    """Read the ``crossdeploy:*`` keys of the current stack and validate them (see :func:`parse`)."""
+    # The language host hands config over either as PULUMI_CONFIG or through set_all_config; read both.
+    raw = namespace_values({**get_config_env(), **CONFIG.get()})
     aws_region = pulumi.Config("aws").get("region")
     return parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack(), aws_region=aws_region)

@@ -1027,3 +1027,13 @@ def run(
     log("deployment-outcome", deploymentId=deployment_id, status=result.status, reason=result.reason,
         counts=result.counts())
     return result
+
+
+if __name__ == "__main__":
+    # Not a command line: `python -m handlers.deploy_engine` (with --help or anything else) used to import the
+    # module, do nothing and exit 0, which reads as success. Say what it is instead, and fail like a usage error.
+    import sys
+
+    print("handlers.deploy_engine: not a command line; it is the deploy engine, a library that the "
+          "Lambda functions handlers.pipeline_deploy, push_deploy and release call", file=sys.stderr)
+    sys.exit(2)

@@ -161,3 +161,11 @@ def log(event: str, **fields: Any) -> None:
     record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
     sys.stdout.write(json.dumps(record, default=str, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    # Not a command line: `python -m handlers.ecs_common` (with --help or anything else) used to import the
+    # module, do nothing and exit 0, which reads as success. Say what it is instead, and fail like a usage error.
+    print("handlers.ecs_common: not a command line; it holds helpers that the Lambda functions under "
+          "handlers/ share", file=sys.stderr)
+    sys.exit(2)

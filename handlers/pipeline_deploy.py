@@ -722,3 +722,13 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     log("job-answered", deploymentId=ident, kind=answer.kind, message=_one_line(answer.message, 500),
         tokenLength=len(answer.token or ""))
     return {"status": answer.kind, "message": answer.message}
+
+
+if __name__ == "__main__":
+    # Not a command line: `python -m handlers.pipeline_deploy` (with --help or anything else) used to import the
+    # module, do nothing and exit 0, which reads as success. Say what it is instead, and fail like a usage error.
+    import sys
+
+    print("handlers.pipeline_deploy: not a command line; it is the pipeline deploy action's Lambda "
+          "function (CodePipeline invokes handlers.pipeline_deploy.handler with a job)", file=sys.stderr)
+    sys.exit(2)

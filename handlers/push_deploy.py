@@ -885,3 +885,13 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     return handle_push(event, targets, max_concurrency=max_concurrency,
                        time_remaining_seconds=remaining() / 1000 if callable(remaining) else None)
+
+
+if __name__ == "__main__":
+    # Not a command line: `python -m handlers.push_deploy` (with --help or anything else) used to import the
+    # module, do nothing and exit 0, which reads as success. Say what it is instead, and fail like a usage error.
+    import sys
+
+    print("handlers.push_deploy: not a command line; it is the push-deploy Lambda function (AWS Lambda "
+          "calls handlers.push_deploy.handler with an ECR push event: push an image tag to deploy)", file=sys.stderr)
+    sys.exit(2)

@@ -1346,3 +1346,14 @@ def notify(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         outcome=outcome, rollbackComplete=complete, summary=summary[:1000])
     return {"summary": (summary + (" | " + " | ".join(details) if details else ""))[:4000],
             "rollbackComplete": complete}
+
+
+if __name__ == "__main__":
+    # Not a command line: `python -m handlers.release` (with --help or anything else) used to import the
+    # module, do nothing and exit 0, which reads as success. Say what it is instead, and fail like a usage error.
+    import sys
+
+    print("handlers.release: not a command line; it holds the release state machine's Lambda steps "
+          "(Step Functions calls handlers.release.prepare, deploy_service, ...). To check a release "
+          "file: python -m handlers.release_file validate --help", file=sys.stderr)
+    sys.exit(2)

@@ -630,3 +630,13 @@ def handler(event: Any, context: Any) -> dict[str, str]:
         reason = f"the payload is not an object: {show(event)}"
     _verdict({"trigger": "unknown"}, "refused", reason, [])
     return {"hookStatus": HOOK_FAILED}
+
+
+if __name__ == "__main__":
+    # Not a command line: `python -m handlers.smoke_test` (with --help or anything else) used to import the
+    # module, do nothing and exit 0, which reads as success. Say what it is instead, and fail like a usage error.
+    import sys
+
+    print("handlers.smoke_test: not a command line; it is the smoke-test hook's Lambda function (ECS "
+          "and CodeDeploy lifecycle hooks call handlers.smoke_test.handler)", file=sys.stderr)
+    sys.exit(2)

@@ -517,11 +517,12 @@ def run_program(
 
 
 def stack_config(stack_file: Path) -> dict[str, Any]:
-    """The ``config:`` block of a ``Pulumi.<stack>.yaml`` file, as Pulumi would hand it to the program."""
-    import yaml
+    """The ``config:`` block of a ``Pulumi.<stack>.yaml`` file, as Pulumi would hand it to the program.
 
-    data = yaml.safe_load(stack_file.read_text()) or {}
-    config = data.get("config") if isinstance(data, dict) else None
-    if not isinstance(config, dict):
-        raise ValueError(f"{stack_file}: not a Pulumi stack file (expected a mapping with a 'config:' mapping)")
-    return dict(config)
+    Read as strictly as the Pulumi CLI reads it (a duplicate key is an error; see :mod:`offline.stack_file`, which
+    the offline plan shares): tests and the plan must never run a stack file ``pulumi up`` would refuse. Raises
+    ``offline.stack_file.StackFileError`` (a ValueError) naming the file and line."""
+    # Imported here: run_program's callers that never read a stack file need not load PyYAML.
+    from offline.stack_file import read_config
+
+    return read_config(stack_file)

@@ -35,11 +35,11 @@ BROKEN = {
     "typo in top-level key": (
         {"crossdeploy:service": [{"name": "x"}]}, "crossdeploy:service", "unknown key"),
     "bad region": (
-        {"crossdeploy:environments": [env(regions=["us-east-2", "us-mars-1"])]}, "environments[0].regions",
-        "'us-mars-1'"),
+        {"crossdeploy:environments": [env(regions=["us-east-2", "us-mars-1"])]}, "environments[0].regions[1]",
+        "not an AWS region name (e.g. us-east-2), got 'us-mars-1'"),
     "duplicate region": (
-        {"crossdeploy:environments": [env(regions=["us-east-2", "us-east-2"])]}, "environments[0].regions",
-        "unique"),
+        {"crossdeploy:environments": [env(regions=["us-east-2", "us-east-2"])]}, "environments[0].regions[1]",
+        "already listed at environments[0].regions[0]; regions must be unique"),
     "no regions": ({"crossdeploy:environments": [env(regions=[])]}, "environments[0].regions", "must not be empty"),
     "upper-case environment name": (
         {"crossdeploy:environments": [env(name="QA")]}, "environments[0].name", "'QA'"),
@@ -139,7 +139,7 @@ BROKEN = {
     # --- workloads and blue/green
     "two environments in one account and region": (
         {"crossdeploy:environments": [env(), env(name="qa2")]}, "environments[1].regions[0]",
-        "already used by environment 'qa'"),
+        "used by both environment 'qa2' and environment 'qa' (environments[0].regions[0])"),
     "Fargate cpu": ({"crossdeploy:services": [{"name": "orders", "cpu": 300}]}, "services[0].cpu", "300"),
     "Fargate memory for cpu": ({"crossdeploy:services": [{"name": "orders", "cpu": 1024, "memory": 512}]},
                                "services[0].memory", "with cpu 1024"),
@@ -261,7 +261,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "crossdeploy:services": [{"name": "A"}, {"name": "ok", "triggerTag": ""}],
     })
     paths = {p.split(":")[0] for p in problems_of(cfg)}
-    assert {"tools.accountId", "environments[0].name", "environments[1].regions", "environments[1].colour",
+    assert {"tools.accountId", "environments[0].name", "environments[1].regions[0]", "environments[1].colour",
             "services[0].name", "services[1].triggerTag"} <= paths
 
 
@@ -345,3 +345,63 @@ def test_native_strategies_parse_with_derived_timeouts(strategy, settings, timeo
     assert environment.strategy == strategy
     assert environment.native == (strategy in ("blue-green", "canary", "linear"))
     assert environment.deploy_timeout_minutes == minutes
+
+
+# --- region names: one wording, each bad value once, at its own key ------------------------------------------------
+
+BAD = "'us-mars-1'"
+_VPC = {"vpcId": "vpc-12345678", "publicSubnetIds": ["subnet-12345678", "subnet-12345679"],
+        "privateSubnetIds": ["subnet-12345670"]}
+
+
+@pytest.mark.parametrize(("overrides", "path"), [
+    ({"crossdeploy:environments": [env(regions=["us-east-2", "us-mars-1"])]}, "environments[0].regions[1]"),
+    ({"crossdeploy:tools": {"accountId": TOOLS, "region": "us-mars-1"}}, "tools.region"),
+    ({"aws:region": "us-mars-1", "crossdeploy:tools": {"accountId": TOOLS}}, "aws:region"),
+    ({"crossdeploy:environments": [env(certificateArns={
+        "us-mars-1": f"arn:aws:acm:us-mars-1:{QA}:certificate/abc"})]}, "environments[0].certificateArns.us-mars-1"),
+    ({"crossdeploy:environments": [env(network={"existingVpcs": {"us-mars-1": _VPC}})]},
+     "environments[0].network.existingVpcs.us-mars-1"),
+], ids=["regions", "tools.region", "aws:region", "certificateArns", "existingVpcs"])
+def test_a_bad_region_name_is_reported_once_in_one_wording(overrides, path) -> None:
+    problems = problems_of(config(**overrides))
+    assert problems == [f"{path}: not an AWS region name (e.g. us-east-2), got {BAD}"]
+
+
+def test_a_repeated_bad_region_is_one_problem_per_key_and_no_collision() -> None:
+    # The same typo twice in one environment and once in another environment of the same account: three keys,
+    # three messages, and no "regions must be unique" or "used by both" about a name that is not a region.
+    problems = problems_of(config(**{"crossdeploy:environments": [
+        env(regions=["us-mars-1", "us-east-2", "us-mars-1"]), env(name="qa2", regions=["us-mars-1", "us-west-2"])]}))
+    assert problems == [f"environments[{i}].regions[{j}]: not an AWS region name (e.g. us-east-2), got {BAD}"
+                        for i, j in ((0, 0), (0, 2), (1, 0))]
+
+
+def test_a_bad_and_a_repeated_region_are_reported_together() -> None:
+    problems = problems_of(config(**{"crossdeploy:environments": [env(regions=["us-east-2", "us-mars-1",
+                                                                               "us-east-2"])]}))
+    assert problems == [
+        f"environments[0].regions[1]: not an AWS region name (e.g. us-east-2), got {BAD}",
+        "environments[0].regions[2]: 'us-east-2' is already listed at environments[0].regions[0]; regions must be "
+        "unique",
+    ]
+
+
+def test_a_region_used_twice_in_one_account_names_both_environments() -> None:
+    problems = problems_of(config(**{"crossdeploy:environments": [
+        env(name="test"), env(name="prod", accountId=PROD, regions=["eu-west-1", "us-east-2"]),
+        env(name="staging", accountId=PROD)]}))
+    assert problems == [
+        f"environments[2].regions[0]: 'us-east-2' of account '{PROD}' is used by both environment 'staging' and "
+        "environment 'prod' (environments[1].regions[1]); each account and region holds one environment (its "
+        "services, load balancer and VPC would collide)"]
+
+
+def test_tools_that_is_no_mapping_still_falls_back_to_aws_region() -> None:
+    problems = problems_of(config(**{"crossdeploy:tools": "111111111111"}))
+    assert problems == ["tools: expected a mapping of keys, got '111111111111'"]
+
+
+def test_a_tools_region_of_the_wrong_type_is_a_problem_not_a_crash() -> None:
+    problems = problems_of(config(**{"crossdeploy:tools": {"accountId": TOOLS, "region": ["us-east-2"]}}))
+    assert problems == ["tools.region: expected a string, got ['us-east-2']"]
