@@ -5,13 +5,15 @@ Usage::
     python -m offline.plan Pulumi.prod.yaml            # or just: python -m offline.plan prod
     python -m offline.plan prod --detail               # every resource, not only counts per type
     python -m offline.plan prod --out docs/prod.md     # where the Mermaid diagrams go (default build/plan-<stack>.md)
+    python -m offline.plan prod --diff origin/main     # what changes from that git ref (offline/diff.py)
 
 It runs the real program under the same mocks as the tests (:func:`offline.mocks.run_program`), so the plan shows
 what the engine, and so AWS, would receive. Everything printed is derived from the *registrations* (which provider,
 hence which account and region, each resource went to; the pipeline's registered stages), never from re-reading the
 stack config: a component that put a resource in the wrong account shows up here as exactly that.
 
-Exit status: 0 on success, 2 for a bad or missing stack file (the problems go to stderr, without a traceback).
+Exit status: 0 on success, 2 for a bad or missing stack file (the problems go to stderr, without a traceback) or,
+with ``--diff``, a bad git ref.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import yaml
 
 from components.config import ConfigError
 from offline.mocks import PROVIDER_TYPE, ROOT, ProgramRun, Recorded, run_program, stack_config
+from offline.stack_file import StackFileError, validate_config
 
 PIPELINE_TYPE = "aws:codepipeline/pipeline:Pipeline"
 GLOBAL = "global"
@@ -73,19 +76,90 @@ def placement(resource: Recorded) -> tuple[str, str]:
     return account, resource.region or "?"
 
 
+# Pulumi auto-names a resource the program leaves unnamed: its logical name, "-" and 7 random hex digits (load
+# balancers and target groups cut the logical name short first, to stay within 32 characters).
+_AUTO_NAME = re.compile(r"(.+)-[0-9a-f]{7}")
+# Output keys holding a resource's own name or id, in the order physical_name prefers them.
+_NAME_KEYS = ("name", "bucket", "keyId")
+ASSIGNED_AT_DEPLOY = "(assigned at deploy)"
+
+
+def assigned_stand_in(resource: Recorded, key: str, value: str) -> str | None:
+    """What the plan shows instead of ``value`` (the resource's ``key`` output) when the program did not choose it,
+    or None when it did.
+
+    Under the mocks such a name is made up the way Pulumi's auto-naming or AWS would make it; printed as it is, it
+    would pass for the real name, which only ``pulumi up`` learns. The stand-in keeps the logical name
+    (``notifications-topic-…``), so a reader still knows which resource it is. A name AWS fixes itself (a VPC's
+    ``default`` security group) is real and stays.
+    """
+    if value == resource.inputs.get(key):
+        return None
+    if key == "keyId":
+        # AWS picks every key id; only a multi-Region key's "mrk-" prefix is known beforehand.
+        return f"{resource.name}: {'mrk-' if value.startswith('mrk-') else ''}…"
+    prefix = resource.inputs.get("namePrefix")
+    if isinstance(prefix, str) and prefix and value.startswith(prefix):
+        return f"{prefix}…"
+    match = _AUTO_NAME.fullmatch(value)
+    if match and resource.name.startswith(match.group(1)):
+        return f"{resource.name}-…"
+    return None
+
+
 def physical_name(resource: Recorded) -> str:
-    """The name AWS would show; a Pulumi logical name in parentheses where the resource has no name of its own
+    """The name AWS would show; ``<logical name>-… (assigned at deploy)`` where only the deployment will tell (see
+    :func:`assigned_stand_in`); a Pulumi logical name in parentheses where the resource has no name of its own
     (policies, subscriptions and other attachments)."""
     outputs = resource.outputs
-    for key in ("name", "bucket", "keyId"):
+    for key in _NAME_KEYS:
         value = outputs.get(key)
         if isinstance(value, str) and value:
-            return value
+            stand_in = assigned_stand_in(resource, key, value)
+            return value if stand_in is None else f"{stand_in} {ASSIGNED_AT_DEPLOY}"
     return f"({resource.name})"
 
 
 def _is_logical(name: str) -> bool:
     return name.startswith("(")
+
+
+class AssignedNames:
+    """Every name of a run that is assigned at deploy, and its stand-in, for whatever text carries it.
+
+    A made-up name travels: into its attachments' inputs (a bucket's policy names the bucket), ARNs, URLs, stack
+    outputs and pipeline configuration (an approval's topic). So the plan replaces it wherever it appears, not only
+    on the resource that owns it.
+    """
+
+    def __init__(self, stand_ins: Mapping[str, str]) -> None:
+        self.stand_ins = dict(stand_ins)
+        # Longest first, so a name that begins another is never replaced inside it; the lookarounds keep a name from
+        # matching the middle of a longer word (ARNs and DNS names put ":", "/", "." or "-" around it).
+        alternatives = "|".join(map(re.escape, sorted(self.stand_ins, key=len, reverse=True)))
+        self._pattern = re.compile(rf"(?<![\w.-])(?:{alternatives})(?!\w)") if alternatives else None
+
+    @classmethod
+    def of(cls, run: ProgramRun) -> AssignedNames:
+        stand_ins: dict[str, str] = {}
+        # A replica key shares its primary's id: the primary, registered as a Key, names it.
+        for resource in sorted(run.custom(), key=lambda r: r.type == "aws:kms/replicaKey:ReplicaKey"):
+            for key in _NAME_KEYS:
+                value = resource.outputs.get(key)
+                stand_in = assigned_stand_in(resource, key, value) if isinstance(value, str) and value else None
+                if stand_in:
+                    stand_ins.setdefault(value, stand_in)
+        return cls(stand_ins)
+
+    def show(self, text: str) -> str:
+        """``text`` with every made-up name replaced by its stand-in and ``(assigned at deploy)`` once at the end."""
+        if self._pattern is None or ASSIGNED_AT_DEPLOY in text:
+            return text
+        shown, count = self._pattern.subn(lambda m: self.stand_ins[m.group(0)], text)
+        return f"{shown} {ASSIGNED_AT_DEPLOY}" if count else shown
+
+
+NO_ASSIGNED_NAMES = AssignedNames({})
 
 
 @dataclass
@@ -207,8 +281,10 @@ Grouping = dict[str, dict[str, dict[str, list[str]]]]
 """account -> region -> short type -> physical names."""
 
 
-def group_resources(resources: Iterable[Recorded], account_order: Sequence[str] = ()) -> Grouping:
-    """Group resources by account, then region (``global`` for IAM), then short type; names sorted.
+def group_resources(resources: Iterable[Recorded], account_order: Sequence[str] = (),
+                    names: AssignedNames | None = None) -> Grouping:
+    """Group resources by account, then region (``global`` for IAM), then short type; names sorted, names
+    assigned at deploy shown as such (``names``: those of the whole run, for attachments naming their parent).
 
     Regions follow ``account_order``'s providers where given: the caller passes the provider regions so the tools
     home region comes first; ``global`` goes last.
@@ -216,7 +292,8 @@ def group_resources(resources: Iterable[Recorded], account_order: Sequence[str] 
     grouped: dict[str, dict[str, dict[str, list[str]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for resource in resources:
         account, region = placement(resource)
-        grouped[account][region][short_type(resource.type)].append(physical_name(resource))
+        grouped[account][region][short_type(resource.type)].append(
+            (names or NO_ASSIGNED_NAMES).show(physical_name(resource)))
     order = {a: i for i, a in enumerate(account_order)}
     return {
         account: {
@@ -243,14 +320,40 @@ class FlowNode:
     shape: str
     """``source``, ``build``, ``approval``, ``deploy`` or ``action``: picks the Mermaid node shape."""
     lines: tuple[str, ...]
+    """Everything the plan knows about the step: the table under the diagram lists it."""
     run_order: int
+    label: tuple[str, ...] = ()
+    """The few short lines the diagram shows (default: ``lines``): long labels shrink a whole diagram at default
+    size, so details go to the table."""
+    action: str = ""
+    """The action's name in the pipeline (or the entry rule's), for the table."""
+
+    @property
+    def short(self) -> tuple[str, ...]:
+        return self.label or self.lines
 
 
 @dataclass(frozen=True)
 class FlowStage:
     id: str
     title: str
+    """The stage name, then what marks it: strategy, CodeDeploy blue/green, rollback on failure."""
     nodes: tuple[FlowNode, ...]
+    name: str = ""
+    group: str = ""
+    """Key of the box the stage is drawn in: leading source and build stages share one, an approval-only stage
+    joins the stage it gates (its environment's deploy stage), every other stage has its own."""
+    box_title: str = ""
+    """What this stage contributes to its box's title (the environment and its marks for a deploy stage)."""
+
+
+@dataclass(frozen=True)
+class FlowGroup:
+    """One box of the diagram: consecutive stages with the same :attr:`FlowStage.group`."""
+
+    id: str
+    title: str
+    stages: tuple[FlowStage, ...]
 
 
 def _last_segment(value: object) -> str:
@@ -346,32 +449,49 @@ def _engine_lines(env: str, engine_envs: Mapping[str, Mapping[str, Any]]) -> tup
             "rendered task definition + digest", f"all regions back on failure · timeout {minutes} min")
 
 
+def _region_lines(regions: Sequence[str], per_line: int = 3) -> tuple[str, ...]:
+    """Regions a few to a line: one label as wide as eight region names would shrink the whole diagram."""
+    return tuple(", ".join(regions[i:i + per_line]) for i in range(0, len(regions), per_line)) or ("?",)
+
+
 def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: Mapping[str, Sequence[str]],
-                  engine_envs: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, tuple[str, ...]]:
+                  engine_envs: Mapping[str, Mapping[str, Any]] | None = None
+                  ) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(shape, short label, every detail) of one action as CodePipeline would receive it."""
     category = action.get("category", "?")
     provider = action.get("provider", "?")
     config = action.get("configuration") or {}
     region = action.get("region") or home_region
     if category == "Source" and provider == "ECR":
-        return "source", (f"ECR · {region}", f"{config.get('RepositoryName', '?')}:{config.get('ImageTag', 'latest')}")
+        image = f"{config.get('RepositoryName', '?')}:{config.get('ImageTag', 'latest')}"
+        return "source", ("ECR image", image), (f"ECR · {region}", image)
     if category == "Source" and provider == "S3":
-        return "source", (f"S3 · {region}", "deploy document (config as of this run)",
-                          str(config.get("S3ObjectKey", "?")))
+        return "source", ("config", "deploy document"), (f"S3 · {region}", "deploy document (config as of this run)",
+                                                         str(config.get("S3ObjectKey", "?")))
+    if category == "Source":
+        # A repository source (the release's CodeCommit or connection): repository and branch say what it watches.
+        repository = config.get("RepositoryName") or config.get("FullRepositoryId") or action.get("name", "?")
+        ref = f"{repository}@{config['BranchName']}" if config.get("BranchName") else str(repository)
+        return "source", (str(provider), ref), (f"{provider} · {region}", ref)
     env = engine_environment(action)
     if env is not None:
-        return "deploy", _engine_lines(env, engine_envs or {})
+        targets = ((engine_envs or {}).get(env) or {}).get("targets") or []
+        return "deploy", ("deploy engine", *_region_lines([t["region"] for t in targets])), \
+            _engine_lines(env, engine_envs or {})
     bake = bake_of(action)
     if bake is not None:
-        return "action", ("Bake · Lambda", f"{bake.get('minutes', '?')} min: {len(bake.get('alarms') or [])} alarms "
-                          f"in {', '.join(bake.get('regions') or [])}",
-                          f"read as role in {arn_account(bake.get('roleArn')) or '?'}", "alarm: stage fails")
+        alarms, minutes = len(bake.get("alarms") or []), bake.get("minutes", "?")
+        return "action", (f"bake {minutes} min", f"{alarms} alarms watched"), (
+            "Bake · Lambda", f"{minutes} min: {alarms} alarms in {', '.join(bake.get('regions') or [])}",
+            f"read as role in {arn_account(bake.get('roleArn')) or '?'}", "alarm: stage fails")
     if category == "Build":
-        return "build", (f"{provider} · {region}", str(config.get("ProjectName", action.get("name", "?"))))
+        return "build", (str(provider), str(action.get("name", "?"))), (
+            f"{provider} · {region}", str(config.get("ProjectName", action.get("name", "?"))))
     if category == "Approval":
         lines = ["Manual approval"]
         if config.get("NotificationArn"):
             lines.append(f"notify {_last_segment(config['NotificationArn'])}")
-        return "approval", tuple(lines)
+        return "approval", ("manual approval",), tuple(lines)
     if category == "Deploy":
         account = arn_account(action.get("roleArn"))
         if account:
@@ -380,12 +500,16 @@ def _action_lines(action: Mapping[str, Any], home_region: str, env_by_account: M
         else:
             role = "as the pipeline role (tools account)"
         if provider == "CodeDeployToECS":
-            return "deploy", (f"CodeDeploy blue/green · {region}", f"app {config.get('ApplicationName', '?')}",
-                              f"group {config.get('DeploymentGroupName', '?')}", role)
+            return "deploy", ("CodeDeploy blue/green", region), (
+                f"CodeDeploy blue/green · {region}", f"app {config.get('ApplicationName', '?')}",
+                f"group {config.get('DeploymentGroupName', '?')}", role)
         target = [f"{k.removesuffix('Name').lower()} {config[k]}" for k in ("ClusterName", "ServiceName")
                   if config.get(k)]
-        return "deploy", (f"{provider} · {region}", *target, role)
-    return "action", (f"{category} · {provider} · {region}", str(action.get("name", "?")))
+        return "deploy", (f"{provider} deploy", region), (f"{provider} · {region}", *target, role)
+    lines = (f"{category} · {provider} · {region}", str(action.get("name", "?")))
+    if config.get("StateMachineArn"):
+        lines += (f"state machine {_last_segment(config['StateMachineArn'])} (drawn below)",)
+    return "action", (f"{category} · {provider}", str(action.get("name", "?"))), lines
 
 
 def _window(stage: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -401,36 +525,78 @@ def _rolls_back(stage: Mapping[str, Any]) -> bool:
     return (stage.get("onFailure") or {}).get("result") == "ROLLBACK"
 
 
+def _short_smoke(line: str) -> str:
+    # "smoke test GET /orders/health on test traffic" -> "smoke test on test traffic": the path is in the table.
+    return re.sub(r" GET \S+", "", line)
+
+
 def pipeline_flow(stages: Sequence[Mapping[str, Any]], home_region: str,
                   env_by_account: Mapping[str, Sequence[str]] | None = None,
                   engine_envs: Mapping[str, Mapping[str, Any]] | None = None,
                   smoke: Mapping[str, str] | None = None) -> list[FlowStage]:
     """The registered ``stages`` of one pipeline as stages of nodes, keeping stage and action order; a deployment
     window is a node before the actions (it holds them), `smoke` (environment -> line) adds the smoke test to the
-    deploy nodes."""
-    flow = []
+    deploy nodes. Each stage also says which box of the diagram it belongs in (:attr:`FlowStage.group`)."""
+    flow: list[FlowStage] = []
     for i, stage in enumerate(stages):
         name = str(stage.get("name", f"stage {i}"))
+        actions = stage.get("actions") or []
         nodes = []
         window = _window(stage)
         if window:
-            nodes.append(FlowNode(f"s{i}w", "approval", ("deployment window", *window), 0))
-        for j, action in enumerate(stage.get("actions") or []):
-            shape, lines = _action_lines(action, home_region, env_by_account or {}, engine_envs)
-            if shape == "deploy" and (smoke or {}).get(environment_of(name)):
-                lines = (*lines, (smoke or {})[environment_of(name)])
-            nodes.append(FlowNode(f"s{i}a{j}", shape, lines, int(action.get("runOrder") or 1)))
-        title = name
+            nodes.append(FlowNode(f"s{i}w", "approval", ("deployment window", *window,
+                                                         "changes wait at the stage's entry until it opens"),
+                                  0, ("deployment window", *window), "before entry: DeploymentWindow"))
+        for j, action in enumerate(actions):
+            shape, label, lines = _action_lines(action, home_region, env_by_account or {}, engine_envs)
+            line = (smoke or {}).get(environment_of(name))
+            if shape == "deploy" and line:
+                label, lines = (*label, _short_smoke(line)), (*lines, line)
+            nodes.append(FlowNode(f"s{i}a{j}", shape, lines, int(action.get("runOrder") or 1), label,
+                                  str(action.get("name", "?"))))
+        marks = []
         if _is_blue_green(stage):
-            title += " · CodeDeploy blue/green"
-        for action in stage.get("actions") or []:
+            marks.append("CodeDeploy blue/green")
+        for action in actions:
             env = engine_environment(action)
             if env is not None:
-                title += f" · {(engine_envs or {}).get(env, {}).get('strategy', '?')}"
+                marks.append(str((engine_envs or {}).get(env, {}).get("strategy", "?")))
         if _rolls_back(stage):
-            title += " · rollback on failure"
-        flow.append(FlowStage(f"s{i}", title, tuple(nodes)))
+            marks.append("rollback on failure")
+        categories = {a.get("category") for a in actions}
+        if categories and categories <= {"Source", "Build"} and all(s.group == "build" for s in flow):
+            group = "build"  # the sources and builds every execution starts with: one compact box
+        elif categories == {"Approval"}:
+            group = "approval"  # settled below: it joins the stage it gates
+        else:
+            group = f"stage{i}"
+        box = environment_of(name) if name.startswith(DEPLOY_STAGE_PREFIX) else name
+        flow.append(FlowStage(f"s{i}", " · ".join([name, *marks]), tuple(nodes), name, group,
+                              " · ".join([box, *marks])))
+    for i in reversed(range(len(flow))):
+        if flow[i].group == "approval":
+            # An approval gates the next stage (Approve-prod holds Deploy-prod): drawn in its box, first.
+            gated = flow[i + 1].group if i + 1 < len(flow) else f"stage{i}"
+            flow[i] = replace(flow[i], group=gated)
     return flow
+
+
+def flow_groups(flow: Sequence[FlowStage]) -> list[FlowGroup]:
+    """Consecutive stages of the same group as the boxes of the diagram, titled by what they contain:
+    ``Source + Build``, ``prod · canary · rollback on failure`` (an approval adds nothing to its box's title: its
+    node is the first in the box)."""
+    runs: list[list[FlowStage]] = []
+    for stage in flow:
+        if runs and runs[-1][0].group == stage.group:
+            runs[-1].append(stage)
+        else:
+            runs.append([stage])
+    groups = []
+    for k, stages in enumerate(runs):
+        titled = [s for s in stages if not all(n.shape == "approval" for n in s.nodes)] or stages
+        joiner = " + " if stages[0].group == "build" else " · "
+        groups.append(FlowGroup(f"g{k}", joiner.join(s.box_title or s.title for s in titled), tuple(stages)))
+    return groups
 
 
 def _is_blue_green(stage: Mapping[str, Any]) -> bool:
@@ -451,44 +617,78 @@ _SHAPES = {"source": ("([", "])"), "build": ("[", "]"), "approval": ("{{", "}}")
            "action": ("[", "]")}
 
 
-def render_mermaid(flow: Sequence[FlowStage]) -> str:
-    """A ``flowchart LR``: one subgraph per stage, stages chained in order; a stage's actions sit side by side
-    (they run in parallel) unless their runOrder says otherwise."""
-    out = ["flowchart LR"]
-    for stage in flow:
-        # No `direction` here: in an LR chart nodes of the same rank stack vertically, which is how parallel
-        # actions should look; TB would lay them out left to right, like a sequence.
-        out.append(f"  subgraph {stage.id} [{mermaid_label(stage.title)}]")
-        for node in stage.nodes:
-            left, right = _SHAPES[node.shape]
-            out.append(f"    {node.id}{left}{mermaid_label(*node.lines)}{right}")
-        # Same runOrder = parallel; CodePipeline runs a higher runOrder only after the lower one finished.
-        orders = sorted({n.run_order for n in stage.nodes})
-        for before, after in itertools.pairwise(orders):
-            for a in (n for n in stage.nodes if n.run_order == before):
-                for b in (n for n in stage.nodes if n.run_order == after):
-                    out.append(f"    {a.id} --> {b.id}")
+def _ranks(stages: Sequence[FlowStage]) -> list[list[FlowNode]]:
+    """The nodes of consecutive stages in the order they run: stage by stage, and inside a stage by runOrder (same
+    runOrder = parallel; CodePipeline runs a higher runOrder only after the lower one finished)."""
+    ranks = []
+    for stage in stages:
+        for order in sorted({n.run_order for n in stage.nodes}):
+            ranks.append([n for n in stage.nodes if n.run_order == order])
+    return ranks
+
+
+def render_mermaid(flow: Sequence[FlowStage], names: AssignedNames = NO_ASSIGNED_NAMES) -> str:
+    """A top-down ``flowchart TB``: one box per :func:`flow_groups` entry (sources and build together, then one
+    per environment with its approval, window, deployment and bake), boxes chained in order.
+
+    Top-down because a pipeline is long: drawn left to right, five stages of wide nodes shrink to an unreadable
+    strip at default size, while top-down it only grows taller. Parallel actions sit side by side.
+    """
+    out = ["flowchart TB"]
+    groups = flow_groups(flow)
+    for group in groups:
+        out.append(f"  subgraph {group.id} [{mermaid_label(names.show(group.title))}]")
+        for stage in group.stages:
+            for node in stage.nodes:
+                left, right = _SHAPES[node.shape]
+                out.append(f"    {node.id}{left}{mermaid_label(*map(names.show, node.short))}{right}")
+        for before, after in itertools.pairwise(_ranks(group.stages)):
+            out += [f"    {a.id} --> {b.id}" for a in before for b in after]
         out.append("  end")
-    for before, after in itertools.pairwise(flow):
-        out.append(f"  {before.id} --> {after.id}")
+    for before_group, after_group in itertools.pairwise(groups):
+        out.append(f"  {before_group.id} --> {after_group.id}")
     return "\n".join(out) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    """Text safe in a Markdown table cell: pipes end the cell, ``*``/``_``/backticks would format, ``<`` start
+    HTML."""
+    for char in "\\|*_`":
+        text = text.replace(char, "\\" + char)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_legend(flow: Sequence[FlowStage], names: AssignedNames = NO_ASSIGNED_NAMES) -> str:
+    """The table under a pipeline diagram: per node, the stage and action it is and the details its short label
+    leaves out."""
+    rows = ["| step | stage · action | details |", "|---|---|---|"]
+    for stage in flow:
+        for node in stage.nodes:
+            details = [line for line in node.lines if line not in node.short]
+            rows.append(f"| {_md_cell(names.show(' '.join(node.short)))} | {_md_cell(f'{stage.name} · {node.action}')}"
+                        f" | {_md_cell(names.show('; '.join(details)))} |")
+    return "\n".join(rows) + "\n"
 
 
 def render_mermaid_doc(title: str, pipelines: Sequence[Recorded], env_by_account: Mapping[str, Sequence[str]],
                        engine_envs: Mapping[str, Mapping[str, Any]] | None = None,
-                       smoke: Mapping[str, Mapping[str, str]] | None = None) -> str:
-    """A Markdown document with one ```mermaid block per pipeline, sorted by pipeline name; `smoke`: pipeline name
-    -> :func:`stage_smoke_tests`."""
+                       smoke: Mapping[str, Mapping[str, str]] | None = None,
+                       names: AssignedNames = NO_ASSIGNED_NAMES) -> str:
+    """A Markdown document with one ```mermaid block and its table per pipeline, sorted by pipeline name; `smoke`:
+    pipeline name -> :func:`stage_smoke_tests`."""
     parts = [f"# {title}", "",
              "Generated by `python -m offline.plan` from the pipelines as registered under the mocks: this is what "
-             "CodePipeline would receive.", ""]
+             "CodePipeline would receive. Each pipeline reads top down: its sources and build in one box, then one "
+             "box per environment, in promotion order, holding its approval, deployment window, deployment and "
+             "bake. The table under each diagram has the details. A stack with a release also gets its state "
+             "machine drawn. A name shown as `<name>-… (assigned at deploy)` is chosen by Pulumi or AWS when the "
+             "stack is deployed.", ""]
     for pipeline in sorted(pipelines, key=physical_name):
+        flow = pipeline_flow(pipeline.inputs.get("stages") or [], pipeline.region or "?", env_by_account,
+                             engine_envs, (smoke or {}).get(physical_name(pipeline)))
         parts += [f"## {physical_name(pipeline)}", "",
                   f"Account {pipeline.account}, region {pipeline.region}.", "", "```mermaid",
-                  render_mermaid(pipeline_flow(pipeline.inputs.get("stages") or [], pipeline.region or "?",
-                                               env_by_account, engine_envs,
-                                               (smoke or {}).get(physical_name(pipeline)))).rstrip("\n"),
-                  "```", ""]
+                  render_mermaid(flow, names).rstrip("\n"), "```", "", render_legend(flow, names)]
     return "\n".join(parts)
 
 
@@ -506,9 +706,12 @@ def _gates(stage: Mapping[str, Any], smoke: Mapping[str, str]) -> str:
 
 
 def pipelines_doc(plan: Plan, title: str) -> str:
-    """The Mermaid document of a plan's pipelines, with strategies, gates and smoke tests."""
-    return render_mermaid_doc(title, plan.pipelines, plan.env_by_account, engine_environments(plan.run),
-                              {physical_name(p): stage_smoke_tests(plan.run, p) for p in plan.pipelines})
+    """The Mermaid document of a plan's pipelines, with strategies, gates and smoke tests, then the state machine
+    the release pipeline starts (when the stack has a release)."""
+    doc = render_mermaid_doc(title, plan.pipelines, plan.env_by_account, engine_environments(plan.run),
+                             {physical_name(p): stage_smoke_tests(plan.run, p) for p in plan.pipelines}, plan.names)
+    machines = state_machines_doc(plan.run, plan.names)
+    return f"{doc}\n{machines}" if machines else doc
 
 
 def stage_summary(pipeline: Recorded, engine_envs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -577,11 +780,208 @@ def render_push_mermaid(targets: Mapping[str, Any]) -> str:
            f"  push([{mermaid_label('ECR push in ' + targets['homeRegion'], *repos)}])",
            f"  rule[{mermaid_label('EventBridge rule', 'successful PUSH of a configured tag')}]",
            f"  fn[{mermaid_label('push-deploy Lambda', 'revision pinned by digest', 'per target, bounded')}]",
-           "  push --> rule --> fn"]
+           "  push --> rule", "  rule --> fn"]
     for i, (repo, route, places) in enumerate(push_routes(targets)):
         out.append(f"  t{i}[{mermaid_label(repo, route, *places)}]")
         out.append(f"  fn --> t{i}")
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The release state machine, drawn from the definition Step Functions would receive
+# --------------------------------------------------------------------------------------------------------------
+
+STATE_MACHINE_TYPE = "aws:sfn/stateMachine:StateMachine"
+
+
+def state_machine_definition(machine: Recorded) -> dict[str, Any] | None:
+    """The Amazon States Language definition a registered state machine was given (its ``definition`` input, JSON
+    text), or None if it is not one."""
+    definition = _json_object(machine.inputs.get("definition"))
+    return definition if isinstance(definition.get("States"), dict) else None
+
+
+def _choice_label(rule: Mapping[str, Any]) -> str:
+    """``status = STEADY`` for ``{"Variable": "$.check.status", "StringEquals": "STEADY"}``; the operator's name for
+    other comparisons, the combinator's for And/Or/Not, the expression for a JSONata ``Condition``."""
+    if "Condition" in rule:
+        return str(rule["Condition"])
+    variable = str(rule.get("Variable", "")).rsplit(".", 1)[-1] or "input"
+    for key, value in rule.items():
+        if key in ("Variable", "Next", "Comment", "Assign", "Output"):
+            continue
+        if key in ("And", "Or", "Not"):
+            return f"{key.lower()} (compound rule)"
+        shown = json.dumps(value) if isinstance(value, bool) else str(value)
+        if key.endswith("Equals") and not key.endswith("ThanEquals") and not key.endswith("Path"):
+            return f"{variable} = {shown}"
+        return f"{variable} {key} {shown}"
+    return "rule"
+
+
+def _catch_label(catcher: Mapping[str, Any]) -> str:
+    errors = [str(e) for e in catcher.get("ErrorEquals") or []]
+    return "catch: " + ("any error" if errors == ["States.ALL"] else ", ".join(errors))
+
+
+def _state_node(name: str, state: Mapping[str, Any], nested: bool) -> tuple[str, str, tuple[str, ...]]:
+    """(left and right Mermaid shape, short label) of one non-Map state: a Choice is a rhombus, a Wait a hexagon
+    (it holds the run, like a pipeline's approval and window), where a run ends a stadium."""
+    type_ = str(state.get("Type", "?"))
+    if type_ == "Task":
+        resource = str(state.get("Resource", ""))
+        kind = "Lambda" if ":states:::lambda:invoke" in resource or ":lambda:" in resource else "Task"
+        return "[", "]", (name, f"{kind} task")
+    if type_ == "Wait":
+        seconds = state.get("Seconds")
+        return "{{", "}}", (name, f"wait {seconds} s" if seconds is not None else "wait")
+    if type_ == "Choice":
+        return "{", "}", (name,)
+    if type_ == "Succeed":
+        return "([", "])", (name, "succeeds")
+    if type_ == "Fail":
+        # A Fail inside a Map iteration fails the Map (its Catch decides what happens next), not the execution.
+        error = state.get("Error")
+        fails = "fails the Map" if nested else "execution fails"
+        return "([", "])", (name, fails if error in (None, name) else f"{fails}: {error}")
+    return "[", "]", (name, type_.lower())
+
+
+def _retried(errors: Sequence[str]) -> str:
+    """``4 Lambda.* errors`` for errors sharing a service prefix, else the errors themselves: the table stays
+    narrow."""
+    prefixes = {e.split(".", 1)[0] for e in errors}
+    if len(errors) > 1 and len(prefixes) == 1 and all("." in e for e in errors):
+        return f"{len(errors)} {prefixes.pop()}.* errors"
+    return ", ".join(errors)
+
+
+def _state_details(state: Mapping[str, Any]) -> str:
+    details = []
+    if state.get("Comment"):
+        details.append(str(state["Comment"]).rstrip("."))
+    if state.get("Type") == "Map":
+        concurrency = state.get("MaxConcurrency")
+        details.append(f"one iteration per item of {state.get('ItemsPath') or 'the input'}, "
+                       + (f"at most {concurrency} at once" if concurrency else "all at once"))
+    if state.get("Type") == "Wait" and state.get("Seconds") is not None:
+        details.append(f"{state['Seconds']} s")
+    for retrier in state.get("Retry") or []:
+        details.append(f"retries {_retried([str(e) for e in retrier.get('ErrorEquals') or []])} "
+                       f"up to {retrier.get('MaxAttempts', 3)} times")
+    details += [f"{_catch_label(c)} → {c.get('Next')}" for c in state.get("Catch") or []]
+    if state.get("Type") == "Fail":
+        details.append(f"error {state.get('Error', '?')}, cause from {state.get('CausePath') or state.get('Cause')}")
+    return "; ".join(details)
+
+
+class _AslChart:
+    """Builds the flowchart of one ASL definition: each scope (the machine, a Map's iteration, a Parallel branch)
+    declares its states, nested scopes as subgraphs; every edge comes last, once every id is declared (Mermaid puts
+    a node first seen in an edge outside the subgraph that declares it later)."""
+
+    def __init__(self, names: AssignedNames) -> None:
+        self.names = names
+        self.lines = ["flowchart TB"]
+        self.edges: list[str] = []
+        self.rows: list[tuple[str, str, str]] = []
+        self._ids: dict[tuple[tuple[str, ...], str], str] = {}
+        self._used: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        # State names may hold any character; Mermaid ids may not. "st_" keeps them clear of Mermaid's keywords.
+        candidate = base = "st_" + re.sub(r"[^A-Za-z0-9_]", "_", base)
+        number = 1
+        while candidate in self._used:
+            number += 1
+            candidate = f"{base}_{number}"
+        self._used.add(candidate)
+        return candidate
+
+    def id_of(self, scope: tuple[str, ...], name: str) -> str:
+        """The Mermaid id of state ``name`` as seen from ``scope``: ``Next`` names a state of its own scope only."""
+        if (scope, name) not in self._ids:
+            self._ids[(scope, name)] = self.fresh(name)
+        return self._ids[(scope, name)]
+
+    def label(self, *lines: str) -> str:
+        return mermaid_label(*map(self.names.show, lines))
+
+    def scope(self, states: Mapping[str, Any], start_at: str, scope: tuple[str, ...], indent: str,
+              entry: str) -> None:
+        self.edges.append(f"{entry} --> {self.id_of(scope, start_at)}")
+        for name, state in states.items():
+            self.state(name, state, scope, indent)
+
+    def state(self, name: str, state: Mapping[str, Any], scope: tuple[str, ...], indent: str) -> None:
+        node = self.id_of(scope, name)
+        type_ = state.get("Type")
+        self.rows.append((" › ".join([*scope, name]), str(type_), _state_details(state)))
+        if type_ == "Map":
+            concurrency = state.get("MaxConcurrency")
+            each = f"each of {state.get('ItemsPath') or 'the input'}" + (
+                f", ≤{concurrency} at once" if concurrency else "")
+            self.lines.append(f"{indent}subgraph {node} [{self.label(f'{name} · Map')}]")
+            processor = state.get("ItemProcessor") or state.get("Iterator") or {}
+            start = self.fresh(f"{name}_each")
+            self.lines.append(f"{indent}  {start}([{self.label(each)}])")
+            self.scope(processor.get("States") or {}, str(processor.get("StartAt")), (*scope, name), indent + "  ",
+                       start)
+            self.lines.append(f"{indent}end")
+        elif type_ == "Parallel":
+            self.lines.append(f"{indent}subgraph {node} [{self.label(f'{name} · Parallel')}]")
+            for k, branch in enumerate(state.get("Branches") or []):
+                branch_id = self.fresh(f"{name}_branch{k + 1}")
+                self.lines.append(f"{indent}  subgraph {branch_id} [{self.label(f'branch {k + 1}')}]")
+                start = self.fresh(f"{name}_branch{k + 1}_start")
+                self.lines.append(f"{indent}    {start}([{self.label('start')}])")
+                self.scope(branch.get("States") or {}, str(branch.get("StartAt")), (*scope, name, f"branch {k + 1}"),
+                           indent + "    ", start)
+                self.lines.append(f"{indent}  end")
+            self.lines.append(f"{indent}end")
+        else:
+            left, right, lines = _state_node(name, state, bool(scope))
+            self.lines.append(f"{indent}{node}{left}{self.label(*lines)}{right}")
+        if state.get("Next"):
+            self.edges.append(f"{node} --> {self.id_of(scope, str(state['Next']))}")
+        for rule in state.get("Choices") or []:
+            self.edges.append(f"{node} -->|{self.label(_choice_label(rule))}| {self.id_of(scope, str(rule['Next']))}")
+        if state.get("Default"):
+            self.edges.append(f"{node} -->|{self.label('otherwise')}| {self.id_of(scope, str(state['Default']))}")
+        for catcher in state.get("Catch") or []:
+            # Dotted: the failure path (here, to the rollback), apart from the normal flow at a glance.
+            self.edges.append(f"{node} -.->|{self.label(_catch_label(catcher))}| "
+                              f"{self.id_of(scope, str(catcher['Next']))}")
+
+
+def render_state_machine(definition: Mapping[str, Any], names: AssignedNames = NO_ASSIGNED_NAMES
+                         ) -> tuple[str, str]:
+    """(``flowchart TB`` Mermaid text, Markdown table of the states) of an ASL definition: every state a node, a Map
+    a box holding the states of one iteration, Choice branches labelled with their rule, Catch edges dotted."""
+    chart = _AslChart(names)
+    start = chart.fresh("start")
+    chart.lines.append(f"  {start}([{mermaid_label('start')}])")
+    chart.scope(definition.get("States") or {}, str(definition.get("StartAt")), (), "  ", start)
+    table = ["| state | type | details |", "|---|---|---|"]
+    table += [f"| {_md_cell(state)} | {_md_cell(type_)} | {_md_cell(names.show(details))} |"
+              for state, type_, details in chart.rows]
+    return "\n".join([*chart.lines, *(f"  {edge}" for edge in chart.edges)]) + "\n", "\n".join(table) + "\n"
+
+
+def state_machines_doc(run: ProgramRun, names: AssignedNames = NO_ASSIGNED_NAMES) -> str:
+    """A Markdown section per state machine the run registers (the release's), or "" if it registers none."""
+    parts = []
+    for machine in sorted(run.of_type(STATE_MACHINE_TYPE), key=physical_name):
+        definition = state_machine_definition(machine)
+        if definition is None:
+            continue
+        diagram, table = render_state_machine(definition, names)
+        parts += [f"## State machine {names.show(physical_name(machine))}", "",
+                  f"Account {machine.account}, region {machine.region}; drawn from the definition registered with "
+                  "Step Functions. Solid arrows are `Next` and labelled `Choice` branches, dotted arrows `Catch` "
+                  "(a failure's way out, to the rollback); a box is a Map, its states run once per item.", "",
+                  "```mermaid", diagram.rstrip("\n"), "```", "", table]
+    return "\n".join(parts)
 
 
 def deploy_documents(run: ProgramRun) -> dict[str, dict[str, Any]]:
@@ -621,6 +1021,8 @@ class Plan:
     accounts: dict[str, AccountInfo]
     grouping: Grouping
     pipelines: list[Recorded]
+    names: AssignedNames = NO_ASSIGNED_NAMES
+    """Names the run leaves to the deployment, and how the plan shows them."""
 
     @property
     def env_by_account(self) -> dict[str, list[str]]:
@@ -640,16 +1042,20 @@ class Plan:
 
 def build_plan(run: ProgramRun, project: str, stack: str) -> Plan:
     infos = accounts(run)
-    return Plan(project, stack, run, infos, group_resources(run.custom(), list(infos)),
-                sorted(run.of_type(PIPELINE_TYPE), key=physical_name))
+    names = AssignedNames.of(run)
+    return Plan(project, stack, run, infos, group_resources(run.custom(), list(infos), names),
+                sorted(run.of_type(PIPELINE_TYPE), key=physical_name), names)
 
 
 def _inline(names: Sequence[str], width: int = INLINE_WIDTH) -> str:
     """As many distinct physical names as fit in ``width`` characters, then ``+N more``.
 
-    Logical names of attachments (a bucket policy, a role policy) say nothing the parent's line does not.
+    Logical names of attachments (a bucket policy, a role policy) say nothing the parent's line does not. Names
+    assigned at deploy keep their ``…`` and share one note at the end of the line: the note after every name would
+    crowd the names out.
     """
-    unique = [n for n in dict.fromkeys(names) if not _is_logical(n)]
+    marker = f" {ASSIGNED_AT_DEPLOY}"
+    unique = list(dict.fromkeys(n.removesuffix(marker) for n in names if not _is_logical(n)))
     shown: list[str] = []
     for i, name in enumerate(unique):
         rest = len(unique) - i - 1
@@ -658,7 +1064,8 @@ def _inline(names: Sequence[str], width: int = INLINE_WIDTH) -> str:
             break
         shown.append(name)
     hidden = len(unique) - len(shown)
-    return ", ".join(shown) + (f", +{hidden} more" if hidden else "")
+    note = f" (…: {ASSIGNED_AT_DEPLOY[1:-1]})" if any(n.endswith("…") for n in shown) else ""
+    return ", ".join(shown) + (f", +{hidden} more" if hidden else "") + note
 
 
 def render_text(plan: Plan, *, detail: bool = False) -> str:
@@ -725,7 +1132,7 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
 
     out += ["", "Stack outputs"]
     for key, value in plan.run.outputs.items():
-        out.extend(_render_output(key, value, detail))
+        out.extend(_render_output(key, value, detail, plan.names))
     return "\n".join(out) + "\n"
 
 
@@ -763,13 +1170,13 @@ def workload_rows(plan: Plan) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _render_output(key: str, value: Any, detail: bool) -> list[str]:
+def _render_output(key: str, value: Any, detail: bool, names: AssignedNames = NO_ASSIGNED_NAMES) -> list[str]:
     if not isinstance(value, Mapping):
-        return [f"  {key}  {_scalar(value)}"]
+        return [f"  {key}  {names.show(_scalar(value))}"]
     items = list(value.items())
     shown = items if detail or len(items) <= OUTPUT_MAP_LIMIT else items[:OUTPUT_MAP_LIMIT // 2]
     width = max((len(str(k)) for k, _ in shown), default=0)
-    lines = [f"  {key}"] + [f"    {k!s:<{width}}  {_scalar(v)}" for k, v in shown]
+    lines = [f"  {key}"] + [f"    {k!s:<{width}}  {names.show(_scalar(v))}" for k, v in shown]
     if len(shown) < len(items):
         lines.append(f"    … {len(items) - len(shown)} more (--detail)")
     return lines
@@ -815,14 +1222,19 @@ def project_name(root: Path = ROOT) -> str:
 
 
 def load_stack(path: Path) -> dict[str, Any]:
-    """The stack file's config block, or a PlanError saying why it cannot be read."""
+    """The stack file's config block, read as strictly as the Pulumi CLI reads it and validated, or a PlanError
+    saying why not: not YAML, a key named twice (with both lines), not a stack file, or every config problem."""
     try:
-        return stack_config(path)
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{path}: not valid YAML: {exc}") from None
-    except (AttributeError, TypeError, ValueError):
-        # stack_config expects a mapping with a `config:` mapping; anything else is not a Pulumi stack file.
-        raise PlanError(f"{path}: not a Pulumi stack file (expected a mapping with a `config:` mapping)") from None
+        config = stack_config(path)
+    except StackFileError as exc:
+        raise PlanError(str(exc)) from None
+    # The program validates the config again when it runs, but from JSON, where an unquoted 012345670123 is only
+    # 1402433619; validating the values as read from the file first lets the message quote what the user typed.
+    try:
+        validate_config(config)
+    except ConfigError as exc:
+        raise PlanError(f"{path}: {exc}") from None
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -836,7 +1248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--release-context", type=Path, metavar="PATH",
                         help="also write the release context (environments, accounts, regions, deploy roles) that "
                              "`python -m handlers.release_file validate` needs, e.g. in a release repository's CI")
+    parser.add_argument("--diff", metavar="GIT_REF",
+                        help="instead of the plan, print what `pulumi preview --diff` would show from GIT_REF (its "
+                             "program and stack file, run in a temporary git worktree) to the working tree")
+    parser.add_argument("--format", choices=("text", "markdown"),
+                        help="--diff output: plain text (default), or Markdown for a pull-request comment")
     args = parser.parse_args(argv)
+    if args.format and args.diff is None:
+        parser.error("--format applies to --diff only")
+    if args.diff is not None and (args.detail or args.out or args.release_context):
+        parser.error("--diff prints only the diff: --detail, --out and --release-context apply to the plan")
 
     try:
         path, stack = resolve_stack_file(args.stack)
@@ -845,6 +1266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plan: {exc}", file=sys.stderr)
         return 2
     project = project_name()
+    if args.diff is not None:
+        from offline.diff import run_diff  # only --diff needs git and the worktree machinery
+
+        return run_diff(path, stack, project, config, args.diff, fmt=args.format or "text")
     try:
         run = run_program(config, stack=stack, project=project)
     except ConfigError as exc:

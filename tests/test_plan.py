@@ -1,13 +1,14 @@
-"""The offline plan (``python -m offline.plan``): grouping by account and region, the Mermaid pipeline diagrams,
-and clean failures for bad stack files.
+"""The offline plan (``python -m offline.plan``): grouping by account and region, the Mermaid pipeline diagrams and
+the release state machine's, names only the deployment assigns, and clean failures for bad stack files.
 
-The prod stack runs once under the mocks for the whole module; expected accounts are read from the stack file here
-(the plan itself must derive them from the registrations, so this cross-checks the two).
+The prod stack runs once under the mocks for the whole session (conftest's ``prod_run``, shared with other modules);
+expected accounts are read from the stack file here (the plan itself must derive them from the registrations, so
+this cross-checks the two).
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import re
 import subprocess
 import sys
@@ -30,8 +31,8 @@ def prod_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def prod_plan(prod_config) -> p.Plan:
-    return p.build_plan(run_program(prod_config, stack="prod"), "crossdeploy", "prod")
+def prod_plan(prod_run) -> p.Plan:
+    return p.build_plan(prod_run, "crossdeploy", "prod")
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +125,15 @@ def test_grouping_puts_delivery_resources_in_the_tools_regions(prod_plan, prod_c
         assert sorted(grouped[region]["ecr:Repository"]) == sorted(services)
         # An artifact bucket per region; the home region also holds the deploy documents' bucket.
         assert len(grouped[region]["s3:Bucket"]) == (2 if region == home else 1)
-    assert len(grouped[home]["kms:Key"]) == 2  # the artifacts key (multi-region) and the notifications key
-    assert any(k.startswith("mrk-") for k in grouped[home]["kms:Key"])
+    # The artifacts key (multi-Region) and the notifications key; AWS picks key ids, so the plan shows none.
+    assert grouped[home]["kms:Key"] == ["artifacts-key: mrk-… (assigned at deploy)",
+                                        "notifications-key: … (assigned at deploy)"]
+    primary = prod_plan.run.named("aws:kms/key:Key", "artifacts-key")
     for region in replicas:
         assert "codepipeline:Pipeline" not in grouped[region]
-        assert grouped[region]["kms:ReplicaKey"] == [k for k in grouped[home]["kms:Key"] if k.startswith("mrk-")]
+        assert grouped[region]["kms:ReplicaKey"] == [f"artifacts-key-{region}: mrk-… (assigned at deploy)"]
+        replica = prod_plan.run.named("aws:kms/replicaKey:ReplicaKey", f"artifacts-key-{region}")
+        assert replica.outputs["keyId"] == primary.outputs["keyId"] and replica.region == region
     # IAM is never listed under a region, whichever regional provider created it.
     for account, by_region in prod_plan.grouping.items():
         for region, types in by_region.items():
@@ -196,12 +201,17 @@ def test_text_plan_shows_strategies_config_source_and_workloads(prod_plan, prod_
 
 def test_mermaid_marks_each_stage_with_its_strategy_and_the_config_source(prod_plan):
     doc = p.render_mermaid_doc("t", prod_plan.pipelines, prod_plan.env_by_account, p.engine_environments(prod_plan.run))
-    block = doc.split("## crossdeploy-prod-orders", 1)[1].split("```mermaid", 1)[1].split("```", 1)[0]
+    section = doc.split("## crossdeploy-prod-orders", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```mermaid", 1)[1].split("```", 1)[0]
     assert mermaid_problems(block) == []
-    assert "S3 · us-east-2<br/>deploy document (config as of this run)<br/>services/orders/deploy.zip" in block
-    assert 'subgraph s4 ["Deploy-prod · canary · rollback on failure"]' in block
-    assert "deploy engine · Lambda<br/>prod: canary in us-east-2, us-west-2" in block
-    assert 'subgraph s2 ["Deploy-test · rolling · rollback on failure"]' in block
+    # The config source is a node of the first box; the table under the diagram says what it is.
+    assert 's0a1(["config<br/>deploy document"])' in block
+    assert ("| config deploy document | Source · Config | S3 · us-east-2; deploy document (config as of this run); "
+            "services/orders/deploy.zip |") in section
+    # Each environment's box names its strategy and its rollback; the table keeps the engine's details.
+    assert 'subgraph g1 ["test · rolling · rollback on failure"]' in block
+    assert 'subgraph g2 ["prod · canary · rollback on failure"]' in block
+    assert "| Deploy-prod · Deploy | deploy engine · Lambda; prod: canary in us-east-2, us-west-2; " in section
 
 
 def test_mermaid_marks_codedeploy_stages():
@@ -213,6 +223,8 @@ def test_mermaid_marks_codedeploy_stages():
     assert flow[0].title == "Deploy-prod · CodeDeploy blue/green"
     assert flow[0].nodes[0].lines[:3] == ("CodeDeploy blue/green · us-west-2", "app crossdeploy-prod-prod",
                                           "group orders")
+    assert flow[0].nodes[0].short == ("CodeDeploy blue/green", "us-west-2")
+    assert [g.title for g in p.flow_groups(flow)] == ["prod · CodeDeploy blue/green"]
 
 
 def test_text_plan_stays_compact_for_many_entries():
@@ -230,55 +242,96 @@ def test_text_plan_stays_compact_for_many_entries():
 _ID = r"[A-Za-z_][A-Za-z0-9_]*"
 _RESERVED = {"end", "subgraph", "graph", "flowchart", "direction", "style", "class", "classDef", "click", "linkStyle"}
 _LABEL = r'"(?:[^"<>`&]|<br/>)*"'
-_SHAPE_NODE = re.compile(rf"^({_ID})(?:\(\[{_LABEL}\]\)|\[{_LABEL}\]|\{{\{{{_LABEL}\}}\}}|\{{{_LABEL}\}})$")
-_SUBGRAPH = re.compile(rf"^subgraph ({_ID}) \[{_LABEL}\]$")
-_EDGE = re.compile(rf"^({_ID}) --> ({_ID})$")
+_SHAPE_NODE = re.compile(rf"^({_ID})(\(\[{_LABEL}\]\)|\[{_LABEL}\]|\{{\{{{_LABEL}\}}\}}|\{{{_LABEL}\}})$")
+_SUBGRAPH = re.compile(rf"^subgraph ({_ID}) \[({_LABEL})\]$")
+_EDGE = re.compile(rf"^({_ID}) (-->|-\.->)(?:\|({_LABEL})\|)? ({_ID})$")
 
 
-def mermaid_problems(block: str) -> list[str]:
-    """A strict, offline check of the subset of Mermaid the plan writes: balanced subgraphs, safe identifiers,
-    quoted labels without raw markup, edges only between declared ids."""
+class Chart:
+    """What a Mermaid flowchart of the plan's subset declares: nodes and subgraphs with their label (``<br/>``
+    joined lines, quotes off) and enclosing subgraph, edges as (from, arrow, label or None, to), subgraph titles in
+    order."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, str] = {}
+        self.parent: dict[str, str | None] = {}
+        self.subgraphs: list[str] = []
+        self.edges: list[tuple[str, str, str | None, str]] = []
+
+    def lines(self, id_: str) -> list[str]:
+        return self.labels[id_].split("<br/>")
+
+    def inside(self, subgraph: str) -> list[str]:
+        return [i for i, parent in self.parent.items() if parent == subgraph]
+
+
+def parse_mermaid(block: str) -> tuple[Chart, list[str]]:
+    """A strict, offline check of the subset of Mermaid the plan writes: ``flowchart TB`` or ``LR``, balanced
+    subgraphs, safe identifiers, quoted labels without raw markup (edge labels too), solid or dotted edges only
+    between declared ids. Returns what it read and the problems."""
     lines = [line.strip() for line in block.strip().splitlines()]
-    problems = [] if lines and lines[0] == "flowchart LR" else ["first line must be 'flowchart LR'"]
-    declared: set[str] = set()
-    edges: list[tuple[str, str]] = []
-    depth = 0
+    problems = [] if lines and lines[0] in ("flowchart TB", "flowchart LR") else [
+        "first line must be 'flowchart TB' or 'flowchart LR'"]
+    chart = Chart()
+    stack: list[str] = []
     for number, line in enumerate(lines[1:], start=2):
         if match := _SUBGRAPH.match(line):
-            depth += 1
-            ids = [match.group(1)]
+            id_, label = match.group(1), match.group(2)
+            chart.subgraphs.append(id_)
         elif line == "end":
-            depth -= 1
-            if depth < 0:
+            if not stack:
                 problems.append(f"line {number}: 'end' without subgraph")
+            else:
+                stack.pop()
             continue
         elif match := _SHAPE_NODE.match(line):
-            ids = [match.group(1)]
+            id_, label = match.group(1), re.search(_LABEL, match.group(2)).group(0)
         elif match := _EDGE.match(line):
-            edges.append((match.group(1), match.group(2)))
+            a, arrow, label, b = match.groups()
+            chart.edges.append((a, arrow, label[1:-1] if label else None, b))
             continue
         else:
             problems.append(f"line {number}: not a quoted node, subgraph, end or edge: {line!r}")
             continue
-        for id_ in ids:
-            if id_.lower() in _RESERVED:
-                problems.append(f"line {number}: reserved word as id: {id_!r}")
-            if id_ in declared:
-                problems.append(f"line {number}: id declared twice: {id_!r}")
-            declared.add(id_)
-    if depth:
-        problems.append(f"{depth} subgraph(s) without 'end'")
-    problems += [f"edge to undeclared id: {a} --> {b}" for a, b in edges if a not in declared or b not in declared]
-    return problems
+        if id_.lower() in _RESERVED:
+            problems.append(f"line {number}: reserved word as id: {id_!r}")
+        if id_ in chart.labels:
+            problems.append(f"line {number}: id declared twice: {id_!r}")
+        chart.labels[id_] = label[1:-1]
+        chart.parent[id_] = stack[-1] if stack else None
+        if line.startswith("subgraph "):
+            stack.append(id_)
+    if stack:
+        problems.append(f"{len(stack)} subgraph(s) without 'end'")
+    problems += [f"edge to undeclared id: {a} --> {b}" for a, _, _, b in chart.edges
+                 if a not in chart.labels or b not in chart.labels]
+    return chart, problems
+
+
+def mermaid_problems(block: str) -> list[str]:
+    return parse_mermaid(block)[1]
+
+
+def chart_of(block: str) -> Chart:
+    chart, problems = parse_mermaid(block)
+    assert problems == [], problems
+    return chart
 
 
 def _blocks(doc: str) -> list[str]:
     return re.findall(r"^```mermaid\n(.*?)^```$", doc, re.M | re.S)
 
 
+def _section(doc: str, heading: str) -> str:
+    return doc.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
 def test_mermaid_checker_has_teeth():
-    good = 'flowchart LR\n  subgraph s0 ["A"]\n    s0a0["x<br/>y"]\n  end\n  subgraph s1 ["B"]\n  end\n  s0 --> s1\n'
-    assert mermaid_problems(good) == []
+    good = ('flowchart TB\n  subgraph s0 ["A"]\n    s0a0["x<br/>y"]\n  end\n  subgraph s1 ["B"]\n    n{"c"}\n  end\n'
+            '  s0 --> s1\n  s0a0 -.->|"catch: any error"| n\n  n -->|"status = OK"| s0a0\n')
+    chart = chart_of(good)
+    assert chart.parent == {"s0": None, "s0a0": "s0", "s1": None, "n": "s1"} and chart.lines("s0a0") == ["x", "y"]
+    assert ("s0a0", "-.->", "catch: any error", "n") in chart.edges
     assert mermaid_problems(good.replace("  end\n", "", 1))
     assert mermaid_problems(good.replace('s0a0["x<br/>y"]', "s0a0[x y]"))  # unquoted label
     assert mermaid_problems(good.replace('s0a0["x<br/>y"]', 's0a0["a "b""]'))  # raw quote
@@ -286,45 +339,74 @@ def test_mermaid_checker_has_teeth():
     assert mermaid_problems(good.replace("s0a0", "web/storefront"))  # unsafe id
     assert mermaid_problems(good.replace("s0a0", "end"))  # reserved id
     assert mermaid_problems(good.replace("s0 --> s1", "s0 --> s9"))  # undeclared
+    assert mermaid_problems(good.replace('|"status = OK"|', "|status = OK|"))  # unquoted edge label
+    assert mermaid_problems(good.replace("flowchart TB", "stateDiagram-v2"))
 
 
-def test_one_valid_mermaid_block_per_pipeline(prod_doc, prod_config):
+def test_one_valid_mermaid_block_per_pipeline_and_the_state_machine(prod_doc, prod_config):
     blocks = _blocks(prod_doc)
-    assert len(blocks) == len(prod_config["crossdeploy:services"]) + ("crossdeploy:release" in prod_config)
+    pipelines = len(prod_config["crossdeploy:services"]) + ("crossdeploy:release" in prod_config)
+    assert len(blocks) == pipelines + ("crossdeploy:release" in prod_config)
     for block in blocks:
         assert mermaid_problems(block) == [], block
     assert "## crossdeploy-prod-web-storefront" in prod_doc
-    assert '"ECR · us-east-2<br/>web/storefront:latest"' in prod_doc
+    assert '"ECR image<br/>web/storefront:latest"' in prod_doc
 
 
-def test_mermaid_stages_in_order_with_approval_before_prod(prod_doc, prod_config):
+def _service_sections(doc: str, config: dict) -> list[str]:
+    sections = [_section(doc, f"crossdeploy-prod-{s['name'].replace('/', '-')}")
+                for s in config["crossdeploy:services"]]
+    assert all("```mermaid" in s for s in sections)
+    return sections
+
+
+def test_mermaid_boxes_in_promotion_order_with_the_approval_first_in_prod(prod_doc, prod_config):
     prod_regions = next(e["regions"] for e in prod_config["crossdeploy:environments"] if e["name"] == "prod")
-    service_blocks = [b for b in _blocks(prod_doc) if "ECR · " in b]
-    assert len(service_blocks) == len(prod_config["crossdeploy:services"])
-    for block in service_blocks:
-        titles = re.findall(r'^\s*subgraph (\w+) \["([^"]*)"\]$', block, re.M)
-        test_title = "Deploy-test · rolling · rollback on failure"
-        prod_title = "Deploy-prod · canary · rollback on failure"
-        assert [t for _, t in titles] == ["Source", "Build", test_title, "Approve-prod", prod_title]
-        ids = [i for i, _ in titles]
-        chain = [edge for edge in re.findall(r"^\s*(\w+) --> (\w+)$", block, re.M) if edge[0] in ids]
-        assert chain == list(itertools.pairwise(ids))
-        sections = dict(zip([t for _, t in titles], re.split(r"^\s*subgraph .*$", block, flags=re.M)[1:],
-                            strict=True))
-        assert "{{\"Manual approval" in sections["Approve-prod"]
-        # One engine action per environment covers all its regions at once.
-        prod = re.findall(r'^\s*\w+\["deploy engine · Lambda<br/>prod: canary in ([a-z0-9, -]+)<br/>',
-                          sections[prod_title], re.M)
-        assert prod == [", ".join(prod_regions)]
-        # The window holds the deployment, the bake follows it, the smoke test runs inside it.
-        assert re.search(r'(\w+)\{\{"deployment window<br/>\* \* 9-16 \? \* MON-THU \*<br/>America/New_York"\}\}',
-                         sections[prod_title])
-        assert re.search(r'\["Bake · Lambda<br/>20 min: 2 alarms in us-east-2, us-west-2<br/>read as role in \d{12}',
-                         sections[prod_title])
-        assert "smoke test GET " in sections[prod_title] and "on test traffic" in sections[prod_title]
-        assert "after the rollout" in sections[test_title]
-        assert "ECR · us-east-2" in sections["Source"] and "deploy document" in sections["Source"]
-        assert re.search(r"test: rolling in us-east-2<br/>", sections[test_title])
+    for section in _service_sections(prod_doc, prod_config):
+        chart = chart_of(_blocks(section)[0])
+        titles = [chart.labels[g] for g in chart.subgraphs]
+        assert titles == ["Source + Build", "test · rolling · rollback on failure",
+                          "prod · canary · rollback on failure"]
+        build, test, prod = chart.subgraphs
+        # Boxes chained in promotion order, and nothing else crosses a box.
+        assert [(a, b) for a, _, _, b in chart.edges if a in chart.subgraphs] == [(build, test), (test, prod)]
+        assert all(chart.parent[a] == chart.parent[b] for a, _, _, b in chart.edges if a not in chart.subgraphs)
+
+        sources = [n for n in chart.inside(build) if chart.lines(n)[0] in ("ECR image", "config")]
+        builds = [n for n in chart.inside(build) if n not in sources]
+        assert [chart.lines(n)[0] for n in sources] == ["ECR image", "config"]  # image and config, in parallel
+        assert {(a, b) for a, _, _, b in chart.edges if chart.parent[a] == build} == {
+            (s, b) for s in sources for b in builds}
+
+        # Inside prod, in this order: approval, window, deployment with its smoke test, bake.
+        approval, window, deploy, bake = chart.inside(prod)
+        assert [(a, b) for a, _, _, b in chart.edges if chart.parent[a] == prod] == [
+            (approval, window), (window, deploy), (deploy, bake)]
+        assert chart.lines(approval) == ["manual approval"]
+        assert chart.lines(window) == ["deployment window", "* * 9-16 ? * MON-THU *", "America/New_York"]
+        assert chart.lines(deploy) == ["deploy engine", ", ".join(prod_regions), "smoke test on test traffic"]
+        assert chart.lines(bake) == ["bake 20 min", "2 alarms watched"]
+        (test_deploy,) = chart.inside(test)
+        assert chart.lines(test_deploy) == ["deploy engine", "us-east-2", "smoke test after the rollout"]
+
+        # The details the short labels leave out are in the table under the diagram, one row per node.
+        rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| step")]
+        assert len(rows) == sum(1 for i in chart.labels if i not in chart.subgraphs)
+        assert re.search(r"\| Approve-prod · Approve \| Manual approval; notify notifications-topic-… "
+                         r"\(assigned at deploy\) \|", section)
+        assert re.search(r"\| Deploy-prod · Bake \| Bake · Lambda; 20 min: 2 alarms in us-east-2, us-west-2; "
+                         r"read as role in \d{12}; alarm: stage fails \|", section)
+        assert re.search(r"smoke test GET /\S* on test traffic \|$", section, re.M)
+        assert re.search(r"\| Deploy-test · Deploy \| .*smoke test GET /\S* after the rollout \|$", section, re.M)
+
+
+def test_mermaid_labels_stay_short_enough_to_read(prod_doc, prod_config):
+    # Drawn at default size, the widest label sets the scale of the whole diagram: a few short lines per node.
+    for section in _service_sections(prod_doc, prod_config):
+        chart = chart_of(_blocks(section)[0])
+        for id_ in chart.labels:
+            lines = chart.lines(id_)
+            assert len(lines) <= 4 and max(map(len, lines)) <= 40, (id_, lines)
 
 
 def test_mermaid_run_order_within_a_stage():
@@ -338,6 +420,147 @@ def test_mermaid_run_order_within_a_stage():
     assert flow[0].nodes[0].lines == ("ECS · eu-west-1", "cluster c", "service s", "as role in 123456789012 (x)")
     text = p.render_mermaid(flow)
     assert "s0a0 --> s0a1" in text and mermaid_problems(text) == []
+
+
+# --- the release state machine ---------------------------------------------------------------------------------
+
+
+def _asl_states(states: dict, scope: tuple[str, ...] = ()):
+    """(scope, name, state) of every state of an ASL definition, Map iterations included."""
+    for name, state in states.items():
+        yield scope, name, state
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if processor:
+            yield from _asl_states(processor["States"], (*scope, name))
+
+
+def test_release_state_machine_is_drawn_from_its_registered_definition(prod_doc, prod_plan):
+    (machine,) = prod_plan.run.of_type(p.STATE_MACHINE_TYPE)
+    definition = json.loads(machine.inputs["definition"])  # what Step Functions would receive
+    section = _section(prod_doc, "State machine crossdeploy-prod-release")
+    chart = chart_of(_blocks(section)[0])
+    by_name = {chart.lines(i)[0].removesuffix(" · Map"): i for i in chart.labels}
+
+    states = list(_asl_states(definition["States"]))
+    assert len(states) > 20
+    for scope, name, state in states:
+        assert name in by_name, f"state {name} not drawn"
+        node = by_name[name]
+        # A Map is a box; the states of one iteration are drawn inside it.
+        assert (node in chart.subgraphs) == (state["Type"] == "Map"), name
+        assert chart.parent[node] == (by_name[scope[-1]] if scope else None), name
+        assert f"| {' › '.join([*scope, name])} | {state['Type']} |" in section  # its row in the table
+        edges = {(a, arrow, label, b) for a, arrow, label, b in chart.edges if a == node}
+        if "Next" in state:
+            assert (node, "-->", None, by_name[state["Next"]]) in edges, name
+        for catcher in state.get("Catch", []):
+            assert (node, "-.->", "catch: any error", by_name[catcher["Next"]]) in edges, name
+        for rule in state.get("Choices", []):
+            value = json.dumps(rule.get("BooleanEquals")) if "BooleanEquals" in rule else rule.get("StringEquals")
+            assert (node, "-->", f"{rule['Variable'].rsplit('.', 1)[-1]} = {value}", by_name[rule["Next"]]) in edges
+        if "Default" in state:
+            assert (node, "-->", "otherwise", by_name[state["Default"]]) in edges, name
+
+    # Any failure of the two deploying Maps goes the rollback's way; a failure in Prepare changed nothing.
+    catches = {(chart.labels[a], chart.labels[b]) for a, arrow, _, b in chart.edges if arrow == "-.->"}
+    assert {("DeployTasks · Map", "SettleBeforeRollback<br/>wait 75 s"),
+            ("DeployServices · Map", "SettleBeforeRollback<br/>wait 75 s"),
+            ("Prepare<br/>Lambda task", "NotifyRejected<br/>Lambda task")} <= catches
+    assert chart.lines(by_name["ServiceRolloutFailed"]) == ["ServiceRolloutFailed", "fails the Map"]
+    assert chart.lines(by_name["ReleaseRolledBack"]) == ["ReleaseRolledBack", "execution fails"]
+    start = by_name["start"]
+    assert chart.edges[0] == (start, "-->", None, by_name[definition["StartAt"]])
+
+
+def test_state_machine_drawing_handles_any_state_name_parallel_and_jsonata():
+    definition = {"StartAt": "first step", "States": {
+        "first step": {"Type": "Parallel", "Next": "end", "Branches": [
+            {"StartAt": "end", "States": {"end": {"Type": "Pass", "End": True}}},
+            {"StartAt": "b", "States": {"b": {"Type": "Wait", "Seconds": 5, "Next": "c"},
+                                        "c": {"Type": "Succeed"}}}]},
+        "end": {"Type": "Choice", "Choices": [{"Condition": "{% $states.input.ok %}", "Next": "done \"x\""},
+                                              {"Variable": "$.n", "NumericGreaterThan": 3, "Next": "done \"x\""}],
+                "Default": "end"},
+        'done "x"': {"Type": "Fail", "Error": "Boom"}}}
+    diagram, table = p.render_state_machine(definition)
+    chart = chart_of(diagram)
+    # "end" twice (a branch has its own scope) and a quote in a name: distinct, safe ids, escaped labels.
+    ends = [i for i in chart.labels if chart.lines(i)[0] == "end"]
+    assert len(ends) == 2 and len({chart.parent[i] for i in ends}) == 2
+    assert [chart.labels[i] for i in chart.subgraphs] == ["first step · Parallel", "branch 1", "branch 2"]
+    labels = {label for _, _, label, _ in chart.edges if label}
+    assert labels == {"{% $states.input.ok %}", "n NumericGreaterThan 3", "otherwise"}
+    assert "done #quot;x#quot;<br/>execution fails: Boom" in chart.labels.values()
+    assert "| first step › branch 2 › b | Wait | 5 s |" in table
+
+
+# --- names assigned at deploy ----------------------------------------------------------------------------------
+
+
+def _resource(type_: str, name: str, inputs: dict, outputs: dict) -> Recorded:
+    return Recorded(type_, name, inputs, {**inputs, **outputs}, True, None, "prov", "123456789012", "us-east-2")
+
+
+def test_physical_names_mark_what_only_the_deployment_assigns():
+    def shown(type_: str, name: str, inputs: dict, outputs: dict) -> str:
+        return p.physical_name(_resource(type_, name, inputs, outputs))
+
+    # Set by the program: as they are, even when they look like an auto-name.
+    assert shown("aws:iam/role:Role", "r", {"name": "crossdeploy-prod-deploy"}, {}) == "crossdeploy-prod-deploy"
+    assert shown("aws:s3/bucket:Bucket", "b", {"bucket": "team-logs-1a2b3c4"}, {}) == "team-logs-1a2b3c4"
+    # AWS's own fixed name is real too.
+    assert shown("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup", "vpc-default-sg", {}, {"name": "default"}) == \
+        "default"
+    # Pulumi's auto-names (logical name, "-", 7 random hex digits), shortened ones and prefixes; AWS's key ids.
+    assert shown("aws:sns/topic:Topic", "notifications-topic", {}, {"name": "notifications-topic-a071602"}) == \
+        "notifications-topic-… (assigned at deploy)"
+    assert shown("aws:lb/loadBalancer:LoadBalancer", "workload-prod-us-east-2-alb", {},
+                 {"name": "workload-prod-us-east-2--2d92f88"}) == "workload-prod-us-east-2-alb-… (assigned at deploy)"
+    assert shown("aws:lb/targetGroup:TargetGroup", "tg", {"namePrefix": "blue-"}, {"name": "blue-0a1b2c"}) == \
+        "blue-… (assigned at deploy)"
+    assert shown("aws:kms/key:Key", "artifacts-key", {"multiRegion": True}, {"keyId": "mrk-" + "0" * 32}) == \
+        "artifacts-key: mrk-… (assigned at deploy)"
+    names = p.AssignedNames({"notifications-topic-a071602": "notifications-topic-…"})
+    assert names.show("arn:aws:sns:us-east-2:111111111111:notifications-topic-a071602") == \
+        "arn:aws:sns:us-east-2:111111111111:notifications-topic-… (assigned at deploy)"
+    assert names.show("notifications-topic-a071602x") == "notifications-topic-a071602x"  # another name
+    assert names.show("crossdeploy-prod-orders") == "crossdeploy-prod-orders"
+
+
+def test_names_assigned_at_deploy_are_never_printed_as_real(prod_plan, prod_doc, prod_config):
+    made_up = prod_plan.names.stand_ins
+    assert any(v.startswith("notifications-topic-") for v in made_up)
+    assert any(v.startswith("deploy-config-bucket-") for v in made_up)
+    text = p.render_text(prod_plan)
+    detail = p.render_text(prod_plan, detail=True)
+    for value in made_up:
+        for where, content in (("text", text), ("--detail", detail), ("diagrams", prod_doc)):
+            assert value not in content, f"{value} printed as real in the {where}"
+
+    outputs = text.split("\nStack outputs\n", 1)[1]
+    topic = prod_plan.run.outputs["notificationTopicArn"].rsplit(":", 1)[0]
+    assert f"  notificationTopicArn  {topic}:notifications-topic-… (assigned at deploy)\n" in outputs
+    assert "  deployConfigBucket  deploy-config-bucket-… (assigned at deploy)\n" in outputs
+    for region in prod_plan.run.outputs["artifactBuckets"]:
+        assert re.search(rf"^    {region}  artifacts-{region}-bucket-… \(assigned at deploy\)$", outputs, re.M)
+    assert re.search(r"^    prod/us-west-2  workload-prod-us-west-2-alb-…-\d+\.us-west-2\.elb\.amazonaws\.com "
+                     r"\(assigned at deploy\)$", outputs, re.M)
+    assert re.search(r"^      sns:Topic +1  notifications-topic-… \(…: assigned at deploy\)$", text, re.M)
+    # Attachments carry their parent's made-up name: shown the same way.
+    assert re.search(r"^      s3:BucketPolicy +2  artifacts-us-east-2-bucket-…, deploy-config-bucket-… "
+                     r"\(…: assigned at deploy\)$", text, re.M)
+    assert "        notifications-topic-… (assigned at deploy)\n" in detail
+
+    # Names the program sets stay exactly as registered.
+    _, envs, _ = _accounts(prod_config)
+    for name in ("crossdeploy-prod-deploy", "crossdeploy-prod-orders", "crossdeploy-prod-release", "web/storefront"):
+        assert re.search(rf"[ ,]{re.escape(name)}(,|$)", text, re.M), name
+    for account in envs.values():
+        role = f"arn:aws:iam::{account}:role/crossdeploy/prod/deploy/crossdeploy-prod-deploy"
+        assert f"    {account}  {role}\n" in outputs
+    assert "crossdeploy-prod-orders-imagedefs |" in prod_doc and "## State machine crossdeploy-prod-release" in prod_doc
+    assert "releaseStateMachineArn  arn:aws:states:us-east-2:111111111111:stateMachine:crossdeploy-prod-release\n" in \
+        outputs
 
 
 # --- command line ----------------------------------------------------------------------------------------------
@@ -388,6 +611,7 @@ def test_dev_end_to_end(tmp_path):
     blocks = _blocks(out.read_text())
     assert len(blocks) == 1 and mermaid_problems(blocks[0]) == []
     assert "Approve-" not in blocks[0]  # dev has no approval
+    assert "## State machine" not in out.read_text()  # nor a release
 
 
 def test_push_delivery_is_shown_in_text_and_diagram():
@@ -407,6 +631,7 @@ def test_push_delivery_is_shown_in_text_and_diagram():
             f"{PROD} eu-west-1 crossdeploy/billing\n") in text
     diagram = p.render_push_mermaid(p.push_targets(plan.run))
     assert diagram.startswith("flowchart LR\n") and "fn --> t0" in diagram and "fn --> t1" in diagram
+    assert mermaid_problems(diagram) == []
     assert "-#gt; prod" in diagram, "labels are escaped like the pipeline diagrams"
     assert [p_.outputs["name"] for p_ in plan.pipelines] == ["crossdeploy-push-orders"]
 
@@ -414,6 +639,10 @@ def test_push_delivery_is_shown_in_text_and_diagram():
 def test_release_context_is_written_for_pull_request_validation(tmp_path):
     out = tmp_path / "release-context.json"
     assert p.main(["prod", "--out", str(tmp_path / "plan.md"), "--release-context", str(out)]) == 0
+    # The command writes the release state machine's diagram into the same document as the pipelines'.
+    doc = (tmp_path / "plan.md").read_text()
+    assert "\n## State machine crossdeploy-prod-release\n" in doc
+    assert all(mermaid_problems(block) == [] for block in _blocks(doc))
     from handlers.release_file import load_context
 
     context = load_context(__import__("json").loads(out.read_text()))

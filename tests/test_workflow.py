@@ -1,4 +1,5 @@
-"""Offline checks of the pull-request workflow (.github/workflows/preview.yml).
+"""Offline checks of the pull-request workflows (.github/workflows/preview.yml, and preview-comment.yml, which
+posts preview.yml's offline diff).
 
 Two layers:
 
@@ -28,6 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "preview.yml"
+COMMENT_WORKFLOW = ROOT / ".github" / "workflows" / "preview-comment.yml"
 
 # The README documents this exact command; CI must run the same one.
 TEST_COMMAND = "python -m pytest -q -n auto"
@@ -40,7 +42,17 @@ POLICY_VENV = "policy/venv"
 WRITE_SCOPES_ALLOWED = {
     "checks": set(),
     "preview": {"id-token", "pull-requests"},
+    "offline-diff": set(),  # runs the PR's code, forks included: read-only, no secrets
 }
+# The offline diff's artifact, and the command that fills it (per stack, against the PR's base branch).
+DIFF_ARTIFACT = "offline-diff"
+DIFF_COMMAND = re.compile(r'python -m offline\.plan "\$(?P<var>\w+)" --diff "origin/\$BASE_REF" --format markdown')
+# preview-comment.yml's one job and exactly the permissions it holds: download the triggering run's artifact, comment.
+COMMENT_PERMISSIONS = {"actions": "read", "pull-requests": "write"}
+# A script line that would run code the PR controls: an installer or build tool, a module or file run by path, a sourced
+# file. (python3 reading its program from this workflow's own heredoc is fine.)
+RUNS_CODE = re.compile(r"^\s*(pip3?|npm|npx|yarn|make|source|\.|bash|sh|chmod|git)\s"
+                       r"|python3? -m |\./|\$RUNNER_TEMP/\S*\.(sh|py)")
 
 SHA_PINNED = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[^@\s]+)?@[0-9a-f]{40}$")
 USES_LINE = re.compile(r"^\s*(-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
@@ -386,6 +398,40 @@ def check_preview_job(wf: dict) -> list[str]:
     return problems
 
 
+def check_offline_diff_job(wf: dict) -> list[str]:
+    """The diff job runs PR code (forks too): nothing to steal, every stack diffed against the base, one artifact."""
+    job = wf.get("jobs", {}).get("offline-diff", {})
+    problems = []
+    if job.get("permissions") != {"contents": "read"}:
+        problems.append(f"offline-diff must hold exactly contents: read, got {job.get('permissions')!r}")
+    if "secrets." in json.dumps(job) or "id-token" in json.dumps(job.get("permissions")):
+        problems.append("offline-diff runs the PR's code: it must see no secrets and mint no OIDC token")
+    if job.get("if"):
+        problems.append("offline-diff must run for every PR, forks included (no `if:`)")
+    checkouts = steps_using(job, "actions/checkout")
+    if len(checkouts) != 1 or (checkouts[0].get("with") or {}).get("fetch-depth") != 0:
+        problems.append("offline-diff must check out once with fetch-depth: 0 (the base branch to diff against)")
+    runs = [str(s.get("run", "")) for s in steps(job)]
+    if not any("pip install -r requirements-dev.txt" in run for run in runs):
+        problems.append("offline-diff must install requirements-dev.txt")
+    diff_steps = [s for s in steps(job) if DIFF_COMMAND.search(str(s.get("run", "")))]
+    if len(diff_steps) != 1:
+        return [*problems, f"offline-diff must run `{DIFF_COMMAND.pattern}` in one step, found {len(diff_steps)}"]
+    env = diff_steps[0].get("env") or {}
+    if env.get("BASE_REF") != "${{ github.base_ref }}":
+        problems.append("BASE_REF must come from github.base_ref, through the environment")
+    if set(str(env.get("STACKS", "")).split()) != STACKS:
+        problems.append(f"the diff must cover every stack {sorted(STACKS)}, got {env.get('STACKS')!r}")
+    if "${{" in str(diff_steps[0].get("run")):
+        problems.append("no expressions in the diff script: values go through env")
+    uploads = steps_using(job, "actions/upload-artifact")
+    if len(uploads) != 1 or (uploads[0].get("with") or {}).get("name") != DIFF_ARTIFACT:
+        problems.append(f"offline-diff must upload one artifact named {DIFF_ARTIFACT}")
+    elif steps(job).index(uploads[0]) < steps(job).index(diff_steps[0]):
+        problems.append("the artifact must be uploaded after the diff")
+    return problems
+
+
 WORKFLOW_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "top-level permissions empty": check_top_level_permissions_empty,
     "least job permissions": check_job_permissions_least,
@@ -396,6 +442,7 @@ WORKFLOW_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "checkout without persisted credentials": check_checkout_no_persisted_credentials,
     "checks job": check_checks_job,
     "preview job": check_preview_job,
+    "offline diff job": check_offline_diff_job,
 }
 
 
@@ -509,6 +556,37 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], Callable[[dict], list[str]]]]
         ),
         check_preview_job,
     ),
+    "offline diff gets pull-requests write": (
+        lambda wf: _job(wf, "offline-diff")["permissions"].update({"pull-requests": "write"}),
+        check_offline_diff_job,
+    ),
+    "offline diff sees a secret": (
+        lambda wf: _job(wf, "offline-diff").update(env={"PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}"}),
+        check_offline_diff_job,
+    ),
+    "offline diff skips forks": (
+        lambda wf: _job(wf, "offline-diff").update({"if": "github.event.pull_request.head.repo.fork == false"}),
+        check_offline_diff_job,
+    ),
+    "offline diff without the base branch": (
+        lambda wf: _step(wf, "offline-diff", "actions/checkout")["with"].pop("fetch-depth"),
+        check_offline_diff_job,
+    ),
+    "offline diff drops prod": (
+        lambda wf: [s["env"].update(STACKS="dev") for s in steps(_job(wf, "offline-diff")) if "STACKS" in
+                    (s.get("env") or {})],
+        check_offline_diff_job,
+    ),
+    "offline diff injects the base ref": (
+        lambda wf: [s.update(run=s["run"].replace("$BASE_REF", "${{ github.base_ref }}")) for s in
+                    steps(_job(wf, "offline-diff")) if "BASE_REF" in str(s.get("run", ""))],
+        check_offline_diff_job,
+    ),
+    "offline diff not uploaded": (
+        lambda wf: _job(wf, "offline-diff").update(
+            steps=[s for s in steps(_job(wf, "offline-diff")) if action_name(s) != "actions/upload-artifact"]),
+        check_offline_diff_job,
+    ),
 }
 
 
@@ -524,6 +602,251 @@ def test_property_checks_catch_broken_workflow(mutation):
 def test_version_comment_check_has_teeth():
     text = "steps:\n  - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683\n"
     assert check_uses_have_version_comment(text)
+
+
+# --------------------------------------------------------------------------- preview-comment.yml
+# workflow_run runs with a write token in the base repository's context: it must stay data-only.
+
+
+def test_comment_workflow_zizmor_reports_only_its_trigger():
+    # The one reviewed exception: zizmor flags every workflow_run trigger ("almost always used insecurely"), and
+    # --no-ignores leaves no way to mark this use as reviewed. Everything that makes it safe is asserted below.
+    findings = run_zizmor(COMMENT_WORKFLOW)
+    assert [f["ident"] for f in findings] == ["dangerous-triggers"], "zizmor findings:\n" + describe(findings)
+
+
+def comment_job(wf: dict) -> dict:
+    return (wf.get("jobs") or {}).get("comment") or {}
+
+
+def check_comment_trigger(wf: dict) -> list[str]:
+    on = triggers(wf)
+    problems = []
+    if set(on) != {"workflow_run"}:
+        problems.append(f"must trigger on workflow_run only, got {sorted(map(str, on))}")
+    run = on.get("workflow_run") or {}
+    preview_name = load_workflow().get("name")
+    if run.get("workflows") != [preview_name] or run.get("types") != ["completed"]:
+        problems.append(f"must follow completed runs of {preview_name!r} only, got {run!r}")
+    if "github.event.workflow_run.event == 'pull_request'" not in str(comment_job(wf).get("if", "")):
+        problems.append("the comment job must run only for pull_request runs")
+    return problems
+
+
+def check_comment_permissions(wf: dict) -> list[str]:
+    problems = check_top_level_permissions_empty(wf)
+    if set(wf.get("jobs") or {}) != {"comment"}:
+        problems.append(f"expected the one job `comment`, got {sorted(wf.get('jobs') or {})}")
+    if comment_job(wf).get("permissions") != COMMENT_PERMISSIONS:
+        problems.append(f"comment must hold exactly {COMMENT_PERMISSIONS}, got {comment_job(wf).get('permissions')!r}")
+    return problems
+
+
+def check_comment_runs_no_pr_code(wf: dict) -> list[str]:
+    problems = []
+    for name, job in (wf.get("jobs") or {}).items():
+        for step in steps(job):
+            uses = str(step.get("uses", ""))
+            if uses and action_name(step) != "actions/download-artifact":
+                problems.append(f"job {name}: `uses: {uses}`: no checkout and no other action in this workflow")
+            if uses.startswith("./"):
+                problems.append(f"job {name}: a local action runs the PR's code")
+            script = str(step.get("run", ""))
+            if "${{" in script:
+                problems.append(f"job {name}: expression in a script (template injection): go through env")
+            for line in script.splitlines():
+                if RUNS_CODE.search(line):
+                    problems.append(f"job {name}: `{line.strip()}`: nothing from the PR or its artifact may run here")
+        if "secrets." in json.dumps(job):
+            problems.append(f"job {name}: no secrets: the token is github.token")
+    return problems
+
+
+def check_comment_pr_from_event(wf: dict) -> list[str]:
+    """The PR number comes from the event's head commit, not from anything the PR's run produced."""
+    problems = []
+    job = comment_job(wf)
+    finders = [s for s in steps(job) if s.get("id") == "pr"]
+    if len(finders) != 1:
+        return ["the comment job must find the PR in a step with id `pr`"]
+    env = finders[0].get("env") or {}
+    if env.get("HEAD_SHA") != "${{ github.event.workflow_run.head_sha }}":
+        problems.append("the PR must be matched on github.event.workflow_run.head_sha")
+    if DIFF_ARTIFACT in json.dumps(finders[0]) or steps(job).index(finders[0]) != 0:
+        problems.append("the PR must be found first, before and without the artifact")
+    posting = [s for s in steps(job) if "PR_NUMBER" in (s.get("env") or {})]
+    if not posting or any(s["env"]["PR_NUMBER"] != "${{ steps.pr.outputs.number }}" for s in posting):
+        problems.append("PR_NUMBER must be steps.pr.outputs.number")
+    return problems
+
+
+COMMENT_CHECKS: dict[str, Callable[[dict], list[str]]] = {
+    "workflow_run of preview, pull requests only": check_comment_trigger,
+    "least permissions": check_comment_permissions,
+    "runs no PR code": check_comment_runs_no_pr_code,
+    "PR number from the event": check_comment_pr_from_event,
+    "uses pinned by SHA": check_uses_pinned,
+}
+
+
+@pytest.mark.parametrize("check", COMMENT_CHECKS.values(), ids=COMMENT_CHECKS.keys())
+def test_comment_workflow_property(check):
+    problems = check(load_workflow(COMMENT_WORKFLOW))
+    assert problems == [], "\n".join(problems)
+
+
+def test_comment_workflow_has_timeout_and_concurrency():
+    wf = load_workflow(COMMENT_WORKFLOW)
+    assert 0 < comment_job(wf).get("timeout-minutes", 0) <= 10
+    assert is_true((wf.get("concurrency") or {}).get("cancel-in-progress"))
+    assert check_uses_have_version_comment(COMMENT_WORKFLOW.read_text(encoding="utf-8")) == []
+
+
+def _comment_step(wf, step_id):
+    return next(s for s in steps(comment_job(wf)) if s.get("id") == step_id)
+
+
+# A stand-in for the runner's gh CLI: answers the three API reads from files, "downloads" a prepared artifact, and
+# keeps the body it is asked to post.
+FAKE_GH = """#!/bin/bash
+echo "$*" >> "$FAKE/calls"
+case "$*" in
+  *" repos/o/r/pulls "*) cat "$FAKE/pulls" ;;
+  *"/artifacts "*) cat "$FAKE/artifacts" ;;
+  "run download "*) mkdir -p "${@: -1}" && cp -R "$FAKE/artifact/." "${@: -1}" ;;
+  *"/comments --jq"*) cat "$FAKE/existing" ;;
+  *"body=@"*) last="${@: -1}"; cp "${last#body=@}" "$FAKE/posted" ;;
+  *) echo "unexpected gh $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def run_comment_job(tmp_path: Path, pulls: str, artifact: dict[str, str], existing: str = "") -> Path:
+    """Run preview-comment.yml's steps with bash as the runner would (env from the event, step outputs, `if:`),
+    against a fake gh; returns the fake's directory (calls, posted body)."""
+    fake = tmp_path / "fake"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "gh").write_text(FAKE_GH)
+    (fake / "bin" / "gh").chmod(0o755)
+    (fake / "pulls").write_text(pulls)
+    (fake / "artifacts").write_text("99\n" if artifact else "")
+    (fake / "existing").write_text(existing)
+    (fake / "artifact").mkdir()
+    for name, text in artifact.items():
+        (fake / "artifact" / name).write_text(text)
+    event = {
+        "github.token": "token", "github.repository": "o/r",
+        "github.event.workflow_run.head_repository.owner.login": "forker",
+        # A branch name is the PR author's to choose: it must never run.
+        "github.event.workflow_run.head_branch": 'x";touch "$FAKE/pwned',
+        "github.event.workflow_run.head_sha": "a" * 40, "github.event.workflow_run.id": "1",
+        "github.event.workflow_run.html_url": "https://github.com/o/r/actions/runs/1",
+    }
+    outputs: dict[str, dict[str, str]] = {}
+
+    def value(expression: str) -> str:
+        expression = expression.strip()
+        if expression.startswith("steps."):
+            _, step, _, key = expression.split(".")
+            return outputs.get(step, {}).get(key, "")
+        return event[expression]
+
+    def expand(text: str) -> str:
+        return re.sub(r"\$\{\{(.*?)\}\}", lambda m: value(m.group(1)), text)
+
+    for step in steps(comment_job(load_workflow(COMMENT_WORKFLOW))):
+        condition = str(step.get("if", "")).strip()
+        if condition:
+            left, _, right = condition.partition("==")
+            actual = value(left)
+            if (actual != right.strip().strip("'")) if right else not actual:
+                continue
+        output = tmp_path / f"output-{step.get('id', 'post')}"
+        output.write_text("")
+        env = {"PATH": f"{fake / 'bin'}:{os.environ['PATH']}", "FAKE": str(fake), "RUNNER_TEMP": str(tmp_path),
+               "GITHUB_OUTPUT": str(output), **{k: expand(str(v)) for k, v in (step.get("env") or {}).items()}}
+        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], env=env,
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        if step.get("id"):
+            outputs[step["id"]] = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert not (fake / "pwned").exists()
+    return fake
+
+
+MARKER = "<!-- crossdeploy:offline-diff -->"
+
+
+def test_comment_job_posts_the_artifact_as_data(tmp_path):
+    fake = run_comment_job(tmp_path, pulls="7\n", artifact={
+        "dev.md": f"**crossdeploy/dev**: 1 to add {MARKER}\n", "prod.md": "x" * 100_000, "evil.sh": "exit 1"})
+    body = (fake / "posted").read_text()
+    assert body.startswith(MARKER) and body.count(MARKER) == 1  # the artifact cannot forge the marker
+    assert "**crossdeploy/dev**: 1 to add" in body and "evil" not in body
+    assert len(body) < 65_536  # GitHub's limit for a comment, however large the artifact
+    calls = (fake / "calls").read_text()
+    assert "head=forker:x" in calls and "--method POST repos/o/r/issues/7/comments" in calls
+
+
+def test_comment_job_updates_its_comment(tmp_path):
+    fake = run_comment_job(tmp_path, pulls="7\n", artifact={"dev.md": "d", "prod.md": "p"}, existing="123\n")
+    assert "--method PATCH repos/o/r/issues/comments/123" in (fake / "calls").read_text()
+
+
+@pytest.mark.parametrize("pulls, artifact", [("", {"dev.md": "d"}), ("7\n8\n", {"dev.md": "d"}), ("7\n", {})],
+                         ids=["no PR has that head", "several PRs", "no artifact"])
+def test_comment_job_posts_nothing_without_one_pr_and_an_artifact(tmp_path, pulls, artifact):
+    fake = run_comment_job(tmp_path, pulls=pulls, artifact=artifact)
+    assert not (fake / "posted").exists()
+
+
+COMMENT_MUTATIONS: dict[str, tuple[Callable[[dict], None], Callable[[dict], list[str]]]] = {
+    "pull_request_target": (lambda wf: _set_trigger(wf, {"pull_request_target": None}), check_comment_trigger),
+    "any workflow": (lambda wf: _set_trigger(wf, {"workflow_run": {"workflows": ["*"]}}), check_comment_trigger),
+    "push runs too": (lambda wf: comment_job(wf).pop("if"), check_comment_trigger),
+    "contents write": (lambda wf: comment_job(wf)["permissions"].update(contents="write"), check_comment_permissions),
+    "top-level write-all": (lambda wf: wf.update(permissions="write-all"), check_comment_permissions),
+    "checks out the PR": (
+        lambda wf: comment_job(wf)["steps"].insert(0, {
+            "uses": "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683",
+            "with": {"ref": "${{ github.event.workflow_run.head_sha }}", "persist-credentials": False}}),
+        check_comment_runs_no_pr_code,
+    ),
+    "runs the artifact": (
+        lambda wf: comment_job(wf)["steps"].append({"run": 'bash "$RUNNER_TEMP/offline-diff/dev.md"'}),
+        check_comment_runs_no_pr_code,
+    ),
+    "injects the branch": (
+        lambda wf: comment_job(wf)["steps"].append({"run": "echo ${{ github.event.workflow_run.head_branch }}"}),
+        check_comment_runs_no_pr_code,
+    ),
+    "uses a secret": (
+        lambda wf: _comment_step(wf, "pr")["env"].update(GH_TOKEN="${{ secrets.PAT }}"),
+        check_comment_runs_no_pr_code,
+    ),
+    "PR number from the artifact": (
+        lambda wf: [s["env"].update(PR_NUMBER="${{ env.ARTIFACT_PR }}") for s in steps(comment_job(wf))
+                    if "PR_NUMBER" in (s.get("env") or {})],
+        check_comment_pr_from_event,
+    ),
+    "PR not matched on the head commit": (
+        lambda wf: _comment_step(wf, "pr")["env"].pop("HEAD_SHA"),
+        check_comment_pr_from_event,
+    ),
+    "unpinned download": (
+        lambda wf: comment_job(wf)["steps"].append({"uses": "actions/download-artifact@v4"}),
+        check_uses_pinned,
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", COMMENT_MUTATIONS.values(), ids=COMMENT_MUTATIONS.keys())
+def test_comment_checks_catch_broken_workflow(mutation):
+    mutate, check = mutation
+    wf = copy.deepcopy(load_workflow(COMMENT_WORKFLOW))
+    assert check(wf) == [], "precondition: the real workflow passes this check"
+    mutate(wf)
+    assert check(wf), "the check did not notice the broken workflow"
 
 
 # --------------------------------------------------------------------------- consistency with the project
