@@ -1237,6 +1237,10 @@ def load_stack(path: Path) -> dict[str, Any]:
     return config
 
 
+DEFAULT_CONTEXT = ROOT / "build" / "release-context.json"
+"""Where ``--release-context`` without a path writes: generated files stay under build/, out of the source tree."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m offline.plan",
@@ -1245,9 +1249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--detail", action="store_true", help="list every resource instead of counts per type")
     parser.add_argument("--out", type=Path, help="Markdown file for the Mermaid diagrams "
                                                  "(default: build/plan-<stack>.md in the repository root)")
-    parser.add_argument("--release-context", type=Path, metavar="PATH",
+    parser.add_argument("--release-context", type=Path, metavar="PATH", nargs="?", const=DEFAULT_CONTEXT,
                         help="also write the release context (environments, accounts, regions, deploy roles) that "
-                             "`python -m handlers.release_file validate` needs, e.g. in a release repository's CI")
+                             "`python -m handlers.release_file validate` needs, e.g. in a release repository's CI "
+                             "(default PATH: build/release-context.json in the repository root)")
     parser.add_argument("--diff", metavar="GIT_REF",
                         help="instead of the plan, print what `pulumi preview --diff` would show from GIT_REF (its "
                              "program and stack file, run in a temporary git worktree) to the working tree")
@@ -1282,7 +1287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if context is None:
             print(f"plan: {path} has no crossdeploy:release, so there is no release context", file=sys.stderr)
             return 2
+        args.release_context.parent.mkdir(parents=True, exist_ok=True)
         args.release_context.write_text(context)
+        print(f"plan: release context written to {args.release_context}", file=sys.stderr)
     # The diagrams are written before anything is printed, so `... | head` still leaves a complete file.
     out = args.out or ROOT / "build" / f"plan-{stack}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
