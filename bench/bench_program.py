@@ -14,7 +14,7 @@ Usage::
     .venv/bin/python bench/bench_program.py                      # sizes 10 100 300, median of 3
     .venv/bin/python bench/bench_program.py --sizes 10 50 --repeat 1 --json out.json
     .venv/bin/python bench/bench_program.py --profile /tmp/prof  # also cProfile both programs at the largest size
-    .venv/bin/python bench/bench_program.py --gc off               # the same without the cyclic garbage collector
+    .venv/bin/python bench/bench_program.py --gc off               # the same without run_program's one collection
 
 This is a script, not a timed test: it reports figures and a verdict; ``--strict`` turns a missed target into
 exit status 1 for anyone who wants to gate on it. Single runs vary by up to 25% on a shared machine; the program
@@ -378,8 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--gc", choices=("default", "off"), default="default",
-                        help="'off' disables the cyclic garbage collector during timed runs (collected between "
-                             "them): shows what the collector, about half of both runs, hides in the ratio")
+                        help="run_program pauses the cyclic garbage collector during a run and collects the run's "
+                             "garbage once at its end; 'off' keeps the collector off for the whole timed call, so "
+                             "that collection happens untimed between runs instead: shows what it costs")
     parser.add_argument("--bare-kinds", default=",".join(BARE_KINDS),
                         help=f"comma-separated resource kinds of the bare program, from {', '.join(BARE_KIND_CHOICES)}")
     parser.add_argument("--flat-tolerance", type=float, default=0.2,
