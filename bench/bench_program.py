@@ -248,8 +248,9 @@ def verdict(rows: Sequence[Row], flat_tolerance: float) -> tuple[bool, list[str]
                      f"-> {'ok' if flat_ok else 'MISSED'}")
         ok = ok and flat_ok
         if len(rows) > 2:
-            # The smallest fleet finishes before the collector's first full collections, which cost ~45% of a
-            # larger run: growth between the two largest sizes shows whether the cost per resource has settled.
+            # Growth between the two largest sizes shows whether the cost per resource has settled, apart from the
+            # smallest fleet's start-up. (Before run_program paused the collector, the smallest fleet also finished
+            # before the collector's first full collections, which cost about half of a larger run.)
             before = rows[-2]
             lines.append(f"program µs/resource {before.services} -> {last.services} services: "
                          f"x{last.program_us_per_resource / before.program_us_per_resource:.2f}")
