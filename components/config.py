@@ -38,6 +38,7 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from handlers import smoke_test as smoke
+from handlers.release_limits import MAX_CONCURRENCY, MIN_CONCURRENCY
 
 NAMESPACE = "crossdeploy"
 TOP_LEVEL_KEYS = ("tools", "environments", "services", "notifications", "release")
@@ -649,9 +650,9 @@ class ReleaseConfig(_Strict):
     """Path of the release file in the repository. Default ``deployment.yaml``."""
     require_approval: bool = Field(default=False, alias="requireApproval")
     """Manual approval between validation and the release. Default false."""
-    max_concurrency: int = Field(default=10, alias="maxConcurrency", ge=1, le=40)
-    """Targets deployed at once by each Map (1-40; inline Maps never run more than 40). Default 10: ECS throttles
-    its APIs per account and region."""
+    max_concurrency: int = Field(default=10, alias="maxConcurrency", ge=MIN_CONCURRENCY, le=MAX_CONCURRENCY)
+    """Targets deployed at once **in each account-region** (1-50): every account-region of a release proceeds on its
+    own, up to this bound (handlers/release_limits.py). Default 10: ECS throttles its APIs per account and region."""
     service_timeout_minutes: int = Field(default=15, alias="serviceTimeoutMinutes", ge=1, le=120)
     """How long one service may take to become steady before the release rolls back. Default 15."""
     pass_role_names: list[str] = Field(default_factory=lambda: ["ecsEventsRole", "ecsTaskExecutionRole"],

@@ -8,7 +8,9 @@ as one unit, with rollback of the whole release on any failure.
               as one zip in the artifact bucket: nothing is downloaded from the internet at build time) validates
               the file — every problem with its line — and converts it to the release manifest
     Approve   optional manual approval
-    Release   Step Functions: prepare (pin digests, snapshot) -> scheduled tasks -> services -> rollback on failure
+    Release   Step Functions: prepare (pin digests, snapshot, items to S3) -> per account-region, at most
+              maxConcurrency at once in each: scheduled tasks -> services (Distributed Maps); any failure rolls
+              the whole release back
 
 The state machine and its step handlers live in :mod:`components.release_state_machine` and
 ``handlers/release.py``; this module only wires them: one Lambda per step, two roles (the steps that reach into
@@ -19,7 +21,11 @@ their **deploy document**, the object ``components/deploy_config.py`` keeps per 
 release context (:func:`release_context`) maps every service of the stack (``<cluster>/<serviceName>``) to its
 document's key; it ships in the validator bundle and in the step Lambdas' package (``release-context.json``), and
 the steps read the documents with ``s3:GetObject``/``s3:GetObjectVersion`` on ``services/*`` of that bucket and
-``kms:Decrypt`` on its key, nothing more.
+``kms:Decrypt`` on its key. In the artifact bucket, *prepare* reads the manifest the build put there
+(``release-manifests/``) and writes the items files (``release-runs/<execution>/items/``), which the state machine's
+role reads for its Distributed Maps (``ItemReader``) next to the results it writes (``release-runs/<execution>/
+results/``, ``ResultWriter``); the notifier reads those results. The state machine's role also starts, follows and
+stops its own child executions (Distributed Map), nothing else.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from components.lambda_code import handler_archive
 from components.pipeline import NOTICE_EVENTS
 from components.release_state_machine import definition, lambda_functions, lambda_timeouts
 from components.service_role import service_role
+from handlers.release_limits import MAX_CONCURRENCY, MAX_CONCURRENT_TARGETS, MIN_CONCURRENCY
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLERS = ROOT / "handlers"
@@ -88,7 +95,7 @@ class ReleaseArgs:
     file: str = "deployment.yaml"
     require_approval: bool = False
     max_concurrency: int = 10
-    """Bound of both Maps. Default 10."""
+    """Targets deployed at once in each account-region (1-50; the bound of every target Map Run). Default 10."""
     service_timeout_seconds: int = 900
     log_retention_days: int = 30
     tags: dict[str, str] = field(default_factory=dict)
@@ -99,8 +106,15 @@ class ReleaseArgs:
             problems.append(f"source.provider: codecommit or codestar, got {self.source.provider!r}")
         if self.source.provider == "codestar" and not self.source.connection_arn:
             problems.append("source.connection_arn: required for codestar")
-        if not 1 <= self.max_concurrency <= 40:
-            problems.append(f"max_concurrency: 1-40, got {self.max_concurrency}")
+        if not MIN_CONCURRENCY <= self.max_concurrency <= MAX_CONCURRENCY:
+            problems.append(f"max_concurrency: {MIN_CONCURRENCY}-{MAX_CONCURRENCY} per account-region, got "
+                            f"{self.max_concurrency}")
+        account_regions = {(env.get("accountId"), region) for env in self.context.get("environments", {}).values()
+                           for region in env.get("regions", [])}
+        if len(account_regions) * self.max_concurrency > MAX_CONCURRENT_TARGETS:
+            problems.append(f"max_concurrency: {len(account_regions)} account-regions x {self.max_concurrency} "
+                            f"would run {len(account_regions) * self.max_concurrency} check Lambdas at once, over "
+                            f"{MAX_CONCURRENT_TARGETS} (Lambda's default 1,000 concurrent executions)")
         if self.home_region not in self.regions:
             problems.append("regions: must include the home region")
         if not isinstance(self.context.get("services"), dict):
@@ -133,18 +147,22 @@ def tools_bundle_assets(context: dict[str, Any]) -> dict[str, str]:
     package (the pinned requirement; its C extension is left out, PyYAML falls back without it) and the context."""
     files = {"handlers/__init__.py": (HANDLERS / "__init__.py").read_text(),
              "handlers/release_file.py": (HANDLERS / "release_file.py").read_text(),
+             # The ceiling the validator enforces is the one prepare enforces: one module, shipped with both.
+             "handlers/release_limits.py": (HANDLERS / "release_limits.py").read_text(),
              "release-context.json": json.dumps(context, indent=1, sort_keys=True)}
     yaml_dir = Path(yaml.__file__).parent
     files.update({f"yaml/{path.name}": path.read_text() for path in sorted(yaml_dir.glob("*.py"))})
     return files
 
 
-def buildspec(file: str, bundle_uri: pulumi.Input[str]) -> pulumi.Output[str]:
-    """Validate and convert ``file``; the Step Functions action reads ``sfn-input.json`` (``{"manifest": …}``)."""
-    def render(uri: str) -> str:
+def buildspec(file: str, bundle_uri: pulumi.Input[str], bucket: pulumi.Input[str]) -> pulumi.Output[str]:
+    """Validate and convert ``file``, put the manifest in the artifact bucket (``release-manifests/<build id>.json``:
+    a large release's manifest is over Step Functions' 256 KiB of execution input); the Step Functions action reads
+    ``sfn-input.json`` (``{"manifestLocation": {"bucket", "key"}}``)."""
+    def render(uri: str, bucket_name: str) -> str:
         spec = {
             "version": 0.2,
-            "env": {"variables": {"RELEASE_FILE": file, "TOOLS_BUNDLE": uri}},
+            "env": {"variables": {"RELEASE_FILE": file, "TOOLS_BUNDLE": uri, "RELEASE_BUCKET": bucket_name}},
             "phases": {
                 "install": {"runtime-versions": {"python": "3.12"}},
                 "build": {"commands": [
@@ -155,18 +173,33 @@ def buildspec(file: str, bundle_uri: pulumi.Input[str]) -> pulumi.Output[str]:
                     # -S: only the bundle's code runs, exactly as tested (no site-packages of the build image).
                     'cd "$CODEBUILD_SRC_DIR" && PYTHONPATH="$TOOLS_DIR" python3 -S -m handlers.release_file convert '
                     '"$RELEASE_FILE" --context "$TOOLS_DIR/release-context.json" --out release.json',
-                    'cd "$CODEBUILD_SRC_DIR" && python3 -S -c "import json; json.dump({\'manifest\': '
-                    "json.load(open('release.json'))}, open('sfn-input.json', 'w'))\"",
+                    'export MANIFEST_KEY="release-manifests/${CODEBUILD_BUILD_ID##*:}.json"',
+                    'cd "$CODEBUILD_SRC_DIR" && aws s3 cp release.json "s3://$RELEASE_BUCKET/$MANIFEST_KEY"',
+                    'cd "$CODEBUILD_SRC_DIR" && python3 -S -c "import json, os; json.dump({\'manifestLocation\': '
+                    "{'bucket': os.environ['RELEASE_BUCKET'], 'key': os.environ['MANIFEST_KEY']}}, "
+                    "open('sfn-input.json', 'w'))\"",
                 ]},
             },
             "artifacts": {"files": ["sfn-input.json", "release.json"]},
         }
         return yaml.safe_dump(spec, sort_keys=False, width=1000)
 
-    return pulumi.Output.from_input(bundle_uri).apply(render)
+    return pulumi.Output.all(bundle_uri, bucket).apply(lambda values: render(*values))
+
+
+# Under the artifact bucket: what the build converted (a large release's manifest is over Step Functions' 256 KiB of
+# execution input), and per execution what prepare wrote (items) and the Distributed Maps wrote (results).
+MANIFESTS = "release-manifests/*"
+ITEMS = "release-runs/*/items/*"
+RESULTS = "release-runs/*/results/*"
+
+
+def _under(bucket_arn: pulumi.Input[str], pattern: str) -> pulumi.Output[str]:
+    return pulumi.Output.concat(bucket_arn, "/", pattern)
 
 
 def steps_policy(args: ReleaseArgs, log_group_arns: list[pulumi.Output[str]]) -> dict:
+    store = args.artifact_store
     return p.document([
         p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
                     [pulumi.Output.concat(a, ":*") for a in log_group_arns]),
@@ -178,15 +211,47 @@ def steps_policy(args: ReleaseArgs, log_group_arns: list[pulumi.Output[str]]) ->
         p.statement("ReadDeployDocuments", ["s3:GetObject", "s3:GetObjectVersion"],
                     [pulumi.Output.concat(args.config_bucket_arn, "/services/*")]),
         p.statement("DecryptDeployDocuments", ["kms:Decrypt"], [args.config_key_arn]),
+        # prepare: reads the manifest the build put in the artifact bucket, writes the items files the state
+        # machine's Distributed Maps read; nothing else of the bucket.
+        p.statement("ReadReleaseManifests", ["s3:GetObject"], [_under(store.bucket_arn, MANIFESTS)]),
+        p.statement("WriteReleaseItems", ["s3:PutObject"], [_under(store.bucket_arn, ITEMS)]),
+        p.statement("ReleaseArtifactKey", ["kms:Decrypt", "kms:GenerateDataKey"], [store.key_arn]),
     ])
 
 
 def notify_policy(args: ReleaseArgs, log_group_arn: pulumi.Output[str]) -> dict:
+    store = args.artifact_store
     return p.document([
         p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
                     [pulumi.Output.concat(log_group_arn, ":*")]),
         p.statement("Notify", ["sns:Publish"], [args.notification_topic_arn]),
         p.statement("EncryptNotices", ["kms:Decrypt", "kms:GenerateDataKey"], [args.notification_key_arn]),
+        # The notice reads the Map Runs' results (targets, times, failures); the forward ones are found by listing,
+        # as a failed Map Run's output never reaches the state.
+        p.statement("ReadReleaseResults", ["s3:GetObject"], [_under(store.bucket_arn, RESULTS)]),
+        p.statement("ListReleaseResults", ["s3:ListBucket"], [store.bucket_arn],
+                    conditions={"StringLike": {"s3:prefix": ["release-runs/*"]}}),
+        p.statement("DecryptReleaseResults", ["kms:Decrypt"], [store.key_arn]),
+    ])
+
+
+def machine_policy(args: ReleaseArgs, function_arns: list[pulumi.Output[str]], machine_name: str) -> dict:
+    """The state machine's role: invoke its steps; run its Distributed Maps (start, follow and stop its own child
+    executions: AWS's documented policy for Distributed Map), read the items files, write the results."""
+    store = args.artifact_store
+    states = p.arn(args.partition, "states", args.home_region, args.tools_account_id, "")
+    return p.document([
+        p.statement("InvokeSteps", ["lambda:InvokeFunction"],
+                    [*function_arns, *(pulumi.Output.concat(a, ":*") for a in function_arns)]),
+        p.statement("StartChildExecutions", ["states:StartExecution"], [f"{states}stateMachine:{machine_name}"]),
+        # Child executions are named <machine>/<Map state>:<id>.
+        p.statement("FollowChildExecutions", ["states:DescribeExecution", "states:StopExecution"],
+                    [f"{states}execution:{machine_name}/*"]),
+        p.statement("ReadReleaseItems", ["s3:GetObject"], [_under(store.bucket_arn, ITEMS)]),
+        # ResultWriter writes large result files in parts: it may need to list and abort its own uploads.
+        p.statement("WriteMapResults", ["s3:PutObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                    [_under(store.bucket_arn, RESULTS)]),
+        p.statement("ReleaseArtifactKey", ["kms:Decrypt", "kms:GenerateDataKey"], [store.key_arn]),
     ])
 
 
@@ -219,6 +284,7 @@ class Release(pulumi.ComponentResource):
             "CROSSDEPLOY_PARTITION": args.partition,
             "CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS": str(args.service_timeout_seconds),
             "CROSSDEPLOY_CONFIG_BUCKET": args.config_bucket,
+            "CROSSDEPLOY_RELEASE_BUCKET": store.bucket,
         }
         code = _function_code(args.context)
         arns: dict[str, pulumi.Output[str]] = {}
@@ -235,19 +301,17 @@ class Release(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[log_groups[step]])),
             ).arn
 
-        machine_role, machine_policy = service_role(
+        machine_name = p.iam_name(prefix, "release", max_len=80)
+        machine_role, machine_role_policy = service_role(
             f"{name}-machine", role_name=p.iam_name(prefix, "release-machine"), path=args.role_path,
             service="states.amazonaws.com", account_id=args.tools_account_id,
-            policy=p.document([p.statement(
-                "InvokeSteps", ["lambda:InvokeFunction"],
-                [*arns.values(), *(pulumi.Output.concat(a, ":*") for a in arns.values())])]),
-            opts=child)
+            policy=machine_policy(args, list(arns.values()), machine_name), opts=child)
         machine = aws.sfn.StateMachine(
-            f"{name}-machine", name=p.iam_name(prefix, "release", max_len=80), type="STANDARD",
+            f"{name}-machine", name=machine_name, type="STANDARD",
             role_arn=machine_role.arn,
             definition=pulumi.Output.all(**arns).apply(
                 lambda resolved: json.dumps(definition(dict(resolved), max_concurrency=args.max_concurrency))),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[machine_policy])))
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[machine_role_policy])))
 
         assets = tools_bundle_assets(args.context)
         digest = hashlib.sha256(json.dumps(assets, sort_keys=True).encode()).hexdigest()[:16]
@@ -276,7 +340,8 @@ class Release(pulumi.ComponentResource):
             service_role=build_role.arn,
             environment=aws.codebuild.ProjectEnvironmentArgs(
                 type="LINUX_CONTAINER", compute_type="BUILD_GENERAL1_SMALL", image=BUILD_IMAGE),
-            source=aws.codebuild.ProjectSourceArgs(type="CODEPIPELINE", buildspec=buildspec(args.file, bundle_uri)),
+            source=aws.codebuild.ProjectSourceArgs(type="CODEPIPELINE",
+                                                   buildspec=buildspec(args.file, bundle_uri, store.bucket)),
             artifacts=aws.codebuild.ProjectArtifactsArgs(type="CODEPIPELINE"),
             encryption_key=store.key_arn, build_timeout=10,
             logs_config=aws.codebuild.ProjectLogsConfigArgs(

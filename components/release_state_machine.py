@@ -3,36 +3,47 @@
 Shape (all names unique across the machine, so logs, the console and the tests can name any state)::
 
     Prepare ──(fails: nothing changed yet)──────────────────────────────► NotifyRejected ─► ReleaseRejected (Fail)
-       │
-    DeployTasks     Map ≤N: UpdateTask
-       │
-    DeployServices  Map ≤N: DeployService ─► WaitForService ─► CheckService ─► IsServiceSteady
-       │                                         ▲──── IN_PROGRESS ─────────────────┘ │ STEADY ─► ServiceDeployed
-       │                                                 FAILED / TIMED_OUT / other ─► Fail (fails the Map)
+       │   writes one items file per account-region to S3: <bucket>/release-runs/<execution>/items/…
+    DeployGroups    Distributed Map over the account-regions (all at once), one child execution each:
+       │              DeployTasks     Distributed Map ≤N, items from S3: UpdateTask ─► TaskDeployed
+       │              DeployServices  Distributed Map ≤N, items from S3:
+       │                DeployService ─► WaitForService ─► CheckService ─► IsServiceSteady
+       │                                     ▲──── IN_PROGRESS ─────────────────┘ │ STEADY ─► ServiceDeployed
+       │                                             FAILED / TIMED_OUT / other ─► Fail (fails the child)
+       │              GroupDeployed (the Map Runs' result manifests)
     NotifySuccess ─► ReleaseSucceeded (Succeed)
 
-    any failure of DeployTasks / DeployServices (the Maps' Catch)
+    any failure in any account-region (tolerated failures: 0, at every level)
        ─► SettleBeforeRollback (Wait: in-flight step Lambdas finish)
-       ─► RollBackServices  Map ≤N: RollBackService ─► IsServiceRestored ─► WaitForRollback ─► CheckRollback ─┐
-       │                                                      ▲──────────────── IN_PROGRESS ──────────────────┘
-       ─► RollBackTasks     Map ≤N: RollBackTask
+       ─► RollBackGroups  Distributed Map over the account-regions, one child execution each:
+              RollBackServices  Distributed Map ≤N, every service of the items file:
+                RollBackService ─► IsServiceRestored ─► WaitForRollback ─► CheckRollback ─┐
+                                        ▲──────────────── IN_PROGRESS ──────────────────┘
+              RollBackTasks     Distributed Map ≤N: RollBackTask
+              GroupRolledBack
        ─► NotifyFailure ─► IsRollbackComplete ─► ReleaseRolledBack (Fail) | RollbackIncomplete (Fail)
     a failing notification ─► NotificationFailed (Fail)
 
 Why it is built this way:
 
-* Rollback trusts no Map result. It walks **every** target of the release and restores whatever differs from the
-  snapshot ``Prepare`` took, so it is right whichever iterations ran, were aborted, or half-finished, and it is
-  idempotent (a retry, or a second run, changes nothing more). Each rollback iteration catches its own failure, so
-  one target that cannot be restored never stops the others, and it is reported by name.
-* Payloads stay far below Step Functions' 256 KiB: every Lambda result goes through ``ResultSelector``, the Maps
-  discard their results (``ResultPath: null``) or keep one tiny object per item, and ``Prepare`` refuses a release
-  whose prepared state would not fit (see ``handlers.release``).
-* History stays below Standard workflows' 25,000 events: the check steps wait inside the Lambda
-  (``CROSSDEPLOY_CHECK_WAIT_SECONDS``) before returning IN_PROGRESS, so the Wait/Check/Choice loop turns a handful of
-  times per service rather than once every ``poll_seconds``; ``Prepare`` refuses releases whose worst case would not
-  fit.
-* Both Maps are bounded: ECS throttles its APIs per account and region, and an unbounded inline Map runs 40 at once.
+* ``release.maxConcurrency`` (N) bounds each account-region: ECS throttles per account and region, so each
+  account-region gets its own Map Run with ``MaxConcurrency`` N (a Distributed Map's MaxConcurrency is the Map Run's
+  total, so one Map over every target would share N among all account-regions). A throttle in one account-region
+  slows only its Map Run; the Lambda retries and the SDK's backoff happen inside that group's children.
+* One failure anywhere stops the release: every Map tolerates 0 failures, so a failed target fails its Map Run
+  (``States.ExceedToleratedFailureThreshold``), which fails its account-region's child execution, which fails the
+  outer Map Run, whose Catch starts the rollback; Step Functions stops the other children.
+* Rollback trusts no Map result. It walks **every** target of the release (the same items files) and restores
+  whatever differs from the snapshot ``Prepare`` took, so it is right whichever iterations ran, were aborted, or
+  half-finished, and it is idempotent. Each rollback iteration catches its own failure and the rollback Maps
+  tolerate every failure, so one target that cannot be restored never stops the others; it is reported by name.
+* Nothing grows with the release in the execution's state: targets are read from S3 (``ItemReader``), results go to
+  S3 (``ResultWriter``: a manifest and result files per Map Run, which ``notify`` reads), the state holds one small
+  descriptor per account-region. Every target runs in its own child execution with its own 25,000-event history.
+  The ceiling that remains (``handlers.release_limits``) is what ``Prepare`` can read in one Lambda run; the release
+  file's validator enforces the same.
+* History per child stays small: the check steps wait inside the Lambda (``CROSSDEPLOY_CHECK_WAIT_SECONDS``) before
+  returning IN_PROGRESS, so the Wait/Check/Choice loop turns a handful of times per service.
 """
 
 from __future__ import annotations
@@ -40,7 +51,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from handlers.release_limits import MAX_ACCOUNT_REGIONS, MAX_CONCURRENCY, MIN_CONCURRENCY
+
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+S3_GET_OBJECT = "arn:aws:states:::s3:getObject"
+S3_PUT_OBJECT = "arn:aws:states:::s3:putObject"
 
 # Step name -> handler (module.function), for the Pulumi side: one Lambda per step.
 _HANDLERS = {
@@ -54,21 +69,20 @@ _HANDLERS = {
 }
 
 # Lambda timeout per step. The check steps wait up to CROSSDEPLOY_CHECK_WAIT_SECONDS (default 300) inside the Lambda,
-# so their timeout must exceed that; prepare reads every target of a release one by one. checkService may also run a
+# so their timeout must exceed that; prepare reads and snapshots every target of a release (up to
+# release_limits.MAX_TARGETS) and writes the items files, so it gets Lambda's maximum. checkService may also run a
 # rolling service's smoke test once its rollout completes (up to 645 s: 10 attempts of 60 s and the pauses, plus the
-# load balancer lookup), so it gets Lambda's maximum; the handler never starts a check it could not finish.
+# load balancer lookup), so it gets Lambda's maximum; the handler never starts a check it could not finish. notify
+# reads every Map Run's result files.
 _TIMEOUTS = {
-    "prepare": 300,
+    "prepare": 900,
     "updateTask": 60,
     "deployService": 60,
     "checkService": 900,
     "rollbackTarget": 60,
     "checkRollback": 360,
-    "notify": 30,
+    "notify": 120,
 }
-
-# An inline Map never runs more than 40 iterations at once, whatever MaxConcurrency says.
-MAX_INLINE_CONCURRENCY = 40
 
 # Transient Lambda-service errors: the function did not run (or its result was lost), so invoking it again is safe;
 # the handlers are written to be re-run. A failure *of the handler* is never retried here: it goes to the rollback.
@@ -81,6 +95,9 @@ _LAMBDA_RETRY = [{
     "MaxDelaySeconds": 30,
     "JitterStrategy": "FULL",
 }]
+# Every child execution of a Distributed Map is a Standard workflow: a service's rollout loop can last longer than an
+# Express workflow's 5 minutes, and a Standard child is exactly-once.
+_DISTRIBUTED = {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
 
 
 def lambda_functions() -> dict[str, str]:
@@ -94,8 +111,9 @@ def lambda_timeouts() -> dict[str, int]:
 
 
 def _settle_seconds() -> int:
-    # When a Map fails, Step Functions stops its other iterations but their Lambda invocations run to completion.
-    # Waiting out the longest forward step means no UpdateService or PutTargets lands after the rollback looked.
+    # When a Map Run fails, Step Functions stops its other child executions but their Lambda invocations run to
+    # completion. Waiting out the longest forward step means no UpdateService or PutTargets lands after the rollback
+    # looked.
     return max(_TIMEOUTS["updateTask"], _TIMEOUTS["deployService"]) + 15
 
 
@@ -117,14 +135,42 @@ def _catch_all(next_state: str, result_path: str) -> list[dict[str, Any]]:
     return [{"ErrorEquals": ["States.ALL"], "ResultPath": result_path, "Next": next_state}]
 
 
-def _map(items_path: str, item_selector: dict[str, Any], max_concurrency: int, start_at: str,
-         states: dict[str, Any], **rest: Any) -> dict[str, Any]:
+def _tolerance(tolerate_all: bool) -> dict[str, int]:
+    # Forward: 0, so one failed target fails the Map Run. Rollback: every failure, so one target that cannot be
+    # restored never stops the others (its iterations catch their own errors; this covers the child itself failing).
+    return {"ToleratedFailurePercentage": 100} if tolerate_all else {"ToleratedFailureCount": 0,
+                                                                     "ToleratedFailurePercentage": 0}
+
+
+def _groups_map(item_selector: dict[str, Any], start_at: str, states: dict[str, Any], *, tolerate_all: bool,
+                **rest: Any) -> dict[str, Any]:
+    """The outer Distributed Map: one child execution per account-region descriptor (``$.groups``), all at once."""
     return {
         "Type": "Map",
-        "ItemsPath": items_path,
+        "ItemsPath": "$.groups",
         "ItemSelector": item_selector,
+        "MaxConcurrency": MAX_ACCOUNT_REGIONS,
+        **_tolerance(tolerate_all),
+        "ItemProcessor": {"ProcessorConfig": dict(_DISTRIBUTED), "StartAt": start_at, "States": states},
+        **rest,
+    }
+
+
+def _targets_map(items_key: str, results_prefix: str, max_concurrency: int, start_at: str,
+                 states: dict[str, Any], *, tolerate_all: bool, **rest: Any) -> dict[str, Any]:
+    """A Distributed Map over one account-region's items file, at most ``max_concurrency`` targets at once, its
+    results written to S3 (the Map's output is only where they are)."""
+    return {
+        "Type": "Map",
+        "ItemReader": {"Resource": S3_GET_OBJECT, "ReaderConfig": {"InputType": "JSON"},
+                       "Parameters": {"Bucket.$": "$.release.bucket", "Key.$": items_key}},
+        "ItemSelector": {"item.$": "$$.Map.Item.Value", "release.$": "$.release"},
         "MaxConcurrency": max_concurrency,
-        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": start_at, "States": states},
+        **_tolerance(tolerate_all),
+        "ItemProcessor": {"ProcessorConfig": dict(_DISTRIBUTED), "StartAt": start_at, "States": states},
+        "ResultWriter": {"Resource": S3_PUT_OBJECT,
+                         "Parameters": {"Bucket.$": "$.release.bucket", "Prefix.$": results_prefix}},
+        "ResultSelector": {"bucket.$": "$.ResultWriterDetails.Bucket", "key.$": "$.ResultWriterDetails.Key"},
         **rest,
     }
 
@@ -139,9 +185,10 @@ def _validate(function_arns: dict[str, str], max_concurrency: int, poll_seconds:
             problems.append(f"function_arns[{step!r}]: not a Lambda function ARN: {arn!r}")
     # bool is an int in Python; True as a concurrency is a bug, not 1.
     if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) \
-            or not 1 <= max_concurrency <= MAX_INLINE_CONCURRENCY:
-        problems.append(f"max_concurrency must be an integer from 1 to {MAX_INLINE_CONCURRENCY} (0 would mean "
-                        f"unbounded, and ECS throttles per account and region), got {max_concurrency!r}")
+            or not MIN_CONCURRENCY <= max_concurrency <= MAX_CONCURRENCY:
+        problems.append(f"max_concurrency must be an integer from {MIN_CONCURRENCY} to {MAX_CONCURRENCY} per "
+                        f"account-region (0 would mean unbounded, and ECS throttles per account and region), got "
+                        f"{max_concurrency!r}")
     if isinstance(poll_seconds, bool) or not isinstance(poll_seconds, int) or not 1 <= poll_seconds <= 3600:
         problems.append(f"poll_seconds must be an integer from 1 to 3600, got {poll_seconds!r}")
     if problems:
@@ -151,14 +198,14 @@ def _validate(function_arns: dict[str, str], max_concurrency: int, poll_seconds:
 def definition(function_arns: dict[str, str], *, max_concurrency: int = 10, poll_seconds: int = 15) -> dict[str, Any]:
     """The release state machine.
 
-    ``function_arns``: one Lambda ARN per step of :func:`lambda_functions`. ``max_concurrency``: how many targets
-    each Map updates at once (1-40; default 10 keeps well inside ECS's per-account, per-region API rates).
-    ``poll_seconds``: the Wait between two checks of a service, and the check Lambda's own polling interval.
+    ``function_arns``: one Lambda ARN per step of :func:`lambda_functions`. ``max_concurrency``: how many targets of
+    **each account-region** are updated at once (1-50; default 10 keeps well inside ECS's per-account, per-region API
+    rates). ``poll_seconds``: the Wait between two checks of a service, and the check Lambda's own polling interval.
     """
     _validate(function_arns, max_concurrency, poll_seconds)
     fn = function_arns
-    per_item = {"item.$": "$$.Map.Item.Value", "release.$": "$.release"}
     target = {"item.$": "$.item", "release.$": "$.release"}
+    per_group = {"group.$": "$$.Map.Item.Value", "release.$": "$.release"}
 
     deploy_service_states = {
         "DeployService": _invoke(
@@ -185,14 +232,23 @@ def definition(function_arns: dict[str, str], *, max_concurrency: int = 10, poll
             ],
             "Default": "UnexpectedServiceStatus",
         },
-        # One small object per item: the Map's aggregated result must stay small however many services there are.
-        "ServiceDeployed": {"Type": "Pass", "Parameters": {"taskDefinitionArn.$": "$.deploy.taskDefinitionArn"},
-                            "End": True},
-        # A Fail inside an iteration fails the Map, whose Catch starts the rollback; the reason names the service.
+        # The child execution's output, in the Map Run's result file: which target, and on what it ended. Its start
+        # and stop times are the child execution's own (the notice's slowest targets).
+        "ServiceDeployed": {"Type": "Pass", "End": True, "Parameters": {
+            "name.$": "$.item.name", "taskDefinitionArn.$": "$.deploy.taskDefinitionArn"}},
+        # A Fail inside an iteration fails the Map Run, hence the release; the reason names the service.
         "ServiceRolloutFailed": {"Type": "Fail", "Error": "ServiceRolloutFailed", "CausePath": "$.check.reason"},
         "ServiceTimedOut": {"Type": "Fail", "Error": "ServiceTimedOut", "CausePath": "$.check.reason"},
         "UnexpectedServiceStatus": {"Type": "Fail", "Error": "UnexpectedServiceStatus",
                                     "CausePath": "$.check.reason"},
+    }
+    deploy_task_states = {
+        "UpdateTask": _invoke(fn["updateTask"], target, {"taskDefinitionArn.$": "$.Payload.taskDefinitionArn"},
+                              "$.deploy", Next="TaskDeployed",
+                              Comment="Point the rule's ECS target at a copy of its task definition with the new "
+                                      "image."),
+        "TaskDeployed": {"Type": "Pass", "End": True, "Parameters": {
+            "name.$": "$.item.name", "taskDefinitionArn.$": "$.deploy.taskDefinitionArn"}},
     }
 
     rollback_service_states = {
@@ -238,44 +294,64 @@ def definition(function_arns: dict[str, str], *, max_concurrency: int = 10, poll
             "name.$": "$.item.name", "restored": False, "error.$": "$.failure.Error"}},
     }
 
-    execution = {"executionId.$": "$$.Execution.Id"}
+    # One account-region, forward: its scheduled tasks, then its services; a failure fails this child execution.
+    deploy_group_states = {
+        "DeployTasks": _targets_map(
+            "$.group.items.tasks", "$.group.results.deploy", max_concurrency, "UpdateTask", deploy_task_states,
+            tolerate_all=False, ResultPath="$.deployedTasks", Next="DeployServices"),
+        "DeployServices": _targets_map(
+            "$.group.items.services", "$.group.results.deploy", max_concurrency, "DeployService",
+            deploy_service_states, tolerate_all=False, ResultPath="$.deployedServices", Next="GroupDeployed"),
+        "GroupDeployed": {"Type": "Pass", "End": True, "Parameters": {
+            "accountId.$": "$.group.accountId", "region.$": "$.group.region", "services.$": "$.group.services",
+            "tasks.$": "$.group.tasks", "results": {"tasks.$": "$.deployedTasks", "services.$": "$.deployedServices"}}},
+    }
+    # One account-region, back: every service, then every task, whatever happened forward.
+    rollback_group_states = {
+        "RollBackServices": _targets_map(
+            "$.group.items.services", "$.group.results.rollback", max_concurrency, "RollBackService",
+            rollback_service_states, tolerate_all=True, ResultPath="$.rolledBackServices", Next="RollBackTasks",
+            # Iterations catch their own failures; this only sees the Map Run itself failing. Roll the tasks back.
+            Catch=_catch_all("RollBackTasks", "$.rolledBackServices")),
+        "RollBackTasks": _targets_map(
+            "$.group.items.tasks", "$.group.results.rollback", max_concurrency, "RollBackTask",
+            rollback_task_states, tolerate_all=True, ResultPath="$.rolledBackTasks", Next="GroupRolledBack",
+            Catch=_catch_all("GroupRolledBack", "$.rolledBackTasks")),
+        "GroupRolledBack": {"Type": "Pass", "End": True, "Parameters": {
+            "accountId.$": "$.group.accountId", "region.$": "$.group.region", "services.$": "$.group.services",
+            "tasks.$": "$.group.tasks",
+            "results": {"services.$": "$.rolledBackServices", "tasks.$": "$.rolledBackTasks"}}},
+    }
+
+    execution = {"executionId.$": "$$.Execution.Id", "now.$": "$$.State.EnteredTime",
+                 "maxConcurrency": max_concurrency}
     notified = {"summary.$": "$.Payload.summary", "rollbackComplete.$": "$.Payload.rollbackComplete"}
     notification_failed = _catch_all("NotificationFailed", "$.notifyError")
     states: dict[str, Any] = {
         "Prepare": _invoke(
-            fn["prepare"], {"manifest.$": "$.manifest", **execution, "pollSeconds": poll_seconds},
-            {"release.$": "$.Payload.release", "services.$": "$.Payload.services", "tasks.$": "$.Payload.tasks"},
-            "$", Next="DeployTasks",
-            # Prepare changes nothing (it reads, resolves and snapshots), so its failure has nothing to roll back.
+            fn["prepare"], {"input.$": "$", "executionId.$": "$$.Execution.Id",
+                            "startedAt.$": "$$.Execution.StartTime", "pollSeconds": poll_seconds},
+            {"release.$": "$.Payload.release", "groups.$": "$.Payload.groups"},
+            "$", Next="DeployGroups",
+            # Prepare changes nothing (it reads, resolves, snapshots and writes the items files), so its failure
+            # has nothing to roll back.
             Catch=_catch_all("NotifyRejected", "$.error"),
-            Comment="Validate, pin every image to its digest, snapshot every target."),
-        "DeployTasks": _map(
-            "$.tasks", per_item, max_concurrency, "UpdateTask", {
-                "UpdateTask": _invoke(fn["updateTask"], target, {"taskDefinitionArn.$": "$.Payload.taskDefinitionArn"},
-                                      "$", End=True),
-            },
-            ResultPath=None, Next="DeployServices", Catch=_catch_all("SettleBeforeRollback", "$.error"),
-            Comment="Point each scheduled task's rule target at a copy of its task definition with the new image."),
-        "DeployServices": _map(
-            "$.services", per_item, max_concurrency, "DeployService", deploy_service_states,
-            ResultPath=None, Next="NotifySuccess", Catch=_catch_all("SettleBeforeRollback", "$.error")),
+            Comment="Validate, pin every image to its digest, snapshot every target, write the items to S3."),
+        "DeployGroups": _groups_map(
+            per_group, "DeployTasks", deploy_group_states, tolerate_all=False, ResultPath="$.deployed",
+            Next="NotifySuccess", Catch=_catch_all("SettleBeforeRollback", "$.error"),
+            Comment="Every account-region at once, each bounded by maxConcurrency."),
         "NotifySuccess": _invoke(
-            fn["notify"], {"outcome": "SUCCEEDED", "release.$": "$.release", **execution}, notified, "$.notified",
-            Next="ReleaseSucceeded", Catch=notification_failed),
+            fn["notify"], {"outcome": "SUCCEEDED", "release.$": "$.release", **execution, "groups.$": "$.deployed"},
+            notified, "$.notified", Next="ReleaseSucceeded", Catch=notification_failed),
         "ReleaseSucceeded": {"Type": "Succeed", "OutputPath": "$.release"},
-        "SettleBeforeRollback": {"Type": "Wait", "Seconds": _settle_seconds(), "Next": "RollBackServices"},
-        "RollBackServices": _map(
-            "$.services", per_item, max_concurrency, "RollBackService", rollback_service_states,
-            ResultPath="$.rolledBackServices", Next="RollBackTasks",
-            # Iterations catch their own failures; this only sees the Map itself failing. Roll the tasks back anyway.
-            Catch=_catch_all("RollBackTasks", "$.rolledBackServices")),
-        "RollBackTasks": _map(
-            "$.tasks", per_item, max_concurrency, "RollBackTask", rollback_task_states,
-            ResultPath="$.rolledBackTasks", Next="NotifyFailure",
-            Catch=_catch_all("NotifyFailure", "$.rolledBackTasks")),
+        "SettleBeforeRollback": {"Type": "Wait", "Seconds": _settle_seconds(), "Next": "RollBackGroups"},
+        "RollBackGroups": _groups_map(
+            per_group, "RollBackServices", rollback_group_states, tolerate_all=True, ResultPath="$.rolledBack",
+            Next="NotifyFailure", Catch=_catch_all("NotifyFailure", "$.rolledBack")),
         "NotifyFailure": _invoke(
             fn["notify"], {"outcome": "ROLLED_BACK", "release.$": "$.release", **execution, "error.$": "$.error",
-                           "services.$": "$.rolledBackServices", "tasks.$": "$.rolledBackTasks"},
+                           "groups.$": "$.rolledBack"},
             notified, "$.notified", Next="IsRollbackComplete", Catch=notification_failed),
         "IsRollbackComplete": {
             "Type": "Choice",

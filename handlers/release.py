@@ -10,7 +10,11 @@ The state machine (:mod:`components.release_state_machine`) calls one entry poin
   ``release-context.json``). The item records the document's key, the S3 version read and the environment, never
   the task definition (Step Functions' 256 KiB): every later step reads that very version, so a ``pulumi up`` during
   the release changes nothing of it. A service without a document is not the stack's and is refused here, with
-  every other problem, before anything changes. It changes nothing, so it can fail freely.
+  every other problem, before anything changes. It changes nothing in any workload account, so it can fail freely.
+  It writes the prepared items to the release bucket, one file per account-region and kind
+  (``release-runs/<execution>/items/``), and returns only one descriptor per account-region: the state machine's
+  Distributed Maps read the items from there, so no target travels in the execution's state. A release over the
+  ceiling of :mod:`handlers.release_limits` (the validator's own check) is refused first.
 * :func:`deploy_service` of a rolling service is the deploy engine's ``start`` (:mod:`handlers.deploy_engine`): the
   document's task definition with only the container's image replaced by the manifest's regional digest, registered
   and pointed at (or left alone if the service already runs exactly that revision); its state travels in the item
@@ -33,11 +37,15 @@ The state machine (:mod:`components.release_state_machine`) calls one entry poin
   with the engine's ``poll``. A blue/green service's deployment still in flight is stopped with CodeDeploy's
   rollback; one that finished is answered with a CodeDeploy deployment back to the snapshot, without the smoke-test
   hook (a hook failing there would undo the restore). A rule gets its snapshot targets back.
-* :func:`notify` publishes one summary to the release topic.
+* :func:`notify` publishes one summary to the release topic: on success the targets, the waves per account-region,
+  the duration and the slowest targets; after a rollback, what was restored and what was not, and the target that
+  failed first. It reads the Map Runs' results (ResultWriter's ``manifest.json`` and result files) from S3.
 
 Configuration (set by the Pulumi side): ``CROSSDEPLOY_REGISTRY_ID``, ``CROSSDEPLOY_HOME_REGION``,
 ``CROSSDEPLOY_PARTITION`` (aws), ``CROSSDEPLOY_TOPIC_ARN``, ``CROSSDEPLOY_CONFIG_BUCKET``,
 ``CROSSDEPLOY_CONTEXT_FILE`` (default: ``release-context.json`` at the package root),
+``CROSSDEPLOY_RELEASE_BUCKET`` (the artifact bucket: the manifest the build converted, the items files prepare
+writes, the Map Runs' results),
 ``CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS`` (900),
 ``CROSSDEPLOY_CHECK_WAIT_SECONDS`` (300: how long one check Lambda polls before handing back to the state machine).
 
@@ -83,17 +91,26 @@ from handlers.ecs_common import (
     session_name,
 )
 from handlers.image_definitions import TransformError, regional_image_uri
+from handlers.release_limits import ceiling_problems, waves
 
 STEADY, IN_PROGRESS, FAILED, TIMED_OUT = "STEADY", "IN_PROGRESS", "FAILED", "TIMED_OUT"
 # The package root: /var/task/release-context.json in Lambda (components/release.py ships it with the handlers).
 DEFAULT_CONTEXT_FILE = Path(__file__).resolve().parents[1] / "release-context.json"
 
-# Step Functions allows 256 KiB per state's input or output. The prepared lists travel in the state for the whole
-# execution; keep 56 KiB for what accumulates on the failure path (the error, one small result per rolled-back item).
-PAYLOAD_BUDGET_BYTES = 200 * 1024
-# Standard workflows stop at 25,000 history events; keep a margin for Lambda retries.
+# Standard workflows stop at 25,000 history events, each child execution of a Distributed Map too (one per target);
+# keep a margin for Lambda retries.
 HISTORY_BUDGET_EVENTS = 24_000
 PREPARE_WORKERS = 8
+# Where a release's items and results live in the release bucket (CROSSDEPLOY_RELEASE_BUCKET): one prefix per
+# execution, so the state machine's role reads and writes only under release-runs/, and nothing of one release is
+# mixed with another's. The pipeline's build puts the converted release file under release-manifests/.
+RUNS_PREFIX = "release-runs/"
+MANIFESTS_PREFIX = "release-manifests/"
+# What prepare returns stays far below Step Functions' 256 KiB: one descriptor per account-region (a few hundred
+# bytes each; release_limits.MAX_ACCOUNT_REGIONS of them), whatever the number of targets.
+STATE_BUDGET_BYTES = 64 * 1024
+# The notice names this many of the slowest targets.
+SLOWEST_SHOWN = 5
 
 # ECR replica hosts: <registry>.dkr.ecr.<region>.<suffix>. A partition missing here is refused, not guessed.
 _DNS_SUFFIX = {"aws": "amazonaws.com", "aws-us-gov": "amazonaws.com", "aws-cn": "amazonaws.com.cn",
@@ -769,38 +786,114 @@ def _snapshot_tasks(tasks: list[dict], session_name: str, problems: list[str]) -
     _parallel(snapshot, tasks)
 
 
-def history_estimate(services: int, tasks: int, timeout_seconds: int, check_wait_seconds: int,
-                     poll_seconds: int) -> int:
-    """Worst-case Step Functions history events of a release that fails at the end and rolls everything back.
+def history_estimate(timeout_seconds: int, check_wait_seconds: int, poll_seconds: int) -> int:
+    """Worst-case Step Functions history events of one target's child execution: a service that takes the whole
+    timeout to settle, forward (or back: the rollback's child is the same loop and one more state).
 
-    Lambda Task 5 events, Wait/Choice/Pass 2, a Map iteration 2. A service that takes the whole timeout to settle
-    turns the Wait/Check/Choice loop ``ceil(timeout / (check wait + poll))`` times, forward and back.
+    Each target runs in its own child execution of a Distributed Map, with its own 25,000-event history, so the
+    number of targets no longer adds up here. Lambda Task 5 events, Wait/Choice/Pass 2, execution start/end 2. The
+    Wait/Check/Choice loop turns ``ceil(timeout / (check wait + poll))`` times.
     """
     loops = max(1, math.ceil(timeout_seconds / (check_wait_seconds + poll_seconds)))
-    forward = services * (5 + 2 + 2 + 9 * loops) + tasks * (5 + 2)
-    backward = services * (5 + 2 + 2 + 2 + 9 * loops) + tasks * (5 + 2 + 2)
-    return forward + backward + 60  # top-level states, the settle wait, notifications
+    return 2 + 5 + 2 + 2 + 9 * loops + 2 + 10  # start/end, the first step, Choice, Pass, the loop, a margin
+
+
+def _group_key(entry: Mapping[str, Any]) -> tuple[str, str]:
+    return str(entry["accountId"]), str(entry["region"])
+
+
+def _release_bucket() -> str:
+    """The artifact bucket (home region): the converted manifest, the items files, the Map Runs' results."""
+    return _env("CROSSDEPLOY_RELEASE_BUCKET")
+
+
+def _read_json(bucket: str, key: str) -> Any:
+    body = _client("s3", _env("CROSSDEPLOY_HOME_REGION")).get_object(Bucket=bucket, Key=key)["Body"].read()
+    return json.loads(body)
+
+
+def _manifest_of(event: Mapping[str, Any]) -> Any:
+    """The release manifest: inline (``{"manifest": …}``, a small release started by hand), or where the pipeline's
+    build put it (``{"manifestLocation": {"bucket", "key"}}``: a large release's manifest is over Step Functions'
+    256 KiB of execution input). Only the release bucket's ``release-manifests/`` is read."""
+    source = event.get("input", event)
+    if not isinstance(source, Mapping):
+        raise ReleaseInputError("execution input must be {\"manifest\": …} or {\"manifestLocation\": …}")
+    location = source.get("manifestLocation")
+    if location is None:
+        return source.get("manifest")
+    bucket = _release_bucket()
+    if not (isinstance(location, Mapping) and location.get("bucket") == bucket and isinstance(location.get("key"), str)
+            and location["key"].startswith(MANIFESTS_PREFIX) and ".." not in location["key"]):
+        raise ReleaseInputError(f"manifestLocation {location!r} is not a release manifest of this stack "
+                                f"(s3://{bucket}/{MANIFESTS_PREFIX}…)")
+    try:
+        return _read_json(bucket, location["key"])
+    except (ClientError, ValueError) as exc:
+        raise ReleaseInputError(f"cannot read the release manifest s3://{bucket}/{location['key']}: {exc}") from None
+
+
+def _write_items(release: Mapping[str, Any], services: list[dict], tasks: list[dict]) -> list[dict[str, Any]]:
+    """One items file per account-region and kind (the Distributed Maps' ItemReader reads them) and the descriptor of
+    each account-region that travels in the state instead of its targets."""
+    bucket, run = release["bucket"], f"{RUNS_PREFIX}{release['id']}/"
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: {"services": [], "tasks": []})
+    for item in services:
+        groups[_group_key(item)]["services"].append(item)
+    for item in tasks:
+        groups[_group_key(item)]["tasks"].append(item)
+    s3 = _client("s3", _env("CROSSDEPLOY_HOME_REGION"))
+    descriptors = []
+    for (account, region), kinds in sorted(groups.items()):
+        where = f"{account}-{region}"
+        keys = {kind: f"{run}items/{where}/{kind}.json" for kind in ("services", "tasks")}
+        for kind, key in keys.items():
+            s3.put_object(Bucket=bucket, Key=key, ContentType="application/json",
+                          Body=json.dumps(kinds[kind], separators=(",", ":")).encode())
+        descriptors.append({"accountId": account, "region": region, "services": len(kinds["services"]),
+                            "tasks": len(kinds["tasks"]), "items": keys,
+                            "results": {"deploy": f"{run}results/deploy/{where}",
+                                        "rollback": f"{run}results/rollback/{where}"}})
+    return descriptors
+
+
+def prepared_items(prepared: Mapping[str, Any]) -> dict[str, list[dict]]:
+    """Every prepared item of a release, read back from its items files: ``{"services": […], "tasks": […]}``."""
+    out: dict[str, list[dict]] = {"services": [], "tasks": []}
+    for group in prepared["groups"]:
+        for kind in out:
+            out[kind] += _read_json(prepared["release"]["bucket"], group["items"][kind])
+    return out
 
 
 def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-    """Validate, pin images to digests, snapshot every target. Changes nothing; fails before anything changes."""
+    """Validate, pin images to digests, snapshot every target, write the items to S3. Changes nothing in any workload
+    account; fails before anything changes."""
     registry_id, home_region, partition = _env("CROSSDEPLOY_REGISTRY_ID"), _env("CROSSDEPLOY_HOME_REGION"), _partition()
     execution = str(event.get("executionId") or "manual")
-    release = {"id": execution.rsplit(":", 1)[-1], "execution": execution}
-    manifest = event.get("manifest")
+    release: dict[str, Any] = {"id": execution.rsplit(":", 1)[-1], "execution": execution,
+                               "bucket": _release_bucket()}
+    if event.get("startedAt"):
+        release["startedAt"] = str(event["startedAt"])
+    manifest = _manifest_of(event)
     services, tasks = validate_manifest(manifest, registry_id, partition)
     release["source"] = str(manifest.get("source", ""))
     log("release.prepare.started", release=release["id"], execution=execution, step="prepare",
         services=len(services), tasks=len(tasks))
 
+    per_group: dict[tuple[str, str], int] = defaultdict(int)
+    for entry in services + tasks:
+        per_group[_group_key(entry)] += 1
+    too_large = ceiling_problems(per_group)
     timeout, wait = _service_timeout(), _env_int("CROSSDEPLOY_CHECK_WAIT_SECONDS", 300, 0)
     poll = int(event.get("pollSeconds") or 15)
-    events = history_estimate(len(services), len(tasks), timeout, wait, poll)
+    events = history_estimate(timeout, wait, poll)
     if events > HISTORY_BUDGET_EVENTS:
-        raise ReleaseTooLargeError(
-            f"{len(services)} services and {len(tasks)} tasks could take {events} Step Functions history events "
-            f"(limit 25,000, budget {HISTORY_BUDGET_EVENTS}) with a {timeout}s service timeout and a {wait}s "
-            "check wait: split deployment.yaml, or raise CROSSDEPLOY_CHECK_WAIT_SECONDS")
+        too_large.append(f"one service could take {events} Step Functions history events in its child execution "
+                         f"(limit 25,000, budget {HISTORY_BUDGET_EVENTS}) with a {timeout}s service timeout and a "
+                         f"{wait}s check wait: raise CROSSDEPLOY_CHECK_WAIT_SECONDS")
+    if too_large:
+        raise ReleaseTooLargeError("; ".join(too_large))
 
     _pin_images(services + tasks, registry_id, home_region, partition)
     session_name = _session_name(release)
@@ -813,36 +906,34 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         raise TargetError(f"{len(problems)} target problem(s), nothing was changed: " + "; ".join(sorted(problems)))
 
     common = ("name", "accountId", "region", "roleArn")
-    prepared = {
-        "release": release,
-        # A blue/green service's item has one more (short) key: its CodeDeploy group, load balancer container and
-        # smoke-test hook.
-        "services": [{**{k: s[k] for k in common}, "cluster": s["cluster"], "service": s["service"],
+    # A blue/green service's item has one more (short) key: its CodeDeploy group, load balancer container and
+    # smoke-test hook. A rolling service: where its deploy document is (key, version, environment): every step reads
+    # that one version, never the task definition itself (each child's input is limited to 256 KiB too).
+    service_items = [{**{k: s[k] for k in common}, "cluster": s["cluster"], "service": s["service"],
                       "container": s.get("container"), "image": s["pinned"], "snapshot": s["snapshot"],
-                      # A rolling service: where its deploy document is (key, version, environment): every step
-                      # reads that one version, never the task definition itself (Step Functions' 256 KiB).
                       **({"blueGreen": s["blueGreen"]} if "blueGreen" in s else {"document": s["document"]})}
-                     for s in services],
-        "tasks": [{**{k: t[k] for k in common}, "ruleName": t["ruleName"], "eventBus": t["eventBus"],
+                     for s in services]
+    task_items = [{**{k: t[k] for k in common}, "ruleName": t["ruleName"], "eventBus": t["eventBus"],
                    "container": t.get("container"), "image": t["pinned"], "targetId": t["targetId"],
-                   "snapshot": t["snapshot"]} for t in tasks],
-    }
+                   "snapshot": t["snapshot"]} for t in tasks]
+    release["accountRegions"] = len(per_group)
+    prepared = {"release": release, "groups": _write_items(release, service_items, task_items)}
     size = len(json.dumps(prepared, separators=(",", ":")).encode())
-    if size > PAYLOAD_BUDGET_BYTES:
-        raise ReleaseTooLargeError(
-            f"the prepared release is {size // 1024} KiB, over the {PAYLOAD_BUDGET_BYTES // 1024} KiB budget "
-            "(Step Functions passes at most 256 KiB between states): split deployment.yaml")
-    for item in prepared["services"]:
+    if size > STATE_BUDGET_BYTES:  # cannot happen within release_limits; a guard against a future change
+        raise ReleaseTooLargeError(f"the prepared release state is {size // 1024} KiB, over the "
+                                   f"{STATE_BUDGET_BYTES // 1024} KiB budget (Step Functions' limit is 256 KiB)")
+    for item in service_items:
         log("release.prepare.service", release=release["id"], step="prepare", target=item["name"],
             account=item["accountId"], region=item["region"], cluster=item["cluster"], service=item["service"],
             snapshotTaskDefinition=item["snapshot"], image=item["image"],
             **({"blueGreen": item["blueGreen"]} if "blueGreen" in item else {}))
-    for item in prepared["tasks"]:
+    for item in task_items:
         ecs_target = next(t for t in item["snapshot"] if t["Id"] == item["targetId"])
         log("release.prepare.task", release=release["id"], step="prepare", target=item["name"],
             account=item["accountId"], region=item["region"], rule=item["ruleName"], eventBus=item["eventBus"],
             snapshotTaskDefinition=ecs_target["EcsParameters"]["TaskDefinitionArn"], image=item["image"])
-    log("release.prepare.done", release=release["id"], step="prepare", bytes=size, historyEstimate=events)
+    log("release.prepare.done", release=release["id"], step="prepare", bytes=size, historyEstimate=events,
+        accountRegions=len(per_group), items=f"s3://{release['bucket']}/{RUNS_PREFIX}{release['id']}/items/")
     return prepared
 
 
@@ -1302,34 +1393,156 @@ def _error_text(error: Any) -> str:
     return f"{error.get('Error', 'Error')}: {cause}".strip().rstrip(":")
 
 
-def _tally(results: Any, kind: str) -> tuple[bool, str, list[str]]:
-    """(complete, one line, the targets not restored) from a rollback Map's results (or its Map-level error)."""
-    if not isinstance(results, list):
-        return False, f"{kind}: the rollback did not run to the end ({_error_text(results)})", []
-    failed = [r for r in results if not (isinstance(r, Mapping) and r.get("restored") is True)]
-    names = [f"{r.get('name', '?')} ({r.get('error', '')}: {r.get('reason', '')})".replace(": )", ")")
-             for r in failed if isinstance(r, Mapping)]
-    return not failed, f"{kind}: {len(results) - len(failed)} restored, {len(failed)} not restored", names
+def _map_run(location: Any) -> dict[str, list[dict]] | None:
+    """A Map Run's results as ResultWriter wrote them (``manifest.json``, then its SUCCEEDED / FAILED / PENDING result
+    files: one entry per child execution, with Input, Output, Status, StartDate, StopDate, Error, Cause), by status;
+    None if ``location`` is not a Map output ({bucket, key}) but the Map's own error."""
+    if not (isinstance(location, Mapping) and isinstance(location.get("key"), str)):
+        return None
+    manifest = _read_json(str(location.get("bucket")), location["key"])
+    out: dict[str, list[dict]] = defaultdict(list)
+    for status, files in (manifest.get("ResultFiles") or {}).items():
+        for entry in files:
+            out[status] += _read_json(manifest["DestinationBucket"], entry["Key"])
+    return out
+
+
+def _output(entry: Mapping[str, Any]) -> dict:
+    try:
+        value = json.loads(entry.get("Output") or "null")
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {}
+
+
+def _input_name(entry: Mapping[str, Any]) -> str:
+    try:
+        return str(json.loads(entry.get("Input") or "{}").get("item", {}).get("name", "?"))
+    except (ValueError, AttributeError):
+        return "?"
+
+
+def _tally(groups: Any, kind: str, expected: int | None) -> tuple[bool, str, list[str]]:
+    """(complete, one line, the targets not restored) of ``kind`` (services | tasks) from the rollback's account-region
+    results: every child that did not end restored, and every Map Run that did not run to the end, is a miss."""
+    label = "services" if kind == "services" else "scheduled tasks"
+    if not isinstance(groups, list):
+        return False, f"{label}: the rollback did not run to the end ({_error_text(groups)})", []
+    restored, missed, incomplete = 0, [], []
+    for group in groups:
+        where = f"{group.get('accountId')} {group.get('region')}" if isinstance(group, Mapping) else "?"
+        try:
+            results = _map_run((group.get("results") or {}).get(kind) if isinstance(group, Mapping) else None)
+        except (ClientError, ValueError, KeyError, TypeError) as exc:
+            # Unknown is not restored: the release is reported as not fully rolled back, with why.
+            incomplete.append(f"{where} (its results cannot be read: {exc})")
+            continue
+        if results is None:
+            incomplete.append(where)
+            continue
+        for entry in results.get("SUCCEEDED", []):
+            out = _output(entry)
+            if out.get("restored") is True:
+                restored += 1
+            else:
+                missed.append(f"{out.get('name', _input_name(entry))} ({out.get('error', '')}: "
+                              f"{out.get('reason', '')})".replace(": )", ")"))
+        for entry in results.get("FAILED", []) + results.get("PENDING", []):
+            missed.append(f"{_input_name(entry)} ({entry.get('Status')} {entry.get('Error') or ''})".strip())
+    if expected is not None and len(groups) != expected:
+        incomplete.append(f"{expected - len(groups)} account-region(s) without a result")
+    line = f"{label}: {restored} restored, {len(missed)} not restored"
+    if incomplete:
+        line += f"; the rollback did not run to the end in {', '.join(incomplete)}"
+    return not missed and not incomplete, line, missed
+
+
+def _root_cause(release: Mapping[str, Any]) -> str:
+    """The first target that failed forward, as its child execution failed (Error: Cause), read from the forward Map
+    Runs' FAILED results: the Map-level error (States.ExceedToleratedFailureThreshold) names no target."""
+    bucket, prefix = release.get("bucket"), f"{RUNS_PREFIX}{release.get('id')}/results/deploy/"
+    if not bucket:
+        return ""
+    s3 = _client("s3", _env("CROSSDEPLOY_HOME_REGION"))
+    failures: list[dict] = []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/manifest.json"):
+                    results = _map_run({"bucket": bucket, "key": obj["Key"]}) or {}
+                    failures += [e for e in results.get("FAILED", []) if e.get("Status") == "FAILED"
+                                 and e.get("Error") not in ("States.ExceedToleratedFailureThreshold", None)]
+    except (ClientError, ValueError, KeyError, TypeError) as exc:
+        log("release.notify.results-unreadable", release=release.get("id"), step="notify", error=str(exc)[:500])
+        return ""  # the notice then names the state machine's own error
+    if not failures:
+        return ""
+    first = min(failures, key=lambda e: str(e.get("StopDate") or ""))
+    return _error_text({"Error": first.get("Error"), "Cause": first.get("Cause")})
+
+
+def _seconds(start: Any, stop: Any) -> float | None:
+    try:
+        return (_parse_time(str(stop)) - _parse_time(str(start))).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _progress_lines(release: Mapping[str, Any], groups: Any, bound: int, now: Any) -> list[str]:
+    """What the release did and how long it took: targets and waves per account-region (waves: rounds of at most
+    ``bound``), its duration, and the slowest targets (their child executions' start and stop, from the results)."""
+    if not isinstance(groups, list):
+        return []
+    lines, timings = [], []
+    total = 0
+    for group in groups:
+        if not isinstance(group, Mapping):
+            continue
+        services, tasks = int(group.get("services") or 0), int(group.get("tasks") or 0)
+        total += services + tasks
+        lines.append(f"{group.get('accountId')} {group.get('region')}: {services} services in "
+                     f"{waves(services, bound)} wave(s), {tasks} scheduled tasks in {waves(tasks, bound)} wave(s)")
+        for kind in ("services", "tasks"):
+            results = _map_run((group.get("results") or {}).get(kind)) or {}
+            for entry in results.get("SUCCEEDED", []):
+                took = _seconds(entry.get("StartDate"), entry.get("StopDate"))
+                if took is not None:
+                    timings.append((took, str(_output(entry).get("name") or _input_name(entry))))
+    duration = _seconds(release.get("startedAt"), now)
+    head = f"{total} targets in {len(lines)} account-region(s), at most {bound} at once in each"
+    if duration is not None:
+        head += f"; took {int(duration // 60)} min {int(duration % 60)} s"
+    slowest = sorted(timings, reverse=True)[:SLOWEST_SHOWN]
+    tail = ["slowest: " + ", ".join(f"{name} {int(took)} s" for took, name in slowest)] if slowest else []
+    return [head, *lines, *tail]
 
 
 def notify(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     """Publish the release's outcome to the release topic; returns a one-line summary and whether rollback is
-    complete (the state machine fails with RollbackIncomplete when it is not)."""
+    complete (the state machine fails with RollbackIncomplete when it is not). A release that ran reports its
+    targets, waves per account-region, duration and slowest targets, read from the Map Runs' results in S3."""
     topic = _env("CROSSDEPLOY_TOPIC_ARN")
     outcome = event["outcome"]
     execution = str(event.get("executionId") or "")
     release = event.get("release") or {"id": execution.rsplit(":", 1)[-1], "execution": execution}
+    bound = int(event.get("maxConcurrency") or 10)
     complete, details = True, []
     if outcome == "SUCCEEDED":
         headline = "succeeded: every service is steady on its new task definition"
+        try:
+            details = _progress_lines(release, event.get("groups"), bound, event.get("now"))
+        except (ClientError, ValueError, KeyError, TypeError) as exc:  # the notice goes out anyway
+            details = [f"(the release's results could not be read: {exc})"[:1000]]
     elif outcome == "REJECTED":
         headline = f"was rejected before changing anything: {_error_text(event.get('error'))}"
     elif outcome == "ROLLED_BACK":
-        services_ok, services_line, services_left = _tally(event.get("services"), "services")
-        tasks_ok, tasks_line, tasks_left = _tally(event.get("tasks"), "scheduled tasks")
+        expected = release.get("accountRegions")
+        groups = event.get("groups")
+        services_ok, services_line, services_left = _tally(groups, "services", expected)
+        tasks_ok, tasks_line, tasks_left = _tally(groups, "tasks", expected)
         complete = services_ok and tasks_ok
         state = "rolled back" if complete else "NOT fully rolled back"
-        headline = f"failed and was {state}: {_error_text(event.get('error'))}"
+        headline = f"failed and was {state}: {_root_cause(release) or _error_text(event.get('error'))}"
         details = [services_line, tasks_line]
         left = services_left + tasks_left
         if left:

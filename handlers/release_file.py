@@ -51,6 +51,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from handlers.release_limits import MAX_TARGETS, ceiling_problems
+
 MANIFEST_VERSION = 1
 CONTEXT_VERSION = 1
 
@@ -516,6 +518,7 @@ class _Checker:
         if not listed and len(sections) == len(root.value):
             self.add(root, "(root)", "no entries; list at least one under tasks or services")
         self.duplicate_targets(entries)
+        self.ceiling(entries)
         return entries
 
     def entry(self, kind: _Kind, index: int, node: Node) -> _Entry | None:
@@ -677,6 +680,21 @@ class _Checker:
             return None
         return {"registryId": registry, "repository": repository, "tag": tag if colon else None,
                 "digest": digest if at else None}
+
+    def ceiling(self, entries: list[_Entry]) -> None:
+        """The release must fit what the release state machine holds (``handlers/release_limits.py``, the very
+        check its prepare step makes): reported here, at the first entry over the limit, so a pull request learns
+        it, not the pipeline."""
+        per_group: dict[tuple[str, str], int] = {}
+        first_over: _Entry | None = None
+        for entry in sorted(entries, key=lambda e: e.line):
+            for target in entry.targets or []:
+                per_group[target] = per_group.get(target, 0) + 1
+            if first_over is None and ceiling_problems(per_group):
+                first_over = entry
+        for problem in ceiling_problems(per_group):
+            where = first_over or entries[0]
+            self.add(where.line, where.path, problem)
 
     def duplicate_targets(self, entries: list[_Entry]) -> None:
         """Two entries updating the same service or rule target in one account and region would race each

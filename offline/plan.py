@@ -711,7 +711,8 @@ def pipelines_doc(plan: Plan, title: str) -> str:
     doc = render_mermaid_doc(title, plan.pipelines, plan.env_by_account, engine_environments(plan.run),
                              {physical_name(p): stage_smoke_tests(plan.run, p) for p in plan.pipelines}, plan.names)
     machines = state_machines_doc(plan.run, plan.names)
-    return f"{doc}\n{machines}" if machines else doc
+    waves = release_waves_doc(plan.run, plan.stack)
+    return f"{doc}\n{machines}" + (f"\n{waves}" if waves else "") if machines else doc
 
 
 def stage_summary(pipeline: Recorded, engine_envs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -919,7 +920,8 @@ class _AslChart:
         self.rows.append((" › ".join([*scope, name]), str(type_), _state_details(state)))
         if type_ == "Map":
             concurrency = state.get("MaxConcurrency")
-            each = f"each of {state.get('ItemsPath') or 'the input'}" + (
+            source = state.get("ItemsPath") or ("an items file in S3" if state.get("ItemReader") else "the input")
+            each = f"each of {source}" + (
                 f", ≤{concurrency} at once" if concurrency else "")
             self.lines.append(f"{indent}subgraph {node} [{self.label(f'{name} · Map')}]")
             processor = state.get("ItemProcessor") or state.get("Iterator") or {}
@@ -982,6 +984,62 @@ def state_machines_doc(run: ProgramRun, names: AssignedNames = NO_ASSIGNED_NAMES
                   "(a failure's way out, to the rollback); a box is a Map, its states run once per item.", "",
                   "```mermaid", diagram.rstrip("\n"), "```", "", table]
     return "\n".join(parts)
+
+
+# The release file that ships for a stack (the README's walk-through releases it): the plan shows its waves.
+RELEASE_FILES = {"prod": ROOT / "examples" / "deployment.yaml"}
+
+
+def release_bound(run: ProgramRun) -> int | None:
+    """release.maxConcurrency as the registered state machine applies it: the bound of its services' Map Runs."""
+    for machine in run.of_type(STATE_MACHINE_TYPE):
+        todo = list(((state_machine_definition(machine) or {}).get("States") or {}).items())
+        while todo:
+            name, state = todo.pop()
+            if name == "DeployServices" and isinstance(state.get("MaxConcurrency"), int):
+                return int(state["MaxConcurrency"])
+            todo += list(((state.get("ItemProcessor") or {}).get("States") or {}).items())
+    return None
+
+
+def release_waves(manifest: Mapping[str, Any], bound: int) -> list[tuple[str, str, int, int, int]]:
+    """(account, region, services, tasks, waves) per account-region of a converted release file: every
+    account-region deploys on its own, at most ``bound`` targets at once, its tasks and then its services."""
+    from handlers.release_limits import waves
+
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for index, kind in enumerate(("services", "tasks")):
+        for entry in manifest.get(kind) or []:
+            counts[(str(entry["accountId"]), str(entry["region"]))][index] += 1
+    return [(account, region, services, tasks, waves(services, bound) + waves(tasks, bound))
+            for (account, region), (services, tasks) in sorted(counts.items())]
+
+
+def release_waves_doc(run: ProgramRun, stack: str) -> str:
+    """Markdown: the waves per account-region of the stack's shipped release file (:data:`RELEASE_FILES`) with the
+    registered bound, and what the release's duration follows from; "" without a release or a shipped file."""
+    from handlers import release_file
+
+    path, bound, context = RELEASE_FILES.get(stack), release_bound(run), release_context(run)
+    if path is None or bound is None or context is None or not path.exists():
+        return ""
+    try:
+        manifest = release_file.convert(path.read_text(encoding="utf-8"), json.loads(context), path.name)
+    except (release_file.ReleaseFileError, release_file.ContextError) as exc:
+        return f"## Release waves\n\n{path.relative_to(ROOT)} does not validate against this stack: {exc}\n"
+    from handlers.release_limits import waves
+
+    rows = release_waves(manifest, bound)
+    slowest = max((waves(r[2], bound) for r in rows), default=0)
+    table = ["| account | region | services | scheduled tasks | waves |", "|---|---|---|---|---|"]
+    table += [f"| {a} | {r} | {s} | {t} | {w} |" for a, r, s, t, w in rows]
+    return "\n".join([
+        "## Release waves", "",
+        f"{path.relative_to(ROOT)} against this stack: every account-region deploys at once, each at most "
+        f"{bound} targets at a time (release.maxConcurrency), its scheduled tasks then its services; a wave is "
+        f"one round of at most {bound}. The release takes about {slowest} rollout duration(s) end to end: the "
+        "service waves of its largest account-region (a scheduled task's update has no rollout to wait for).", "",
+        *table, "", ""])
 
 
 def deploy_documents(run: ProgramRun) -> dict[str, dict[str, Any]]:

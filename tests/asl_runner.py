@@ -7,6 +7,7 @@ silently misreads.
 
 Implemented: Task (``arn:aws:states:::lambda:invoke`` only), Map (inline ItemProcessor, ItemsPath, ItemSelector,
 MaxConcurrency run on a thread pool of that size, peak concurrency recorded), Choice (StringEquals, BooleanEquals),
+Distributed Map (``ProcessorConfig`` ``{"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}``: see below),
 Wait (Seconds; advances a virtual clock, never sleeps), Pass, Succeed, Fail (Error/Cause/ErrorPath/CausePath);
 Parameters/ItemSelector/ResultSelector with ``.$`` paths, InputPath/ResultPath/OutputPath, Retry, Catch; the
 context object's Execution.Id/Name/StartTime, State.Name/EnteredTime and, in ItemSelector, Map.Item.Index/Value.
@@ -15,6 +16,22 @@ Semantics kept from Step Functions: States.ALL catches neither States.Runtime (a
 States.DataLimitExceeded (a state over 256 KiB); a failed iteration fails its Map, and iterations not yet started
 never start; a Lambda failure is named after the exception's class and its Cause is Lambda's JSON.
 Virtual time: each branch (the execution, each Map iteration) has its own clock; a Map ends at its slowest iteration.
+A function may spend virtual time itself (:func:`spend`: a check Lambda polling inside, an SDK backoff), which moves
+its iteration's clock on; :func:`now` is the calling iteration's virtual time.
+
+Distributed Map, as Step Functions documents it: items from ``ItemsPath`` or an ``ItemReader`` (``s3:getObject`` of a
+JSON array, ``ReaderConfig.InputType`` JSON, read with the ``s3`` client the runner is given: moto in tests); each
+item runs as a child execution with its own context (``$$.Execution.Id`` is the child's ARN) and its own history
+(``Execution.max_child_history_events``), not the parent's; ``MaxConcurrency`` bounds each Map Run on its own (two
+runs of one state run side by side, each up to its bound: ``peak_concurrency`` is per run, ``peak_total`` across);
+``ToleratedFailureCount``/``ToleratedFailurePercentage``: a failure beyond them stops the Map Run's other children
+(aborted) and fails the state with ``States.ExceedToleratedFailureThreshold`` (0 tolerated when neither is given);
+``ResultWriter`` (``s3:putObject``) writes ``<Prefix>/<map run id>/manifest.json`` and ``SUCCEEDED_0.json`` /
+``FAILED_0.json`` (child executions with Input, Output or Error/Cause, Status, StartDate, StopDate; aborted children
+are in FAILED with Status ABORTED) also when the Map Run fails, and the state's result is then
+``{"MapRunArn", "ResultWriterDetails": {"Bucket", "Key"}}``. A stop reaches nested Map Runs: when an outer Map Run
+fails, the children of its children stop too. Not implemented (refused): ItemBatcher, CSV/JSONL/manifest readers,
+ItemReader ``MaxItems``, ResultWriter ``WriterConfig``, Express children.
 """
 
 from __future__ import annotations
@@ -34,7 +51,10 @@ from typing import Any
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 PAYLOAD_LIMIT = 256 * 1024
+S3_GET_OBJECT = "arn:aws:states:::s3:getObject"
+S3_PUT_OBJECT = "arn:aws:states:::s3:putObject"
 UNCATCHABLE = {"States.Runtime", "States.DataLimitExceeded"}
+DISTRIBUTED = {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
 # History events per state, as Step Functions counts them (entered + exited; a Lambda Task also scheduled, started,
 # succeeded/failed), so tests can check a release against the 25,000-event limit.
 _EVENTS = {"Task": 5, "Map": 2, "Choice": 2, "Wait": 2, "Pass": 2, "Succeed": 2, "Fail": 1}
@@ -44,7 +64,8 @@ _FIELDS = {
     "Task": _COMMON | {"Resource", "Parameters", "ResultSelector", "ResultPath", "OutputPath", "InputPath", "Retry",
                        "Catch", "Next", "End"},
     "Map": _COMMON | {"ItemsPath", "ItemSelector", "ItemProcessor", "MaxConcurrency", "ResultSelector",
-                      "ResultPath", "OutputPath", "InputPath", "Retry", "Catch", "Next", "End"},
+                      "ResultPath", "OutputPath", "InputPath", "Retry", "Catch", "Next", "End", "ItemReader",
+                      "ResultWriter", "ToleratedFailureCount", "ToleratedFailurePercentage"},
     "Choice": _COMMON | {"Choices", "Default", "InputPath", "OutputPath"},
     "Wait": _COMMON | {"Seconds", "InputPath", "OutputPath", "Next", "End"},
     "Pass": _COMMON | {"Result", "Parameters", "ResultPath", "OutputPath", "InputPath", "Next", "End"},
@@ -84,6 +105,22 @@ class _Cancelled(Exception):
     """Another iteration of the same Map failed: stop at the next transition."""
 
 
+_invocation = threading.local()
+
+
+def spend(seconds: float) -> None:
+    """Called from inside a function the runner invokes: it took ``seconds`` more of virtual time (a check polling
+    inside its Lambda, an SDK's backoff). Its iteration's clock moves on by as much when it returns."""
+    if getattr(_invocation, "branch", None) is not None:
+        _invocation.spent += seconds
+
+
+def now() -> dt.datetime | None:
+    """The virtual time of the invocation running on this thread (None outside one)."""
+    branch = getattr(_invocation, "branch", None)
+    return None if branch is None else branch.now + dt.timedelta(seconds=_invocation.spent)
+
+
 @dataclass
 class Execution:
     status: str
@@ -95,6 +132,10 @@ class Execution:
     visits: Counter = field(default_factory=Counter)
     history_events: int = 0
     virtual_seconds: float = 0.0
+    peak_total: dict[str, int] = field(default_factory=dict)
+    child_executions: int = 0
+    max_child_history_events: int = 0
+    map_runs: Counter = field(default_factory=Counter)
 
 
 # --------------------------------------------------------------------------------------------------------- validation
@@ -167,9 +208,35 @@ def _check_states(where: str, machine: Mapping[str, Any], allowed: set[str], nam
                 raise UnsupportedAsl(f"{at}: Parameters.FunctionName is required")
         if kind == "Map":
             processor = state.get("ItemProcessor")
-            if not isinstance(processor, Mapping) or processor.get("ProcessorConfig", {"Mode": "INLINE"}) != {
-                    "Mode": "INLINE"}:
-                raise UnsupportedAsl(f"{at}: only an inline ItemProcessor is implemented")
+            config = processor.get("ProcessorConfig", {"Mode": "INLINE"}) if isinstance(processor, Mapping) else None
+            if config not in ({"Mode": "INLINE"}, DISTRIBUTED):
+                raise UnsupportedAsl(f"{at}: ProcessorConfig {config!r}: only INLINE and DISTRIBUTED/STANDARD are "
+                                     "implemented")
+            distributed_only = {"ItemReader", "ResultWriter", "ToleratedFailureCount", "ToleratedFailurePercentage"}
+            if config != DISTRIBUTED and distributed_only & set(state):
+                raise UnsupportedAsl(f"{at}: {sorted(distributed_only & set(state))} need a Distributed Map")
+            if "ItemReader" in state and "ItemsPath" in state:
+                raise UnsupportedAsl(f"{at}: ItemsPath and ItemReader together")
+            reader = state.get("ItemReader")
+            if reader is not None:
+                _check_fields(f"{at}.ItemReader", reader, {"Resource", "ReaderConfig", "Parameters"})
+                if reader.get("Resource") != S3_GET_OBJECT or reader.get("ReaderConfig") != {"InputType": "JSON"}:
+                    raise UnsupportedAsl(f"{at}.ItemReader: only {S3_GET_OBJECT} of a JSON file is implemented")
+                _check_fields(f"{at}.ItemReader.Parameters", reader.get("Parameters") or {},
+                              {"Bucket", "Bucket.$", "Key", "Key.$"})
+                _check_template(f"{at}.ItemReader.Parameters", reader.get("Parameters"))
+            writer = state.get("ResultWriter")
+            if writer is not None:
+                _check_fields(f"{at}.ResultWriter", writer, {"Resource", "Parameters"})
+                if writer.get("Resource") != S3_PUT_OBJECT:
+                    raise UnsupportedAsl(f"{at}.ResultWriter: only {S3_PUT_OBJECT} is implemented")
+                _check_fields(f"{at}.ResultWriter.Parameters", writer.get("Parameters") or {},
+                              {"Bucket", "Bucket.$", "Prefix", "Prefix.$"})
+                _check_template(f"{at}.ResultWriter.Parameters", writer.get("Parameters"))
+            for key, top in (("ToleratedFailureCount", None), ("ToleratedFailurePercentage", 100)):
+                value = state.get(key, 0)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (top and value > top):
+                    raise UnsupportedAsl(f"{at}: {key} must be an integer from 0" + (f" to {top}" if top else ""))
             concurrency = state.get("MaxConcurrency", 0)
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0:
                 raise UnsupportedAsl(f"{at}: MaxConcurrency must be a non-negative integer")
@@ -266,31 +333,51 @@ def _matches(names: list[str], error: str) -> bool:
 
 
 class _Branch:
-    """One thread of control (the execution or one Map iteration) with its own virtual clock."""
+    """One thread of control (the execution, a child execution or one Map iteration) with its own virtual clock,
+    the execution it belongs to (its history and context) and every stop signal that reaches it."""
 
-    def __init__(self, now: dt.datetime, cancel: threading.Event | None = None) -> None:
+    def __init__(self, now: dt.datetime, cancels: tuple[threading.Event, ...] = (), *, execution: _Run) -> None:
         self.now = now
-        self.cancel = cancel
+        self.cancels = cancels
+        self.execution = execution
+
+    def cancelled(self) -> bool:
+        return any(event.is_set() for event in self.cancels)
+
+
+@dataclass
+class _Run:
+    """An execution (the top one, or a Distributed Map's child): its ARN, name, start and history."""
+
+    arn: str
+    name: str
+    start: dt.datetime
+    history: int = 0
 
 
 class Runner:
-    """Runs a definition. ``functions``: Lambda ARN -> ``fn(payload, context)``."""
+    """Runs a definition. ``functions``: Lambda ARN -> ``fn(payload, context)``. ``s3``: a boto3 S3 client for
+    Distributed Maps' ItemReader and ResultWriter (moto in tests)."""
 
     def __init__(self, definition: Mapping[str, Any], functions: Mapping[str, Callable[[Any, Any], Any]], *,
                  name: str = "release-0001", start: dt.datetime | None = None,
                  state_machine_arn: str = "arn:aws:states:us-east-2:111111111111:stateMachine:crossdeploy-release",
-                 context_factory: Callable[[str], Any] | None = None) -> None:
+                 context_factory: Callable[[str], Any] | None = None, s3: Any = None) -> None:
         _check_states("State Machine", definition, _MACHINE_FIELDS, set())
         arns = {s["Parameters"]["FunctionName"] for s in _all_states(definition) if s["Type"] == "Task"}
         missing = arns - set(functions)
         if missing:
             raise UnsupportedAsl(f"no Python function for {sorted(missing)}")
+        if s3 is None and any("ItemReader" in s or "ResultWriter" in s for s in _all_states(definition)):
+            raise UnsupportedAsl("the definition reads or writes S3 (ItemReader/ResultWriter): give the runner s3=")
         self.definition = definition
         self.functions = functions
         self.name = name
         self.start = start or dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+        self.state_machine_arn = state_machine_arn
         self.execution_arn = state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
         self.context_factory = context_factory or (lambda _arn: None)
+        self.s3 = s3
         self._lock = threading.Lock()
         self._active: Counter = Counter()
         self._result = Execution(status="RUNNING")
@@ -298,7 +385,8 @@ class Runner:
     # -- public
     def run(self, execution_input: Any) -> Execution:
         result = self._result
-        branch = _Branch(self.start)
+        top = _Run(self.execution_arn, self.name, self.start)
+        branch = _Branch(self.start, execution=top)
         try:
             if _size(execution_input) > PAYLOAD_LIMIT:
                 raise StatesError("States.DataLimitExceeded", "execution input over 256 KiB")
@@ -306,29 +394,31 @@ class Runner:
             result.status = "SUCCEEDED"
         except StatesError as exc:
             result.status, result.error, result.cause = "FAILED", exc.error, exc.cause
+        result.history_events = top.history
         result.virtual_seconds = (branch.now - self.start).total_seconds()
         return result
 
     # -- machinery
-    def _count(self, name: str, kind: str) -> None:
+    def _count(self, name: str, kind: str, branch: _Branch) -> None:
         with self._lock:
             self._result.visits[name] += 1
-            self._result.history_events += _EVENTS[kind]
+            branch.execution.history += _EVENTS[kind]
 
     def _context(self, name: str, branch: _Branch, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        context = {"Execution.Id": self.execution_arn, "Execution.Name": self.name,
-                   "Execution.StartTime": _iso(self.start), "State.Name": name, "State.EnteredTime": _iso(branch.now)}
+        run = branch.execution
+        context = {"Execution.Id": run.arn, "Execution.Name": run.name, "Execution.StartTime": _iso(run.start),
+                   "State.Name": name, "State.EnteredTime": _iso(branch.now)}
         context.update(extra or {})
-        return {k: v for k, v in context.items()}
+        return context
 
     def _run_states(self, machine: Mapping[str, Any], data: Any, branch: _Branch) -> Any:
         name = machine["StartAt"]
         while True:
-            if branch.cancel is not None and branch.cancel.is_set():
+            if branch.cancelled():
                 raise _Cancelled
             state = machine["States"][name]
             kind = state["Type"]
-            self._count(name, kind)
+            self._count(name, kind, branch)
             if _size(data) > PAYLOAD_LIMIT:
                 raise StatesError("States.DataLimitExceeded", f"input of {name} is over 256 KiB")
             if kind == "Succeed":
@@ -386,7 +476,7 @@ class Runner:
             while True:
                 try:
                     if kind == "Task":
-                        result = self._invoke(state, effective, context)
+                        result = self._invoke(state, effective, context, branch)
                     else:
                         result = self._map(name, state, effective, branch)
                     break
@@ -404,12 +494,13 @@ class Runner:
         out = _set(state.get("ResultPath", "$"), effective, result)
         return _get(state.get("OutputPath", "$"), out, {})
 
-    def _invoke(self, state: Mapping[str, Any], data: Any, context: Mapping[str, Any]) -> Any:
+    def _invoke(self, state: Mapping[str, Any], data: Any, context: Mapping[str, Any], branch: _Branch) -> Any:
         params = _template(state["Parameters"], data, context)
         arn = params["FunctionName"]
         payload = json.loads(json.dumps(params.get("Payload", {})))  # what Lambda would deliver: JSON only
         with self._lock:
             self._result.invocations[arn] += 1
+        _invocation.branch, _invocation.spent = branch, 0.0
         try:
             returned = self.functions[arn](payload, self.context_factory(arn))
         except StatesError:
@@ -419,6 +510,9 @@ class Runner:
             cause = json.dumps({"errorMessage": str(exc), "errorType": error, "requestId": str(uuid.uuid4()),
                                 "stackTrace": traceback.format_tb(exc.__traceback__)[-3:]})
             raise StatesError(error, cause) from exc
+        finally:
+            branch.now += dt.timedelta(seconds=_invocation.spent)
+            _invocation.branch = None
         try:
             returned = json.loads(json.dumps(returned))
         except TypeError as exc:
@@ -430,62 +524,169 @@ class Runner:
                                                     "$LATEST", "x-amzn-RequestId": request}, "HttpStatusCode": 200},
                 "SdkResponseMetadata": {"RequestId": request}}
 
-    def _map(self, name: str, state: Mapping[str, Any], data: Any, branch: _Branch) -> list[Any]:
-        items = _get(state.get("ItemsPath", "$"), data, {})
+    def _read_items(self, name: str, reader: Mapping[str, Any], data: Any, context: Mapping[str, Any]) -> list[Any]:
+        params = _template(reader["Parameters"], data, context)
+        try:
+            body = self.s3.get_object(Bucket=params["Bucket"], Key=params["Key"])["Body"].read()
+            items = json.loads(body)
+        except Exception as exc:  # Step Functions reports any reader failure the same way
+            raise StatesError("States.ItemReaderFailed", f"{name}: cannot read s3://{params.get('Bucket')}/"
+                                                         f"{params.get('Key')}: {exc}") from exc
+        if not isinstance(items, list):
+            raise StatesError("States.ItemReaderFailed", f"{name}: the JSON file is not an array")
+        return items
+
+    def _write_results(self, name: str, writer: Mapping[str, Any], data: Any, context: Mapping[str, Any],
+                       run_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        params = _template(writer["Parameters"], data, context)
+        bucket, prefix = params["Bucket"], str(params.get("Prefix", "")).rstrip("/")
+        base = f"{prefix}/{run_id}" if prefix else run_id
+        files: dict[str, list[dict[str, Any]]] = {"FAILED": [], "PENDING": [], "SUCCEEDED": []}
+        try:
+            for status in files:
+                chosen = [r for r in records if (r["Status"] == "SUCCEEDED") == (status == "SUCCEEDED")
+                          and status != "PENDING"]
+                if chosen:
+                    key = f"{base}/{status}_0.json"
+                    body = json.dumps(chosen).encode()
+                    self.s3.put_object(Bucket=bucket, Key=key, Body=body)
+                    files[status].append({"Key": key, "Size": len(body)})
+            map_run_arn = f"{self.state_machine_arn.replace(':stateMachine:', ':mapRun:')}/{name}:{run_id}"
+            manifest = {"DestinationBucket": bucket, "MapRunArn": map_run_arn, "ResultFiles": files}
+            self.s3.put_object(Bucket=bucket, Key=f"{base}/manifest.json", Body=json.dumps(manifest).encode())
+        except Exception as exc:
+            raise StatesError("States.ResultWriterFailed", f"{name}: {exc}") from exc
+        return {"MapRunArn": map_run_arn, "ResultWriterDetails": {"Bucket": bucket, "Key": f"{base}/manifest.json"}}
+
+    def _map(self, name: str, state: Mapping[str, Any], data: Any, branch: _Branch) -> Any:
+        processor = state["ItemProcessor"]
+        distributed = processor.get("ProcessorConfig") == DISTRIBUTED
+        context = self._context(name, branch)
+        if "ItemReader" in state:
+            items = self._read_items(name, state["ItemReader"], data, context)
+        else:
+            items = _get(state.get("ItemsPath", "$"), data, {})
         if not isinstance(items, list):
             raise StatesError("States.Runtime", f"{name}: ItemsPath does not point at an array")
-        processor = state["ItemProcessor"]
         workers = state.get("MaxConcurrency", 0) or max(1, len(items))
+        count, percentage = state.get("ToleratedFailureCount"), state.get("ToleratedFailurePercentage")
+        run_id = str(uuid.uuid4())
         cancel = threading.Event()
         failures: list[StatesError] = []
+        records: list[dict[str, Any] | None] = [None] * len(items)
         ends: list[dt.datetime] = [branch.now]
         results: list[Any] = [None] * len(items)
+        active = [0]
+        with self._lock:
+            self._result.map_runs[name] += 1
 
-        def iteration(index: int) -> None:
-            if cancel.is_set():
-                return
+        def exceeded(failed: int) -> bool:
+            if not distributed or (count is None and percentage is None):
+                return failed > 0
+            return (count is not None and failed > count) or (
+                percentage is not None and failed * 100 > percentage * len(items))
+
+        def iteration(index: int, start: dt.datetime) -> dt.datetime:
+            if cancel.is_set() or branch.cancelled():
+                return start
             with self._lock:
+                active[0] += 1
                 self._active[name] += 1
-                peak = self._result.peak_concurrency
-                peak[name] = max(peak.get(name, 0), self._active[name])
-                self._result.history_events += 2  # MapIterationStarted, MapIterationSucceeded/Failed/Aborted
-            own = _Branch(branch.now, cancel)
+                peak, total = self._result.peak_concurrency, self._result.peak_total
+                peak[name] = max(peak.get(name, 0), active[0])
+                total[name] = max(total.get(name, 0), self._active[name])
+                if not distributed:
+                    branch.execution.history += 2  # MapIterationStarted, MapIterationSucceeded/Failed/Aborted
+            cancels = (*branch.cancels, cancel)
+            if distributed:
+                child = _Run(f"{self.state_machine_arn.replace(':stateMachine:', ':execution:')}/{name}:"
+                             f"{uuid.uuid4()}", str(uuid.uuid4()), branch.now)
+                own = _Branch(start, cancels, execution=child)
+                child.start = start
+            else:
+                child, own = None, _Branch(start, cancels, execution=branch.execution)
+            value = None
+            record: dict[str, Any] | None = None
             try:
                 extra = {"Map.Item.Index": index, "Map.Item.Value": copy.deepcopy(items[index])}
-                context = self._context(name, branch, extra)
-                value = _template(state["ItemSelector"], data, context) if "ItemSelector" in state else items[index]
+                value = _template(state["ItemSelector"], data, self._context(name, own, extra)) \
+                    if "ItemSelector" in state else items[index]
+                if child is not None:
+                    child.history += 2  # ExecutionStarted, ExecutionSucceeded/Failed
                 results[index] = self._run_states(processor, value, own)
+                record = {"Status": "SUCCEEDED", "Output": json.dumps(results[index]),
+                          "OutputDetails": {"Included": True}}
             except _Cancelled:
-                pass
+                record = {"Status": "ABORTED"}
             except StatesError as exc:
+                record = {"Status": "FAILED", "Error": exc.error, "Cause": exc.cause}
                 with self._lock:
                     failures.append(exc)
-                cancel.set()
+                    if exceeded(len(failures)):
+                        cancel.set()
             finally:
                 with self._lock:
+                    active[0] -= 1
                     self._active[name] -= 1
                     ends.append(own.now)
+                    if child is not None:
+                        self._result.child_executions += 1
+                        self._result.max_child_history_events = max(self._result.max_child_history_events,
+                                                                     child.history)
+                if child is not None and record is not None:
+                    records[index] = {
+                        "ExecutionArn": child.arn, "Name": child.name, "StateMachineArn": self.state_machine_arn,
+                        "Input": json.dumps(value), "InputDetails": {"Included": True},
+                        "StartDate": _iso(child.start), "StopDate": _iso(own.now), "RedriveCount": 0,
+                        "RedriveStatus": "NOT_REDRIVABLE", **record}
+            return own.now
 
-        # `workers` loops pull the next item until none is left: exactly MaxConcurrency iterations at a time, as
-        # Step Functions does. The threads come from one shared pool: starting threads per Map costs more than
-        # the iterations themselves once the GIL is busy.
+        # `workers` slots pull the next item until none is left: exactly MaxConcurrency iterations at a time, as
+        # Step Functions does. Each slot has a virtual clock: an item starts when its slot's previous item ended, and
+        # the slot that is earliest in virtual time takes the next item (a slot ahead waits for the busy ones behind
+        # it), so a Map Run of n items of d seconds takes ceil(n / MaxConcurrency) x d, as it would in AWS. The
+        # threads come from one shared pool: starting threads per Map costs more than the iterations themselves.
         pending = iter(range(len(items)))
-        pending_lock = threading.Lock()
+        clocks: dict[int, dt.datetime] = {}
+        turn = threading.Condition()
 
-        def worker() -> None:
+        def worker(slot: int) -> None:
+            clock = branch.now
             while True:
-                with pending_lock:
+                with turn:
+                    clocks[slot] = clock
+                    turn.notify_all()
+                    while clock > min(clocks.values()) and not (cancel.is_set() or branch.cancelled()):
+                        turn.wait(0.5)
                     index = next(pending, None)
-                if index is None:
-                    return
-                iteration(index)
+                    if index is None:
+                        del clocks[slot]
+                        turn.notify_all()
+                        return
+                clock = iteration(index, clock)
 
-        for future in [_pool().submit(worker) for _ in range(min(workers, len(items)))]:
+        slots = min(workers, len(items))
+        with turn:
+            clocks.update({slot: branch.now for slot in range(slots)})
+        for future in [_pool().submit(worker, slot) for slot in range(slots)]:
             future.result()
         branch.now = max(ends)
-        if failures:
+        if branch.cancelled():
+            raise _Cancelled
+        written = None
+        if distributed and "ResultWriter" in state:
+            written = self._write_results(name, state["ResultWriter"], data, self._context(name, branch), run_id,
+                                          [r for r in records if r is not None])
+        if failures and exceeded(len(failures)):
+            if distributed:
+                raise StatesError("States.ExceedToleratedFailureThreshold",
+                                  f"{name}: {len(failures)} of {len(items)} child executions failed, over the "
+                                  "tolerated failure threshold")
             raise failures[0]
-        return results
+        if written is not None:
+            return written
+        return [r for r, rec in zip(results, records, strict=True) if not distributed or
+                (rec is not None and rec["Status"] == "SUCCEEDED")]
 
 
 _POOL: list[ThreadPoolExecutor] = []
@@ -493,10 +694,10 @@ _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    # Sized for a nested Map's iterations while an outer one holds up to 40 (the inline Map's ceiling).
+    # Sized for nested Maps: an outer Map Run's children each hold a thread while their own Map Runs use more.
     with _POOL_LOCK:
         if not _POOL:
-            _POOL.append(ThreadPoolExecutor(max_workers=128, thread_name_prefix="asl-map"))
+            _POOL.append(ThreadPoolExecutor(max_workers=512, thread_name_prefix="asl-map"))
         return _POOL[0]
 
 

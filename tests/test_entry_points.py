@@ -35,6 +35,7 @@ NOT_COMMAND_LINES = (
     "handlers.release",
     "handlers.deploy_engine",
     "handlers.ecs_common",
+    "handlers.release_limits",
 )
 ELSEWHERE = {
     # The policy pack: the Pulumi CLI runs policy/__main__.py itself (`pulumi preview --policy-pack policy`), from

@@ -461,10 +461,10 @@ def test_release_state_machine_is_drawn_from_its_registered_definition(prod_doc,
         if "Default" in state:
             assert (node, "-->", "otherwise", by_name[state["Default"]]) in edges, name
 
-    # Any failure of the two deploying Maps goes the rollback's way; a failure in Prepare changed nothing.
+    # Any failure of the deploying Map (every account-region's tasks and services) goes the rollback's way; a
+    # failure in Prepare changed nothing.
     catches = {(chart.labels[a], chart.labels[b]) for a, arrow, _, b in chart.edges if arrow == "-.->"}
-    assert {("DeployTasks · Map", "SettleBeforeRollback<br/>wait 75 s"),
-            ("DeployServices · Map", "SettleBeforeRollback<br/>wait 75 s"),
+    assert {("DeployGroups · Map", "SettleBeforeRollback<br/>wait 75 s"),
             ("Prepare<br/>Lambda task", "NotifyRejected<br/>Lambda task")} <= catches
     assert chart.lines(by_name["ServiceRolloutFailed"]) == ["ServiceRolloutFailed", "fails the Map"]
     assert chart.lines(by_name["ReleaseRolledBack"]) == ["ReleaseRolledBack", "execution fails"]

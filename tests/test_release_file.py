@@ -572,4 +572,12 @@ def test_needs_only_stdlib_and_pyyaml() -> None:
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported - set(sys.stdlib_module_names) == {"yaml"}
+    assert imported - set(sys.stdlib_module_names) == {"yaml", "handlers"}
+    # The one first-party module it uses is the release ceiling, shipped next to it and stdlib-only itself.
+    first_party = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and (node.module or "").startswith("handlers")}
+    assert first_party == {"handlers.release_limits"}
+    limits = ast.parse((ROOT / "handlers" / "release_limits.py").read_text())
+    assert {n.module.split(".")[0] for n in ast.walk(limits) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name.split(".")[0] for n in ast.walk(limits) if isinstance(n, ast.Import) for a in n.names} <= set(
+        sys.stdlib_module_names)

@@ -30,6 +30,7 @@ import importlib
 import io
 import json
 import os
+import re
 import tempfile
 import threading
 import zipfile
@@ -54,11 +55,13 @@ from moto.core.botocore_stubber import MockRawResponse
 from moto.core.models import botocore_stubber as moto_stubber
 from moto.ecs.exceptions import InvalidParameterException
 from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
+from moto.iam.models import get_account_id_from
 
 from components.release_state_machine import definition, lambda_functions
-from handlers import release
+from handlers import release, release_limits
 from handlers.ecs_common import assumed_session
-from tests.asl_runner import Execution, Runner
+from tests.asl_runner import Execution, Runner, spend
+from tests.asl_runner import now as virtual_now
 from tests.ecs_service_deployments import Deployment, ServiceDeployments
 
 TOOLS = "123456789012"  # moto's default account plays the tools account (registry, topic, state machine)
@@ -69,7 +72,9 @@ CLUSTER = "crossdeploy"
 REPOSITORIES = ("team/orders", "team/payments", "team/search", "batch/cleanup")
 ROLE_PATH = "/crossdeploy/prod/deploy/"
 CONFIG_BUCKET = "crossdeploy-deploy-config"
+RELEASE_BUCKET = "crossdeploy-artifacts"  # the artifact store: the release's items files and Map Run results
 ENVIRONMENT_OF = {ACCOUNTS[0]: "qa", ACCOUNTS[1]: "prod"}
+REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d")
 
 
 def _manifest_json(repository: str, tag: str) -> str:
@@ -154,8 +159,12 @@ class Rollouts:
     new revision), ``circuit-breaker`` (FAILED, and ECS puts the service back on the previous revision), ``stuck``
     (never settles). Putting a service back on its original revision always succeeds."""
 
-    def __init__(self, setattr_: Callable[[Any, str, Any], None], polls: int = 1) -> None:
+    def __init__(self, setattr_: Callable[[Any, str, Any], None], polls: int = 1,
+                 seconds: float | None = None) -> None:
         self.polls = polls
+        # With ``seconds``: a rollout completes that long after it started, in the ASL runner's virtual time (the
+        # benchmark's rollouts of a few minutes), instead of after ``polls`` looks.
+        self.seconds = seconds
         self.outcome: dict[str, str] = {}
         self.updates: list[tuple[str, str]] = []
         self._original: dict[str, str] = {}
@@ -216,14 +225,20 @@ class Rollouts:
             service.deployments = [self._deployment("PRIMARY", new, "IN_PROGRESS", 0, desired),
                                    self._deployment("ACTIVE", old, "COMPLETED", desired, desired)]
             outcome = "ok" if new == self._original[service.arn] else self.outcome.get(service.arn, "ok")
-            self._pending[service.arn] = {"left": self.polls, "old": old, "new": new, "outcome": outcome}
+            self._pending[service.arn] = {"left": self.polls, "old": old, "new": new, "outcome": outcome,
+                                          "started": virtual_now()}
 
     def _progress(self, service: Any) -> None:
         with self._lock:
             pending = self._pending.get(service.arn)
             if pending is None or pending["outcome"] == "stuck":
                 return
-            if pending["left"] > 0:
+            if self.seconds is not None:
+                now = virtual_now()
+                if now is None or pending.get("started") is None or \
+                        (now - pending["started"]).total_seconds() < self.seconds:
+                    return
+            elif pending["left"] > 0:
                 pending["left"] -= 1
                 return
             del self._pending[service.arn]
@@ -350,6 +365,8 @@ class Faults:
 
     def __init__(self, setattr_: Callable[[Any, str, Any], None]) -> None:
         self.throttle_every = 0  # throttle every Nth request of each operation (0: never)
+        # Only requests to this (account, region): ECS throttles each account-region on its own.
+        self.throttle_scope: tuple[str, str] | None = None
         self.fail: Callable[[str, dict], str | None] | None = None  # (operation, JSON body) -> error code or None
         self.requests = 0
         self.calls: Counter = Counter()  # operation -> requests seen (retries included)
@@ -379,7 +396,8 @@ class Faults:
             self.calls[operation] += 1
             # Every Nth request *of each operation*: the Map's threads interleave operations differently from run
             # to run, so a count over all requests would throttle a different mix each time.
-            throttle = bool(self.throttle_every) and self.calls[operation] % self.throttle_every == 0
+            in_scope = self.throttle_scope is None or self._where(request) == self.throttle_scope
+            throttle = bool(self.throttle_every) and in_scope and self.calls[operation] % self.throttle_every == 0
         if throttle:
             with self._lock:
                 self.throttled[operation] += 1
@@ -392,6 +410,17 @@ class Faults:
                     self.failed[operation] += 1
                 return self._error(request, True, code, "injected by the test")
         return self._moto(request=request, **_)
+
+    @staticmethod
+    def _where(request: Any) -> tuple[str, str]:
+        """(account, region) a signed request goes to: the region from its host, the account from the access key
+        it was signed with (moto knows which account each assumed role's key belongs to)."""
+        auth = request.headers.get("Authorization", b"")
+        auth = auth.decode() if isinstance(auth, bytes) else str(auth)
+        key = auth.split("Credential=", 1)[-1].split("/", 1)[0]
+        host = str(request.url).split("//", 1)[-1].split("/", 1)[0]
+        region = next((part for part in host.split(".") if REGION_NAME.fullmatch(part)), "")
+        return get_account_id_from(key), region
 
     @staticmethod
     def _error(request: Any, json_protocol: bool, code: str, message: str) -> AWSResponse:
@@ -524,6 +553,7 @@ def build_world(base: boto3.Session, services_per_target: int, tasks_per_target:
     s3 = world.client("s3")
     s3.create_bucket(Bucket=CONFIG_BUCKET, CreateBucketConfiguration={"LocationConstraint": HOME})
     s3.put_bucket_versioning(Bucket=CONFIG_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3.create_bucket(Bucket=RELEASE_BUCKET, CreateBucketConfiguration={"LocationConstraint": HOME})
     for region in regions:  # the tools registry, replicated: every tag in every region, same digest
         ecr = world.client("ecr", None, region)
         for repository in REPOSITORIES:
@@ -592,19 +622,23 @@ def build_world(base: boto3.Session, services_per_target: int, tasks_per_target:
 
 
 def _virtual_time(fn: Callable[..., Any]) -> Callable[[Any, Any], Any]:
-    """A check handler whose sleeps advance its own clock instead of waiting (one clock per invocation)."""
+    """A check handler whose sleeps advance its own clock instead of waiting (one clock per invocation); under the
+    ASL runner, the time it polled moves its iteration's virtual clock on too."""
     def call(event: Any, context: Any) -> Any:
         now = [0.0]
 
         def sleep(seconds: float) -> None:
             now[0] += seconds
+            spend(seconds)
         return fn(event, context, sleep=sleep, clock=lambda: now[0])
     return call
 
 
 def run_release(manifest: dict[str, Any], *, max_concurrency: int = 10, poll_seconds: int = 15,
-                wrap: Callable[[str, Callable], Callable] | None = None, name: str = "release-0001") -> Execution:
-    """The real definition run by the ASL runner, each step calling the real handler its path names."""
+                wrap: Callable[[str, Callable], Callable] | None = None, name: str = "release-0001",
+                via_s3: bool = False) -> Execution:
+    """The real definition run by the ASL runner, each step calling the real handler its path names. ``via_s3``: as
+    the pipeline starts it, the manifest in the artifact bucket and only its location in the execution input."""
     arns = {step: f"arn:aws:lambda:{HOME}:{TOOLS}:function:crossdeploy-release-{step}" for step in lambda_functions()}
     functions = {}
     for step, path in lambda_functions().items():
@@ -613,9 +647,14 @@ def run_release(manifest: dict[str, Any], *, max_concurrency: int = 10, poll_sec
         if step in ("checkService", "checkRollback"):
             fn = _virtual_time(fn)
         functions[arns[step]] = wrap(step, fn) if wrap else fn
+    s3 = release._base_session().client("s3", region_name=HOME)
     runner = Runner(definition(arns, max_concurrency=max_concurrency, poll_seconds=poll_seconds), functions,
-                    name=name)
-    return runner.run({"manifest": manifest})
+                    name=name, s3=s3)
+    if not via_s3:
+        return runner.run({"manifest": manifest})
+    key = f"release-manifests/{name}.json"
+    s3.put_object(Bucket=RELEASE_BUCKET, Key=key, Body=json.dumps(manifest).encode())
+    return runner.run({"manifestLocation": {"bucket": RELEASE_BUCKET, "key": key}})
 
 
 # Every boto3 session (the test's, each deploy-role session the handlers assume) would parse the same service models
@@ -632,6 +671,7 @@ def configure(setenv: Callable[[str, str], None]) -> None:
            "AWS_DEFAULT_REGION": HOME, "CROSSDEPLOY_REGISTRY_ID": TOOLS, "CROSSDEPLOY_HOME_REGION": HOME,
            "CROSSDEPLOY_PARTITION": "aws", "CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS": "900",
            "CROSSDEPLOY_CHECK_WAIT_SECONDS": "300", "CROSSDEPLOY_CONFIG_BUCKET": CONFIG_BUCKET,
+           "CROSSDEPLOY_RELEASE_BUCKET": RELEASE_BUCKET,
            "CROSSDEPLOY_CONTEXT_FILE": "",  # World.publish points it at the world's release context
            # moto: services start with their initial deployment complete (2 of 2 running)
            "MOTO_ECS_SERVICE_RUNNING": "2"}
@@ -688,7 +728,7 @@ def test_release_of_300_services_pins_digests_and_stays_within_limits(aws):
     world = aws.world(services_per_target=75, tasks_per_target=1, direct=True)
     aws.rollouts.polls = 0  # steady at the first look: the Wait loop is exercised by the smaller cases
     before = world.current_task_definitions()
-    execution = run_release(world.manifest())
+    execution = run_release(world.manifest(), via_s3=True)  # as the pipeline starts it
 
     assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
     after = world.current_task_definitions()
@@ -712,12 +752,20 @@ def test_release_of_300_services_pins_digests_and_stays_within_limits(aws):
         described = world.ecs(entry["accountId"], entry["region"]).describe_task_definition(
             taskDefinition=ecs_target["EcsParameters"]["TaskDefinitionArn"])["taskDefinition"]
         assert _app_image(described, None) == _regional(world, entry)
-    # Bounded, and far from Step Functions' limits (the runner fails a state over 256 KiB by itself).
-    assert execution.peak_concurrency["DeployServices"] == 10 and execution.peak_concurrency["DeployTasks"] <= 4
-    assert execution.history_events < 25_000
+    # Bounded in each account-region, and far from Step Functions' limits (the runner fails a state over 256 KiB by
+    # itself; every target ran in its own child execution).
+    assert execution.peak_concurrency["DeployServices"] == 10 and execution.peak_concurrency["DeployTasks"] <= 1
+    assert execution.map_runs["DeployServices"] == 4 and execution.child_executions == 4 + 4 + 300
+    assert execution.history_events < 200 and execution.max_child_history_events < 200
     assert "SettleBeforeRollback" not in execution.visits
     [mail] = world.notifications()
     assert mail["Subject"] == "crossdeploy release release-0001: SUCCEEDED"
+    # The notice: targets, waves per account-region (ceil(75 / 10) = 8), duration, the slowest targets.
+    assert "304 targets in 4 account-region(s), at most 10 at once in each" in mail["Message"]
+    for account in ACCOUNTS:
+        for region in REGIONS:
+            assert f"{account} {region}: 75 services in 8 wave(s), 1 scheduled tasks in 1 wave(s)" in mail["Message"]
+    assert "; took " in mail["Message"] and "\nslowest: svc-" in mail["Message"]
     assert execution.output["id"] == "release-0001"
 
 
@@ -924,7 +972,7 @@ def test_a_service_outside_the_stack_is_refused_in_prepare_before_any_change(aws
 def test_every_step_renders_from_the_document_version_prepare_read(aws):
     world = aws.world(services_per_target=1, tasks_per_target=0)
     prepared = release.prepare({"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:v1"})
-    item = prepared["services"][0]
+    item = release.prepared_items(prepared)["services"][0]
     assert item["document"]["key"] == f"services/{item['service']}/deploy.zip" and item["document"]["version"]
     # `pulumi up` publishes a new document while the release runs: the release keeps its snapshot.
     for environment in world.documents[item["service"]]["environments"]:
@@ -940,26 +988,52 @@ def test_every_step_renders_from_the_document_version_prepare_read(aws):
     assert len(json.dumps(deployed)) < 1500, "no task definition in the Step Functions state"
 
 
-def test_prepare_refuses_a_release_over_step_functions_limits(aws, monkeypatch):
-    world = aws.world(services_per_target=1, tasks_per_target=0)
+def test_prepare_refuses_a_release_over_the_ceiling_before_any_aws_call(aws, monkeypatch):
+    world = aws.world(services_per_target=1, tasks_per_target=1)
     event = {"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:big"}
-    monkeypatch.setattr(release, "PAYLOAD_BUDGET_BYTES", 1500)
-    with pytest.raises(release.ReleaseTooLargeError, match="over the 1 KiB budget"):
+    aws.faults.calls.clear()
+    # The ceiling the validator enforces (release_limits), scaled down: 8 targets over a limit of 7.
+    monkeypatch.setattr(release_limits, "MAX_TARGETS", 7)
+    with pytest.raises(release.ReleaseTooLargeError, match=r"the release has 8 targets .* over the limit of 7 per "
+                                                           r"release"):
         release.prepare(event)
-    monkeypatch.setattr(release, "PAYLOAD_BUDGET_BYTES", 200 * 1024)
+    assert not aws.faults.calls, "refused before reading anything"
+    monkeypatch.setattr(release_limits, "MAX_TARGETS", 5_000)
     aws.setenv("CROSSDEPLOY_CHECK_WAIT_SECONDS", "0")
     aws.setenv("CROSSDEPLOY_SERVICE_TIMEOUT_SECONDS", "90000")
-    with pytest.raises(release.ReleaseTooLargeError, match="history events"):
+    with pytest.raises(release.ReleaseTooLargeError, match="history events in its child execution"):
         release.prepare(event)
-    # With the defaults, the issue's 300 services and a few tasks fit, with room to spare.
-    assert release.history_estimate(300, 8, 900, 300, 15) < release.HISTORY_BUDGET_EVENTS
+    # With the defaults, one service's child execution is far from the 25,000 events, whatever the release's size.
+    assert release.history_estimate(900, 300, 15) < 100
+
+
+def test_prepare_reads_a_large_manifest_from_the_release_bucket_only(aws):
+    world = aws.world(services_per_target=1, tasks_per_target=0)
+    s3 = world.client("s3")
+    s3.put_object(Bucket=RELEASE_BUCKET, Key="release-manifests/abc.json", Body=json.dumps(world.manifest()))
+    prepared = release.prepare({"input": {"manifestLocation": {"bucket": RELEASE_BUCKET,
+                                                               "key": "release-manifests/abc.json"}},
+                                "executionId": "arn:aws:states:::execution:m:big1"})
+    # One descriptor per account-region in the state; the items themselves in S3, under the execution's prefix.
+    assert [(g["accountId"], g["region"], g["services"], g["tasks"]) for g in prepared["groups"]] == [
+        (a, r, 1, 0) for a in ACCOUNTS for r in sorted(REGIONS)]
+    assert {g["items"]["services"] for g in prepared["groups"]} == {
+        f"release-runs/big1/items/{a}-{r}/services.json" for a in ACCOUNTS for r in REGIONS}
+    assert sorted(i["name"] for i in release.prepared_items(prepared)["services"]) == sorted(
+        e["name"] for e in world.services)
+    for location in ({"bucket": "someone-elses", "key": "release-manifests/abc.json"},
+                     {"bucket": RELEASE_BUCKET, "key": "services/orders/deploy.zip"}):
+        with pytest.raises(release.ReleaseInputError, match="is not a release manifest of this stack"):
+            release.prepare({"input": {"manifestLocation": location}, "executionId": "x:big2"})
 
 
 def test_rollback_restores_only_what_differs_and_is_idempotent(aws):
     world = aws.world(services_per_target=1, tasks_per_target=1)
     prepared = release.prepare({"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:r9"})
-    service, untouched = prepared["services"][0], prepared["services"][1]
-    task = prepared["tasks"][0]
+    items = release.prepared_items(prepared)
+    by_name = {i["name"]: i for i in items["services"] + items["tasks"]}
+    service, untouched = by_name[world.services[0]["name"]], by_name[world.services[1]["name"]]
+    task = by_name[world.tasks[0]["name"]]
     common = {"release": prepared["release"], "startedAt": "2025-01-01T00:00:00.000Z"}
     deployed = release.deploy_service({"item": service, **common})
     release.update_task({"item": task, **common})
@@ -1114,7 +1188,10 @@ def deploy_by_hand(world: World, entry: dict) -> str:
 
 
 def _prepared(world: World, name: str = "bg-1") -> tuple[dict, dict[str, dict], dict[str, Any]]:
+    """(what prepare returned, with its items read back from S3 as ``services`` and ``tasks``; the service items by
+    ECS service name; what every step's event carries)."""
     prepared = release.prepare({"manifest": world.manifest(), "executionId": f"arn:aws:states:::execution:m:{name}"})
+    prepared = {**prepared, **release.prepared_items(prepared)}
     common = {"release": prepared["release"], "startedAt": "2025-01-01T00:00:00.000Z"}
     return prepared, {i["service"]: i for i in prepared["services"]}, common
 
@@ -1472,3 +1549,62 @@ def test_a_blue_green_service_serves_its_primary_task_sets_task_definition(servi
 ])
 def test_deployment_status_follows_codedeploy(deployment, status, reason):
     assert release.deployment_status(deployment) == (status, reason)
+
+
+# ------------------------------------------------------------------------------------------- the ceiling, shared
+
+def _validator_context() -> dict[str, Any]:
+    role = "arn:aws:iam::{}:role/crossdeploy/prod/deploy/crossdeploy-prod-deploy"
+    return {"version": 1, "partition": "aws", "registryId": TOOLS, "homeRegion": HOME, "environments": {
+        ENVIRONMENT_OF[a]: {"accountId": a, "regions": list(REGIONS), "deployRoleArn": role.format(a)}
+        for a in ACCOUNTS}}
+
+
+def _release_file(per_account_region: int) -> str:
+    entries = [f"  - service: svc-{i:04d}\n    clusterName: {CLUSTER}\n    serviceName: svc-{i:04d}\n"
+               f"    image: \"{TOOLS}.dkr.ecr.{HOME}.amazonaws.com/team/orders:2.0.0\"\n"
+               f"    environment: {env}\n    region: {region}\n"
+               for env in ENVIRONMENT_OF.values() for region in REGIONS for i in range(per_account_region)]
+    return "services:\n" + "".join(entries)
+
+
+def test_the_validator_enforces_the_ceiling_prepare_enforces_with_the_limit_in_the_message(monkeypatch):
+    from handlers import release_file
+
+    # One check, not two that agree today: both call release_limits.ceiling_problems (prepare: the test above).
+    assert release_file.ceiling_problems is release.ceiling_problems is release_limits.ceiling_problems
+    context = _validator_context()
+    assert release_file.validate(_release_file(3), context) == []  # 12 targets in 4 account-regions
+    monkeypatch.setattr(release_limits, "MAX_TARGETS", 10)  # scaled down: the real run is in the benchmark
+    [problem] = release_file.validate(_release_file(3), context)
+    # At the entry that crossed it (the 11th), with the limit and what to do.
+    assert (problem.line, problem.path) == (1 + 6 * 10 + 1, "services[10]")
+    assert "the release has 12 targets (services and scheduled tasks), over the limit of 10 per release" in str(problem)
+    assert "split it into several releases" in str(problem)
+    monkeypatch.setattr(release_limits, "MAX_TARGETS", 2_500)
+    monkeypatch.setattr(release_limits, "MAX_ACCOUNT_REGIONS", 3)
+    [problem] = release_file.validate(_release_file(1), context)
+    assert "spans 4 account-regions, over the limit of 3" in str(problem)
+
+
+def test_the_ceiling_holds_the_issues_release_and_the_yaml_loader_lets_it_through():
+    from handlers import release_file
+
+    # 2,000 services and their scheduled tasks over 2 accounts x 2 regions, at the default bound.
+    groups = {(a, r): 500 + 25 for a in ACCOUNTS for r in REGIONS}
+    assert release_limits.ceiling_problems(groups, release_limits.DEFAULT_CONCURRENCY) == []
+    over = {**groups, (ACCOUNTS[0], REGIONS[0]): release_limits.MAX_TARGETS}
+    [problem] = release_limits.ceiling_problems(over)
+    assert f"over the limit of {release_limits.MAX_TARGETS} per release" in problem
+    assert release_limits.ceiling_problems(groups, 50) == []  # 4 x 50 = 200 check Lambdas at once
+    [problem] = release_limits.ceiling_problems({(str(i), HOME): 1 for i in range(20)}, 50)
+    assert "20 account-regions x release.maxConcurrency 50 would run 1000 targets at once, over the limit of 800" \
+        in problem
+    # The release file's loader must not refuse a file the ceiling accepts: an entry is at most 17 nodes (8 keys,
+    # their values, the mapping) and, here, 190 characters.
+    loader = release_file.LimitedLoader
+    entry = len(_release_file(1)) // 4
+    assert loader.max_nodes >= 17 * release_limits.MAX_TARGETS + 10
+    assert loader.max_chars >= (entry + 40) * release_limits.MAX_TARGETS
+    assert loader.max_entries > release_limits.MAX_TARGETS  # a file just over the ceiling gets the ceiling's message
+    assert [release_limits.waves(n, 10) for n in (0, 1, 10, 11, 500)] == [0, 1, 1, 2, 50]

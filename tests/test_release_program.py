@@ -18,6 +18,7 @@ from conftest import PROD, QA, SAMPLES, TOOLS, by_output, config, role_policy
 from iam import allows
 
 from components.release_state_machine import definition, lambda_functions
+from handlers.release_limits import MAX_ACCOUNT_REGIONS
 from offline.mocks import run_program
 
 CODECOMMIT = {"source": {"provider": "codecommit", "repository": "platform-releases"}, "requireApproval": True,
@@ -79,9 +80,14 @@ def test_registered_state_machine_is_the_tested_definition_with_the_configured_b
     registered = json.loads(machine.inputs["definition"])
     assert registered == definition(arns, max_concurrency=7)
     maps = [s for s in _states(registered) if s.get("Type") == "Map"]
-    assert maps and all(m["MaxConcurrency"] == 7 for m in maps)
+    # The bound of every account-region's Map Runs; the account-regions themselves all run at once.
+    assert sorted(m["MaxConcurrency"] for m in maps) == [7, 7, 7, 7, MAX_ACCOUNT_REGIONS, MAX_ACCOUNT_REGIONS]
+    # statelint 3.1.0 does not know ItemReader's ReaderConfig.InputType (tests/test_release_state_machine.py checks
+    # it is the only complaint): lint the rest.
+    for state in maps:
+        state.get("ItemReader", {}).get("ReaderConfig", {}).pop("InputType", None)
     path = tmp_path / "release.asl.json"
-    path.write_text(machine.inputs["definition"])
+    path.write_text(json.dumps(registered))
     statelint = Path(sys.executable).with_name("statelint")
     result = subprocess.run([str(statelint), str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -117,6 +123,12 @@ def test_every_step_is_a_lambda_running_the_handler_the_tests_run(release_run) -
         bucket = next(b for b in release_run.of_type("aws:s3/bucket:Bucket")
                       if b.name.startswith("deploy-config"))
         assert variables["CROSSDEPLOY_CONFIG_BUCKET"] == bucket.outputs["bucket"]
+        assert variables["CROSSDEPLOY_RELEASE_BUCKET"] == _artifact_bucket(release_run).outputs["bucket"]
+
+
+def _artifact_bucket(run):
+    return next(b for b in run.of_type("aws:s3/bucket:Bucket")
+                if b.region == "us-east-2" and b.account == TOOLS and b.name.startswith("artifacts"))
 
 
 def test_roles_have_exactly_what_their_steps_use(release_run) -> None:
@@ -152,12 +164,46 @@ def test_roles_have_exactly_what_their_steps_use(release_run) -> None:
     for function in functions.values():
         assert allows(machine_policy, "lambda:InvokeFunction", function.outputs["arn"])
     assert not allows(machine_policy, "lambda:InvokeFunction", "arn:aws:lambda:us-east-2:111111111111:function:x")
+    _distributed_map_rights(release_run, steps, notify, machine_policy, machine, home_key)
     pipeline = release_pipeline(release_run)
     pipeline_policy = role_policy(release_run, by_output(release_run, "arn", pipeline.inputs["roleArn"]))
     assert allows(pipeline_policy, "states:StartExecution", machine.outputs["arn"])
     assert allows(pipeline_policy, "states:DescribeExecution",
                   f"arn:aws:states:us-east-2:{TOOLS}:execution:crossdeploy-rel-release:release-1")
     assert not allows(pipeline_policy, "states:StartExecution", "arn:aws:states:us-east-2:111111111111:stateMachine:x")
+
+
+def _distributed_map_rights(run, steps: str, notify: str, machine_policy: str, machine, home_key: str) -> None:
+    """The Distributed Maps' pieces, each to exactly its own: the machine starts, follows and stops only its own
+    child executions; prepare writes items, the machine reads them and writes results, notify reads results."""
+    artifacts = _artifact_bucket(run).outputs["arn"]
+    arn, name = machine.outputs["arn"], machine.outputs["name"]
+    child = f"arn:aws:states:us-east-2:{TOOLS}:execution:{name}/DeployServices:0b5d3c2e-8a5f-4f4e-9a53-6a1c2d3e4f50"
+    assert allows(machine_policy, "states:StartExecution", arn)
+    assert not allows(machine_policy, "states:StartExecution", f"arn:aws:states:us-east-2:{TOOLS}:stateMachine:other")
+    for action in ("states:DescribeExecution", "states:StopExecution"):
+        assert allows(machine_policy, action, child)
+        assert not allows(machine_policy, action, f"arn:aws:states:us-east-2:{TOOLS}:execution:other/M:1")
+    items = f"{artifacts}/release-runs/release-1/items/{PROD}-us-east-2/services.json"
+    results = f"{artifacts}/release-runs/release-1/results/deploy/{PROD}-us-east-2/run/SUCCEEDED_0.json"
+    manifest = f"{artifacts}/release-manifests/build-1.json"
+    pipeline_artifact = f"{artifacts}/crossdeploy-rel-release/ReleaseSou/abc.zip"
+    expected = {  # (policy, action, object) -> allowed
+        (steps, "s3:GetObject", manifest): True, (steps, "s3:PutObject", items): True,
+        (steps, "s3:PutObject", results): False, (steps, "s3:GetObject", pipeline_artifact): False,
+        (machine_policy, "s3:GetObject", items): True, (machine_policy, "s3:PutObject", results): True,
+        (machine_policy, "s3:PutObject", items): False, (machine_policy, "s3:GetObject", manifest): False,
+        (machine_policy, "s3:GetObject", pipeline_artifact): False,
+        (notify, "s3:GetObject", results): True, (notify, "s3:GetObject", items): False,
+        (notify, "s3:PutObject", results): False,
+    }
+    assert {k: allows(*k) for k in expected} == expected
+    assert allows(notify, "s3:ListBucket", artifacts, context={"s3:prefix": "release-runs/release-1/results/"})
+    assert not allows(notify, "s3:ListBucket", artifacts, context={"s3:prefix": "crossdeploy-rel-release/"})
+    for policy in (steps, machine_policy):
+        assert allows(policy, "kms:GenerateDataKey", home_key) and allows(policy, "kms:Decrypt", home_key)
+    assert allows(notify, "kms:Decrypt", home_key) and not allows(notify, "kms:Decrypt",
+                                                                   "arn:aws:kms:us-east-2:111111111111:key/x")
 
 
 def test_deploy_roles_gain_only_the_scheduled_task_rights(release_run, base_run) -> None:
@@ -209,11 +255,17 @@ def _run_build(run, tmp_path: Path, release_text: str) -> subprocess.CompletedPr
     commands = spec["phases"]["build"]["commands"]
     download = [c for c in commands if c.startswith('aws s3 cp "$TOOLS_BUNDLE"')]
     assert len(download) == 1
+    # The manifest's upload to the artifact bucket: a copy into tmp_path/uploaded/<key> stands in for it.
+    upload = 'cd "$CODEBUILD_SRC_DIR" && aws s3 cp release.json "s3://$RELEASE_BUCKET/$MANIFEST_KEY"'
+    assert upload in commands
+    stand_in = 'cd "$CODEBUILD_SRC_DIR" && mkdir -p "$HOME/uploaded/release-manifests" && ' \
+               'cp release.json "$HOME/uploaded/$MANIFEST_KEY"'
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "CODEBUILD_SRC_DIR": str(src),
            "RELEASE_FILE": spec["env"]["variables"]["RELEASE_FILE"], "TOOLS_DIR": str(tools_dir),
-           "HOME": str(tmp_path)}
-    return subprocess.run(["bash", "-e", "-c", "\n".join(c for c in commands if c not in download)], env=env,
-                          capture_output=True, text=True,
+           "HOME": str(tmp_path), "RELEASE_BUCKET": spec["env"]["variables"]["RELEASE_BUCKET"],
+           "CODEBUILD_BUILD_ID": "crossdeploy-rel-release-validate:4b1a0f6e-0000-4000-8000-000000000001"}
+    script = [stand_in if c == upload else c for c in commands if c not in download]
+    return subprocess.run(["bash", "-e", "-c", "\n".join(script)], env=env, capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
 
 
@@ -229,9 +281,13 @@ def test_the_build_validates_and_converts_with_only_the_bundled_code(release_run
     result = _run_build(release_run, tmp_path, _extended_seed())
     assert result.returncode == 0, result.stdout + result.stderr
     payload = json.loads((tmp_path / "src" / "sfn-input.json").read_text())
+    # The execution input only says where the manifest is (any size fits): prepare reads it from there.
+    key = "release-manifests/4b1a0f6e-0000-4000-8000-000000000001.json"
+    assert payload == {"manifestLocation": {"bucket": _artifact_bucket(release_run).outputs["bucket"], "key": key}}
     from handlers.release import validate_manifest
 
-    services, tasks = validate_manifest(payload["manifest"], TOOLS, "aws")
+    manifest = json.loads((tmp_path / "uploaded" / key).read_text())
+    services, tasks = validate_manifest(manifest, TOOLS, "aws")
     assert [(s["accountId"], s["region"]) for s in services] == [(PROD, "us-east-2"), (PROD, "eu-west-1")]
     assert [(t["accountId"], t["ruleName"]) for t in tasks] == [(QA, "test-rating-cleanup")]
 
@@ -331,3 +387,29 @@ def test_codedeploy_context_names_the_smoke_test_hook_of_each_smoke_tested_servi
         ("orders", "us-east-2", hook), ("orders", "us-west-2", hook),
         ("storefront", "us-east-2", None), ("storefront", "us-west-2", None)]
     assert release.validate_manifest(manifest, TOOLS, "aws")[0] == manifest["services"]
+
+
+def test_the_plan_shows_the_waves_of_the_prod_release_per_account_region(prod_run) -> None:
+    from offline import plan
+
+    context = json.loads(plan.release_context(prod_run))
+    envs = {name: (env["accountId"], env["regions"]) for name, env in context["environments"].items()}
+    bound = json.loads(prod_run.of_type("aws:sfn/stateMachine:StateMachine")[0].inputs["definition"])[
+        "States"]["DeployGroups"]["ItemProcessor"]["States"]["DeployServices"]["MaxConcurrency"]
+    # examples/deployment.yaml by hand: orders in every region of test; payments in every region of prod;
+    # storefront in prod's us-east-2; the nightly report in 777788889999 us-west-2.
+    services: dict[tuple[str, str], int] = {}
+    for env, only in (("test", None), ("prod", None), ("prod", "us-east-2")):
+        account, regions = envs[env]
+        for region in [only] if only else regions:
+            services[(account, region)] = services.get((account, region), 0) + 1
+    doc = plan.release_waves_doc(prod_run, "prod")
+    assert f"each at most {bound} targets at a time (release.maxConcurrency)" in doc
+    tasks = {("777788889999", "us-west-2"): 1}
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(set(services) | set(tasks))
+    for account, region in set(services) | set(tasks):
+        count, task_count = services.get((account, region), 0), tasks.get((account, region), 0)
+        waves = -(-count // bound) + -(-task_count // bound)  # tasks, then services: each in rounds of the bound
+        assert f"| {account} | {region} | {count} | {task_count} | {waves} |" in rows
+    assert plan.release_waves_doc(prod_run, "test") == ""  # no release file ships for that stack

@@ -1,5 +1,6 @@
-"""The release state machine definition: statelint, structure (bounded Maps, every failure reaching the rollback,
-no dead states), and the ASL runner that the handler tests rely on, run here against fake steps."""
+"""The release state machine definition: statelint, structure (Distributed Maps bounded per account-region, every
+failure reaching the whole rollback, no dead states), and the ASL runner that the handler tests rely on, run here
+against fake steps and moto's S3 (items read by ItemReader, results written by ResultWriter)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
-from components.release_state_machine import (
-    MAX_INLINE_CONCURRENCY,
-    definition,
-    lambda_functions,
-    lambda_timeouts,
-)
-from tests.asl_runner import LambdaServiceError, Runner, UnsupportedAsl
+from components.release_state_machine import definition, lambda_functions, lambda_timeouts
+from handlers.release_limits import MAX_ACCOUNT_REGIONS, MAX_CONCURRENCY
+from tests.asl_runner import LambdaServiceError, Runner, UnsupportedAsl, spend
 
 STATELINT = Path(sys.executable).with_name("statelint")
 ARNS = {step: f"arn:aws:lambda:us-east-2:111111111111:function:crossdeploy-release-{step}"
@@ -29,11 +28,26 @@ ARNS = {step: f"arn:aws:lambda:us-east-2:111111111111:function:crossdeploy-relea
 FORWARD_TASKS = {"UpdateTask", "DeployService", "CheckService"}
 ROLLBACK_TASKS = {"RollBackService", "CheckRollback", "RollBackTask"}
 NOTIFY_TASKS = {"NotifySuccess", "NotifyFailure", "NotifyRejected"}
+TARGET_MAPS = {"DeployTasks", "DeployServices", "RollBackServices", "RollBackTasks"}
+GROUP_MAPS = {"DeployGroups", "RollBackGroups"}
+BUCKET = "crossdeploy-artifacts"
+# statelint 3.1.0 predates ItemReader's ReaderConfig.InputType (AWS added it with JSONL and manifest readers; a JSON
+# file is read with InputType JSON). lint() takes exactly that field out before linting, and the test below checks
+# that the unmodified definition draws no other complaint.
+STATELINT_UNKNOWN = ('Field "InputType" not allowed in State Machine.States.{}.ItemProcessor.States.{}.ItemReader.'
+                     "ReaderConfig")
 
 
-def lint(machine: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+def without_input_type(machine: dict) -> dict:
+    copy_ = json.loads(json.dumps(machine))
+    for _, state, _ in states(copy_):
+        (state.get("ItemReader") or {}).get("ReaderConfig", {}).pop("InputType", None)
+    return copy_
+
+
+def lint(machine: dict, tmp_path: Path, *, as_is: bool = False) -> subprocess.CompletedProcess:
     path = tmp_path / "release.asl.json"
-    path.write_text(json.dumps(machine, indent=2))
+    path.write_text(json.dumps(machine if as_is else without_input_type(machine), indent=2))
     return subprocess.run([str(STATELINT), str(path)], capture_output=True, text=True, timeout=60)
 
 
@@ -101,11 +115,16 @@ def reachable(start: set[str], index: dict) -> set[str]:
 def test_statelint_accepts_the_definition(machine, tmp_path):
     result = lint(machine, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    # As is, statelint objects only to the field it does not know, once per ItemReader.
+    complaints = {line.strip() for line in lint(machine, tmp_path, as_is=True).stdout.splitlines()[1:]}
+    assert complaints == {STATELINT_UNKNOWN.format(group, inner) for group, inner in (
+        ("DeployGroups", "DeployTasks"), ("DeployGroups", "DeployServices"), ("RollBackGroups", "RollBackServices"),
+        ("RollBackGroups", "RollBackTasks"))}
 
 
 def test_statelint_has_teeth(machine, tmp_path):
     broken = json.loads(json.dumps(machine))
-    broken["States"]["DeployServices"]["Next"] = "NoSuchState"
+    broken["States"]["DeployGroups"]["Next"] = "NoSuchState"
     del broken["States"]["IsRollbackComplete"]["Default"]
     broken["States"]["Prepare"]["Retry"][0]["BackoffRate"] = 2  # an integer: ASL wants a float
     result = lint(broken, tmp_path)
@@ -113,18 +132,27 @@ def test_statelint_has_teeth(machine, tmp_path):
     assert "NoSuchState" in result.stdout and "BackoffRate" in result.stdout
 
 
-@pytest.mark.parametrize("bound", [1, 10, MAX_INLINE_CONCURRENCY])
-def test_both_maps_are_bounded_by_the_configured_concurrency(bound, tmp_path):
+@pytest.mark.parametrize("bound", [1, 10, MAX_CONCURRENCY])
+def test_every_map_is_distributed_and_bounded_per_account_region(bound, tmp_path):
     machine = definition(ARNS, max_concurrency=bound)
-    maps = {name: state for name, state, _ in states(machine) if state["Type"] == "Map"}
-    assert {"DeployTasks", "DeployServices"} <= set(maps)
-    for state in maps.values():
-        assert type(state["MaxConcurrency"]) is int and state["MaxConcurrency"] == bound > 0
-    if bound == MAX_INLINE_CONCURRENCY:
+    maps = {name: (state, parent) for name, state, parent in states(machine) if state["Type"] == "Map"}
+    assert set(maps) == TARGET_MAPS | GROUP_MAPS
+    for name, (state, parent) in maps.items():
+        assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+        assert type(state["MaxConcurrency"]) is int and state["MaxConcurrency"] > 0, "0 would be unbounded"
+        if name in GROUP_MAPS:  # every account-region at once, from the descriptors Prepare returns
+            assert parent is None and state["ItemsPath"] == "$.groups" and "ItemReader" not in state
+            assert state["MaxConcurrency"] == MAX_ACCOUNT_REGIONS
+        else:  # the bound applies inside one account-region's child execution, over its items file in S3
+            assert parent in GROUP_MAPS and state["MaxConcurrency"] == bound
+            assert state["ItemReader"]["Resource"] == "arn:aws:states:::s3:getObject"
+            assert state["ItemReader"]["Parameters"]["Key.$"].startswith("$.group.items.")
+            assert state["ResultWriter"]["Parameters"]["Prefix.$"].startswith("$.group.results.")
+    if bound == MAX_CONCURRENCY:
         assert lint(machine, tmp_path).returncode == 0
 
 
-@pytest.mark.parametrize("bound", [0, -1, MAX_INLINE_CONCURRENCY + 1, True, 2.5, None])
+@pytest.mark.parametrize("bound", [0, -1, MAX_CONCURRENCY + 1, True, 2.5, None])
 def test_unbounded_or_silly_concurrency_is_refused(bound):
     with pytest.raises(ValueError, match="max_concurrency"):
         definition(ARNS, max_concurrency=bound)
@@ -152,22 +180,31 @@ def test_every_lambda_task_invokes_selects_and_retries(index):
         assert {"Lambda.ServiceException", "Lambda.TooManyRequestsException", "Lambda.AWSLambdaException",
                 "Lambda.SdkClientException"} <= retried, name
         assert all(r["BackoffRate"] > 1 and r["MaxAttempts"] >= 3 for r in state["Retry"]), name
-    # The Maps keep nothing per item but a small object (deploy) or nothing (rollback keeps one line per item).
-    assert index["DeployTasks"][0]["ResultPath"] is None and index["DeployServices"][0]["ResultPath"] is None
+    # Nothing per target travels in the state: the target Maps write their results to S3 and keep only where.
+    for name in TARGET_MAPS:
+        assert set(index[name][0]["ResultSelector"].values()) == {"$.ResultWriterDetails.Bucket",
+                                                                  "$.ResultWriterDetails.Key"}, name
+    # Forward: no failure tolerated, at every level. Back: every failure tolerated, so every target is tried.
+    for name in ("DeployGroups", "DeployTasks", "DeployServices"):
+        assert index[name][0]["ToleratedFailureCount"] == 0 and index[name][0]["ToleratedFailurePercentage"] == 0
+    for name in ("RollBackGroups", "RollBackServices", "RollBackTasks"):
+        assert index[name][0]["ToleratedFailurePercentage"] == 100 and "ToleratedFailureCount" not in index[name][0]
 
 
 def test_every_forward_failure_reaches_the_whole_rollback_then_fails(index):
-    rollback = {"SettleBeforeRollback", "RollBackServices", "RollBackTasks", "NotifyFailure"}
+    rollback = {"SettleBeforeRollback", "RollBackGroups", "RollBackServices", "RollBackTasks", "NotifyFailure"}
     fails = {name for name, (state, _) in index.items() if state["Type"] == "Fail"}
     forward = FORWARD_TASKS | {name for name, (state, parent) in index.items()
                                if state["Type"] == "Fail" and parent == "DeployServices"}
     for name in forward:
+        # No Catch on the way out: the target's child fails its Map Run, hence its account-region's child, hence
+        # DeployGroups, whose Catch starts the rollback of every account-region.
         targets = failure_targets(name, index)
         assert targets == {"SettleBeforeRollback"}, name
         after = reachable(targets, index)
         assert rollback <= after, name
         assert after & fails and "ReleaseSucceeded" not in after, name
-    for name in ("DeployTasks", "DeployServices"):
+    for name in ("DeployTasks", "DeployServices", "DeployGroups"):
         assert failure_targets(name, index) == {"SettleBeforeRollback"}
 
 
@@ -179,7 +216,7 @@ def test_rollback_and_notify_failures_still_notify_and_fail(index):
         assert targets and all(index[t][1] == index[name][1] for t in targets), name
         after = reachable(targets, index)
         assert "NotifyFailure" in after and after & fails and "ReleaseSucceeded" not in after, name
-    for name in ("RollBackServices", "RollBackTasks"):
+    for name in ("RollBackServices", "RollBackTasks", "RollBackGroups"):
         assert "NotifyFailure" in reachable(failure_targets(name, index), index)
     for name in NOTIFY_TASKS:
         assert failure_targets(name, index) == {"NotificationFailed"}
@@ -202,7 +239,9 @@ def test_success_path_ends_in_succeed(machine, index):
     while "Next" in index[name][0]:
         path.append(name)
         name = index[name][0]["Next"]
-    assert path == ["Prepare", "DeployTasks", "DeployServices", "NotifySuccess"]
+    assert path == ["Prepare", "DeployGroups", "NotifySuccess"]
+    group = index["DeployGroups"][0]["ItemProcessor"]
+    assert group["StartAt"] == "DeployTasks" and group["States"]["DeployTasks"]["Next"] == "DeployServices"
     assert index[name][0]["Type"] == "Succeed"
 
 
@@ -220,12 +259,36 @@ def test_lambda_functions_name_real_handlers_with_timeouts_that_fit():
 
 # --------------------------------------------------------------------------------------- the runner, with fake steps
 
-class FakeSteps:
-    """Stand-ins for the handlers that record what ran and can fail on demand."""
+ACCOUNTS_REGIONS = [("111122223333", "us-east-2"), ("111122223333", "eu-west-1"), ("444455556666", "us-east-2"),
+                    ("444455556666", "eu-west-1")]
 
-    def __init__(self, services: int = 25, tasks: int = 3) -> None:
-        self.items = {"services": [{"name": f"s{i}", "snapshot": "td:1"} for i in range(services)],
-                      "tasks": [{"name": f"t{i}", "snapshot": [{"Id": "x"}]} for i in range(tasks)]}
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-2", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")
+        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "us-east-2"})
+        yield client
+
+
+class FakeSteps:
+    """Stand-ins for the handlers that record what ran and can fail on demand. ``prepare`` writes the items files
+    as the real one does (one per account-region and kind); ``per_group``: services in each account-region."""
+
+    def __init__(self, s3: Any, services: int = 25, tasks: int = 3, per_group: list[int] | None = None,
+                 service_seconds: float = 0) -> None:
+        per_group = per_group or [services]
+        self.s3 = s3
+        self.items = {"services": [], "tasks": []}
+        for g, count in enumerate(per_group):
+            account, region = ACCOUNTS_REGIONS[g]
+            self.items["services"] += [{"name": f"s{len(self.items['services']) + i}", "snapshot": "td:1",
+                                        "accountId": account, "region": region} for i in range(count)]
+        account, region = ACCOUNTS_REGIONS[0]
+        self.items["tasks"] = [{"name": f"t{i}", "snapshot": [{"Id": "x"}], "accountId": account, "region": region}
+                               for i in range(tasks)]
+        self.service_seconds = service_seconds
         self.fail_service: str | None = None
         self.throttle_first: set[str] = set()
         self.calls: dict[str, list[Any]] = {step: [] for step in ARNS}
@@ -254,8 +317,23 @@ class FakeSteps:
         return call
 
     def prepare(self, payload: dict) -> dict:
-        assert payload["executionId"].endswith(":release-0001")
-        return {"release": {"id": "release-0001"}, **self.items, "ignored": "x" * 1000}
+        assert payload["executionId"].endswith(":release-0001") and payload["input"] == {"manifest": {}}
+        release = {"id": "release-0001", "bucket": BUCKET}
+        groups = []
+        for account, region in ACCOUNTS_REGIONS:
+            mine = {kind: [i for i in items if (i["accountId"], i["region"]) == (account, region)]
+                    for kind, items in self.items.items()}
+            if not any(mine.values()):
+                continue
+            where = f"release-runs/release-0001/items/{account}-{region}"
+            keys = {kind: f"{where}/{kind}.json" for kind in mine}
+            for kind, key in keys.items():
+                self.s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(mine[kind]).encode())
+            groups.append({"accountId": account, "region": region, "services": len(mine["services"]),
+                           "tasks": len(mine["tasks"]), "items": keys,
+                           "results": {"deploy": f"release-runs/release-0001/results/deploy/{account}-{region}",
+                                       "rollback": f"release-runs/release-0001/results/rollback/{account}-{region}"}})
+        return {"release": release, "groups": groups, "ignored": "x" * 1000}
 
     def updateTask(self, payload: dict) -> dict:
         return {"taskDefinitionArn": "td:2"}
@@ -276,6 +354,7 @@ class FakeSteps:
                                      "deploymentId": expected,
                                      "engine": None if blue_green else {"phase": "deploying",
                                                                         "serviceDeployment": "sd"}}
+        spend(self.service_seconds)  # polling inside the Lambda until the rollout is done
         if payload["item"]["name"] == self.fail_service:
             return {"status": "FAILED", "reason": f"{payload['item']['name']}: rollout FAILED"}
         return {"status": "STEADY", "reason": "steady"}
@@ -289,75 +368,148 @@ class FakeSteps:
         return {"status": "STEADY", "reason": "", "deadline": payload["rollback"]["deadline"], "engine": None}
 
     def notify(self, payload: dict) -> dict:
-        complete = all(r["restored"] for r in payload.get("services") or []) if "services" in payload else True
+        # What the real notify reads: each account-region's Map Run results, as ResultWriter wrote them.
+        complete = True
+        for group in payload.get("groups") or []:
+            for kind in ("services", "tasks"):
+                location = group["results"][kind]
+                manifest = json.loads(self.s3.get_object(Bucket=location["bucket"], Key=location["key"])["Body"]
+                                      .read())
+                entries = [e for files in manifest["ResultFiles"].values() for f in files
+                           for e in json.loads(self.s3.get_object(Bucket=BUCKET, Key=f["Key"])["Body"].read())]
+                group.setdefault("outputs", {})[kind] = [json.loads(e["Output"]) for e in entries
+                                                         if e["Status"] == "SUCCEEDED"]
+                if payload["outcome"] == "ROLLED_BACK":
+                    complete &= all(o["restored"] for o in group["outputs"][kind]) and len(entries) == group[kind]
         return {"summary": f"{payload['outcome']}", "rollbackComplete": complete}
 
 
-def test_runner_runs_the_success_path_within_the_bound():
-    steps = FakeSteps()
-    execution = Runner(definition(ARNS, max_concurrency=4), steps.functions()).run({"manifest": {}})
+def run(steps: FakeSteps, s3: Any, **kwargs: Any) -> Any:
+    return Runner(definition(ARNS, **kwargs), steps.functions(), s3=s3).run({"manifest": {}})
+
+
+def test_runner_runs_the_success_path_within_the_bound(s3):
+    steps = FakeSteps(s3)
+    execution = run(steps, s3, max_concurrency=4)
     assert execution.status == "SUCCEEDED", execution.cause
-    assert execution.output == {"id": "release-0001"}
+    assert execution.output == {"id": "release-0001", "bucket": BUCKET}
     assert len(steps.calls["deployService"]) == 25 and len(steps.calls["updateTask"]) == 3
-    assert execution.peak_concurrency == {"DeployTasks": 3, "DeployServices": 4} and steps.peak <= 4
-    assert [p["outcome"] for p in steps.calls["notify"]] == ["SUCCEEDED"]
-    assert execution.virtual_seconds == 15  # one Wait per service, run side by side
+    assert execution.peak_concurrency["DeployTasks"] == 3 and execution.peak_concurrency["DeployServices"] == 4
+    assert steps.peak <= 4
+    [notified] = steps.calls["notify"]
+    assert notified["outcome"] == "SUCCEEDED" and notified["maxConcurrency"] == 4
+    # The notice reads every target's result from S3 (one child execution each), none from the state.
+    [group] = notified["groups"]
+    assert sorted(o["name"] for o in group["outputs"]["services"]) == sorted(f"s{i}" for i in range(25))
+    assert execution.child_executions == 1 + 3 + 25  # the account-region, its tasks, its services
+    # As ResultWriter writes them: <Prefix>/<map run id>/manifest.json naming the result files by status.
+    location = group["results"]["services"]
+    assert location["key"].startswith(f"release-runs/release-0001/results/deploy/{ACCOUNTS_REGIONS[0][0]}-")
+    assert location["key"].endswith("/manifest.json")
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=location["key"])["Body"].read())
+    assert manifest["DestinationBucket"] == BUCKET and ":mapRun:" in manifest["MapRunArn"]
+    assert set(manifest["ResultFiles"]) == {"FAILED", "PENDING", "SUCCEEDED"}
+    [succeeded] = manifest["ResultFiles"]["SUCCEEDED"]
+    [entry, *_] = json.loads(s3.get_object(Bucket=BUCKET, Key=succeeded["Key"])["Body"].read())
+    assert {"ExecutionArn", "Input", "Output", "Status", "StartDate", "StopDate"} <= set(entry)
+    assert entry["ExecutionArn"].split(":execution:")[1].startswith("crossdeploy-release/DeployServices:")
+    assert execution.virtual_seconds == 7 * 15  # ceil(25 / 4) waves of one Wait each
 
 
-def test_blue_green_deployment_id_reaches_the_check_and_nothing_else_does():
-    steps = FakeSteps(services=4, tasks=0)
+def test_the_bound_applies_per_account_region_and_the_makespan_follows_the_waves(s3):
+    # 23 services over four account-regions, 3 at once in each: the largest account-region's 12 services take
+    # four waves. One bound over the whole release would take ceil(23 / 3) = 8.
+    steps = FakeSteps(s3, tasks=0, per_group=[7, 3, 12, 1], service_seconds=180)
+    execution = run(steps, s3, max_concurrency=3)
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert execution.map_runs["DeployServices"] == 4
+    assert execution.peak_concurrency["DeployServices"] == 3  # per Map Run: never more than the bound
+    assert execution.peak_total["DeployServices"] > 3  # and the account-regions run side by side
+    assert execution.virtual_seconds == 4 * (15 + 180)
+    # Each target ran in a child execution with its own (small) history; the parent's stays small too.
+    assert execution.max_child_history_events < 100 and execution.history_events < 100
+
+
+def test_blue_green_deployment_id_reaches_the_check_and_nothing_else_does(s3):
+    steps = FakeSteps(s3, services=4, tasks=0)
     for item in steps.items["services"][::2]:
         item["blueGreen"] = {"application": "app", "deploymentGroup": item["name"]}
-    execution = Runner(definition(ARNS), steps.functions()).run({"manifest": {}})
+    execution = run(steps, s3)
     assert execution.status == "SUCCEEDED", execution.cause
     # checkService asserts what it was given; here: every check saw its own deployment (or null when rolling).
     assert sorted(p["deploy"]["deploymentId"] or "-" for p in steps.calls["checkService"]) == ["-", "-", "d-s0", "d-s2"]
 
 
-def test_runner_routes_a_failed_service_through_the_whole_rollback():
-    steps = FakeSteps()
-    steps.fail_service = "s3"
-    execution = Runner(definition(ARNS, max_concurrency=2), steps.functions()).run({"manifest": {}})
+def test_one_failure_in_one_account_region_rolls_back_every_target_of_every_account_region(s3):
+    steps = FakeSteps(s3, tasks=3, per_group=[10, 10, 10, 10], service_seconds=60)
+    steps.fail_service = "s23"  # third account-region
+    execution = run(steps, s3, max_concurrency=2)
     assert (execution.status, execution.error) == ("FAILED", "ReleaseRolledBack")
-    assert len(steps.calls["deployService"]) < 25, "iterations after the failure never start"
-    # Rollback walks every item, not only those that ran.
-    assert len(steps.calls["rollbackTarget"]) == 28 and len(steps.calls["checkRollback"]) == 25
+    assert len(steps.calls["deployService"]) < 40, "children after the failure never start, in any account-region"
+    # Rollback walks every item of every account-region, not only those that ran.
+    assert len(steps.calls["rollbackTarget"]) == 43 and len(steps.calls["checkRollback"]) == 40
     [notified] = steps.calls["notify"]
     assert notified["outcome"] == "ROLLED_BACK"
-    assert notified["error"] == {"Error": "ServiceRolloutFailed", "Cause": "s3: rollout FAILED"}
-    assert notified["services"] == [{"name": f"s{i}", "restored": True} for i in range(25)]
+    # The Map-level error names no target: the notice reads the failed child from the forward results.
+    assert notified["error"]["Error"] == "States.ExceedToleratedFailureThreshold"
+    assert sorted(o["name"] for g in notified["groups"] for o in g["outputs"]["services"]) == sorted(
+        f"s{i}" for i in range(40))
+    assert all(o["restored"] for g in notified["groups"] for o in g["outputs"]["services"])
     assert execution.visits["SettleBeforeRollback"] == 1
+    failed = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="release-runs/release-0001/"
+                                                                                    "results/deploy/"):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("FAILED_0.json"):
+                failed += json.loads(s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read())
+    mine = [e for e in failed if e["Status"] == "FAILED"]
+    assert [(e["Error"], e["Cause"]) for e in mine] == [("ServiceRolloutFailed", "s23: rollout FAILED")]
+    assert json.loads(mine[0]["Input"])["item"]["name"] == "s23"
 
 
-def test_runner_retries_lambda_service_errors_but_not_handler_errors():
-    steps = FakeSteps(services=3, tasks=1)
+def test_runner_retries_lambda_service_errors_but_not_handler_errors(s3):
+    steps = FakeSteps(s3, services=3, tasks=1)
     steps.throttle_first = {"prepare", "notify"}
-    execution = Runner(definition(ARNS), steps.functions()).run({"manifest": {}})
+    execution = run(steps, s3)
     assert execution.status == "SUCCEEDED", execution.cause
     assert len(steps.calls["prepare"]) == 2 and len(steps.calls["notify"]) == 2
 
-    steps = FakeSteps(services=3, tasks=1)
+    steps = FakeSteps(s3, services=3, tasks=1)
 
     def broken(payload: dict) -> dict:
         raise KeyError("boom")
     steps.updateTask = broken
-    execution = Runner(definition(ARNS), steps.functions()).run({"manifest": {}})
+    execution = run(steps, s3)
     assert execution.error == "ReleaseRolledBack"
     assert len(steps.calls["updateTask"]) == 1
-    assert json.loads(steps.calls["notify"][0]["error"]["Cause"])["errorType"] == "KeyError"
+    assert steps.calls["notify"][0]["error"]["Error"] == "States.ExceedToleratedFailureThreshold"
 
 
-def test_runner_fails_on_payloads_over_256_kib_and_on_unknown_fields():
-    steps = FakeSteps(services=1, tasks=0)
-    steps.prepare = lambda payload: {"release": {"id": "r"}, "services": [{"name": "x" * 300_000}], "tasks": []}
-    execution = Runner(definition(ARNS), steps.functions()).run({"manifest": {}})
+def test_runner_fails_on_payloads_over_256_kib_and_on_unknown_fields(s3):
+    steps = FakeSteps(s3, services=1, tasks=0)
+    steps.prepare = lambda payload: {"release": {"id": "r"}, "groups": [{"name": "x" * 300_000}]}
+    execution = run(steps, s3)
     assert (execution.status, execution.error) == ("FAILED", "States.DataLimitExceeded")
+    group = ("States", "DeployGroups", "ItemProcessor", "States")
     for mutate in (lambda m: m["States"]["Prepare"].update(TimeoutSecondsPath="$.t"),
-                   lambda m: m["States"]["DeployServices"].update(ToleratedFailurePercentage=5),
+                   lambda m: _at(m, *group, "DeployServices").update(ItemBatcher={"MaxItemsPerBatch": 5}),
+                   lambda m: _at(m, *group, "DeployServices")["ItemReader"].update(
+                       ReaderConfig={"InputType": "CSV"}),
+                   lambda m: _at(m, *group, "DeployServices")["ItemProcessor"].update(
+                       ProcessorConfig={"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"}),
+                   lambda m: _at(m, *group, "DeployServices").update(ToleratedFailurePercentage=101),
                    lambda m: m["States"]["IsRollbackComplete"]["Choices"][0].update(IsPresent=True),
                    lambda m: m["States"]["Prepare"]["Parameters"].update({"Payload.$": "States.JsonMerge($, $)"}),
                    lambda m: m["States"].update(Extra={"Type": "Parallel", "Branches": [], "End": True})):
         broken = definition(ARNS)
         mutate(broken)
         with pytest.raises(UnsupportedAsl):
-            Runner(broken, steps.functions())
+            Runner(broken, steps.functions(), s3=s3)
+    with pytest.raises(UnsupportedAsl, match="s3="):
+        Runner(definition(ARNS), steps.functions())
+
+
+def _at(machine: dict, *path: str) -> dict:
+    for key in path:
+        machine = machine[key]
+    return machine
