@@ -142,7 +142,7 @@ class ExistingVpcConfig(_Strict):
     @field_validator("public_subnet_ids", "private_subnet_ids")
     @classmethod
     def _subnets(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if not isinstance(v, str) or not re.match(_SUBNET_ID, v)]
+        bad = [v for v in value if not isinstance(v, str) or not re.fullmatch(_SUBNET_ID, v)]
         if bad:
             raise ValueError(f"not subnet ids (subnet-<hex>): {', '.join(map(repr, bad))}")
         if len(set(value)) != len(value):
@@ -219,7 +219,7 @@ class BlueGreenConfig(_Strict):
     @field_validator("test_traffic_cidrs")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if not isinstance(v, str) or not re.match(_CIDR, v)]
+        bad = [v for v in value if not isinstance(v, str) or not re.fullmatch(_CIDR, v)]
         if bad:
             raise ValueError(f"not IPv4 CIDR ranges: {', '.join(map(repr, bad))}")
         for v in value:
@@ -404,7 +404,7 @@ class EnvironmentConfig(_Strict):
     @field_validator("push_tags")
     @classmethod
     def _push_tags(cls, value: list[str] | None) -> list[str] | None:
-        bad = [t for t in value or [] if not re.match(_TAG_PATTERN, t) or t.count("*") > 2]
+        bad = [t for t in value or [] if not re.fullmatch(_TAG_PATTERN, t) or t.count("*") > 2]
         if bad:
             raise ValueError(f"not tag patterns (tag characters and at most two '*'): {', '.join(map(repr, bad))}")
         return value
@@ -447,7 +447,7 @@ class RoutingConfig(_Strict):
     @field_validator("paths")
     @classmethod
     def _paths(cls, value: list[str] | None) -> list[str] | None:
-        bad = [v for v in value or [] if not isinstance(v, str) or not re.match(_PATH, v)]
+        bad = [v for v in value or [] if not isinstance(v, str) or not re.fullmatch(_PATH, v)]
         if bad:
             raise ValueError(f"not path patterns (start with '/', at most 128 characters): {', '.join(map(repr, bad))}")
         return value
@@ -455,7 +455,7 @@ class RoutingConfig(_Strict):
     @field_validator("hosts")
     @classmethod
     def _hosts(cls, value: list[str] | None) -> list[str] | None:
-        bad = [v for v in value or [] if not isinstance(v, str) or not re.match(_HOST, v)]
+        bad = [v for v in value or [] if not isinstance(v, str) or not re.fullmatch(_HOST, v)]
         if bad:
             raise ValueError(f"not host patterns: {', '.join(map(repr, bad))}")
         return value
@@ -560,7 +560,7 @@ class ServiceConfig(_Strict):
     @field_validator("environment", "secrets")
     @classmethod
     def _variables(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in value if not re.match(_ENV_VAR, k)]
+        bad = [k for k in value if not re.fullmatch(_ENV_VAR, k)]
         if bad:
             raise ValueError(f"not environment variable names: {', '.join(map(repr, bad))}")
         return value
@@ -568,7 +568,7 @@ class ServiceConfig(_Strict):
     @field_validator("secrets")
     @classmethod
     def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [v for v in value.values() if not isinstance(v, str) or not re.match(_VALUE_FROM_NAME, v)]
+        bad = [v for v in value.values() if not isinstance(v, str) or not re.fullmatch(_VALUE_FROM_NAME, v)]
         if bad:
             raise ValueError("not secret names (a Secrets Manager name, or ssm:/parameter/name): "
                              + ", ".join(map(repr, bad)))
@@ -619,7 +619,7 @@ class NotificationsConfig(_Strict):
     @field_validator("emails")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
-        bad = [e for e in value if not re.match(_EMAIL, e)]
+        bad = [e for e in value if not re.fullmatch(_EMAIL, e)]
         if bad:
             raise ValueError(f"not e-mail addresses: {', '.join(map(repr, bad))}")
         if len(set(value)) != len(value):
@@ -664,7 +664,7 @@ class ReleaseConfig(_Strict):
     @field_validator("pass_role_names")
     @classmethod
     def _role_names(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if not re.match(_IAM_ROLE_NAME, v)]
+        bad = [v for v in value if not re.fullmatch(_IAM_ROLE_NAME, v)]
         if bad:
             raise ValueError(f"not IAM role names: {', '.join(map(repr, bad))}")
         return value
@@ -852,8 +852,11 @@ def _push_tag_overlaps(envs: list, services: list) -> list[str]:
     for i, env in enumerate(envs):
         if not isinstance(env, Mapping) or not isinstance(env.get("name"), str):
             continue
-        tags = env.get("pushTags") or [f"{env['name']}-*"]
-        patterns.extend((i, env["name"], t) for t in tags if isinstance(t, str))
+        tags = env.get("pushTags") if isinstance(env.get("pushTags"), list) else None
+        # Only well-formed patterns (at most 128 characters: patterns_overlap recurses once per character); the
+        # field validator reports the others.
+        patterns.extend((i, env["name"], t) for t in tags or [f"{env['name']}-*"]
+                        if isinstance(t, str) and re.fullmatch(_TAG_PATTERN, t) and t.count("*") <= 2)
     problems = []
     for n, (i, name, tag) in enumerate(patterns):
         for j, other, other_tag in patterns[n + 1:]:
@@ -891,7 +894,7 @@ def _environment_workload_checks(i: int, env: Mapping[str, Any],
                             f"environments[{i}].regions[{first_index[region]}]; regions must be unique")
             continue
         first_index[region] = j
-        place = (env.get("accountId"), region)
+        place = (_key(env.get("accountId")), region)
         if place in seen_places:
             other, where = seen_places[place]
             problems.append(f"environments[{i}].regions[{j}]: {region!r} of account {place[0]!r} is used by both "
@@ -1185,8 +1188,8 @@ def _unique_service_names(services: list) -> list[str]:
     for i, svc in enumerate(services):
         if not isinstance(svc, Mapping):
             continue
-        name = svc.get("serviceName") or svc.get("name")
-        if name in seen and svc.get("cluster", "crossdeploy") != _cluster_of(services[seen[name]]):
+        name = _key(svc.get("serviceName") or svc.get("name"))
+        if name in seen and _cluster_of(svc) != _cluster_of(services[seen[name]]):
             problems.append(f"services[{i}].serviceName: {name!r} is also the ECS service name of "
                             f"services[{seen[name]}] (another cluster); codedeploy environments name deployment "
                             "groups after the service, so names must be unique across clusters")
@@ -1195,7 +1198,30 @@ def _unique_service_names(services: list) -> list[str]:
 
 
 def _cluster_of(svc: Any) -> Any:
-    return svc.get("cluster", "crossdeploy") if isinstance(svc, Mapping) else None
+    return _key(svc.get("cluster", "crossdeploy")) if isinstance(svc, Mapping) else None
+
+
+class _Unhashable:
+    """Stands in for a value that cannot be a dict key (a list where a name belongs, a mapping where an account id
+    belongs): equal to nothing, so the cross-key checks pass over it; its type is the field validator's to report,
+    with its key path. Without it, those checks crashed with TypeError (unhashable type) before any report."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _key(value: Any) -> Any:
+    """`value`, or an :class:`_Unhashable` standing in for it, as a key of the cross-key checks' dicts."""
+    try:
+        hash(value)
+    except TypeError:
+        return _Unhashable(value)
+    return value
 
 
 def _shared_clusters(services: list) -> list[str]:
@@ -1229,7 +1255,7 @@ def _rule_priorities(services: list) -> list[tuple[int, Any]]:
             continue
         position += 1
         routing = svc.get("routing") if isinstance(svc.get("routing"), Mapping) else {}
-        out.append((i, routing.get("priority", 10 * position)))
+        out.append((i, _key(routing.get("priority", 10 * position))))
     return out
 
 
@@ -1246,12 +1272,12 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
     for i, env in enumerate(envs):
         if not isinstance(env, Mapping):
             continue
-        name = env.get("name")
+        name = _key(env.get("name"))
         if name in seen_env:
             problems.append(f"environments[{i}].name: duplicate environment name {name!r} (first at "
                             f"environments[{seen_env[name]}])")
         seen_env.setdefault(name, i)
-        account = env.get("accountId")
+        account = _key(env.get("accountId"))
         if tools_account is not None and account == tools_account:
             problems.append(f"environments[{i}].accountId: {account!r} is the tools account; workloads must live "
                             "in other accounts")
@@ -1313,7 +1339,7 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
     for i, svc in enumerate(services):
         if not isinstance(svc, Mapping):
             continue
-        name = svc.get("name")
+        name = _key(svc.get("name"))
         if name in seen_svc:
             problems.append(f"services[{i}].name: duplicate service name {name!r} (first at "
                             f"services[{seen_svc[name]}])")
@@ -1327,7 +1353,7 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
         if "pushMode" in svc and svc.get("delivery", "pipeline") != "push":
             problems.append(f"services[{i}].pushMode: only applies to delivery: push, got {svc['pushMode']!r} "
                             f"with delivery {svc.get('delivery', 'pipeline')!r}")
-        target = (svc.get("cluster", "crossdeploy"), svc.get("serviceName") or name)
+        target = (_cluster_of(svc), _key(svc.get("serviceName") or name))
         if target in seen_target and seen_svc.get(name) == i:
             problems.append(f"services[{i}].serviceName: {target[1]!r} in cluster {target[0]!r} is already "
                             f"deployed by services[{seen_target[target]}]; two pipelines would fight over it")
@@ -1388,7 +1414,7 @@ def namespace_values(config: Mapping[str, Any]) -> dict[str, Any]:
             continue
         try:
             raw[key] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the JSON decoder's stack
             raw[key] = value  # a plain string where a mapping or list is expected: validation names it
     return raw
 

@@ -412,6 +412,8 @@ class TargetState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TargetState:
+        if not isinstance(data, Mapping):  # state passed between steps (Step Functions): refused, not AttributeError
+            raise ValueError(f"not a target state: expected an object, got {_show(data)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown or data.get("phase") not in PHASES:

@@ -78,7 +78,7 @@ def read_image_detail(path: str) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ImageDetailError(f"{path}: not found (is the ECR source artifact the input?)") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than the decoder's stack
         raise ImageDetailError(f"{path}: not valid JSON ({exc})") from None
     parse_image_detail(data)
     return data
@@ -287,7 +287,7 @@ def _blue_green(a: argparse.Namespace) -> None:
     timeout, interval = _number("timeout", a.timeout, 0), _number("poll interval", a.interval, 0.1)
     try:
         data = json.loads(a.blue_green_targets)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than the decoder's stack
         raise BlueGreenSpecError(f"blue/green targets are not valid JSON ({exc})") from None
     targets = parse_blue_green_targets(data)
     raw = read_image_detail(a.image_detail)

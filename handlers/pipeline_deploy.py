@@ -182,7 +182,7 @@ def _get(obj: Any, path: str) -> Any:
 def _user_parameters(raw: Any) -> dict[str, Any]:
     try:
         params = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the decoder's stack
         params = None
     if not isinstance(params, dict) or not isinstance(params.get("environment"), str) or set(params) not in (
             {"environment"}, {"environment", "bake"}):
@@ -288,7 +288,7 @@ def _zip_members(s3: Any, name: str, location: tuple[str, str]) -> dict[str, byt
 def _json(name: str, member: str, raw: bytes) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than the decoder's stack
         raise JobError(f"artifact {name}: {member} is not JSON ({exc})") from None
 
 
@@ -387,7 +387,7 @@ def _pack(data: Mapping[str, Any]) -> str:
 def _unpack(token: str) -> dict[str, Any]:
     try:
         data = json.loads(zlib.decompress(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))))
-    except (ValueError, zlib.error) as exc:
+    except (ValueError, RecursionError, zlib.error) as exc:
         raise JobError(f"continuation token is not readable ({exc})") from None
     if not isinstance(data, dict) or data.get("v") != TOKEN_VERSION:
         raise JobError("continuation token is of another version of this function")
@@ -412,22 +412,25 @@ def decode_token(token: str, environment: str, targets: Sequence[engine.Target],
     if data.get("h") != _fingerprint(environment, targets) or not isinstance(rows, list) or len(rows) != len(
             targets):
         raise JobError("continuation token does not match this job's targets and images")
-    started = float(data["t"])
-    phases, statuses = list(_PHASE_CODES), list(_STATUS_CODES)
-    states = []
-    for target, row in zip(targets, data["s"], strict=True):
-        row = [*row, *[None] * (12 - len(row))]
-        td, sd = _prefixes(target)
-        status = statuses[row[5]] if isinstance(row[5], int) else row[5]
-        service_deployment = _expand(row[4], sd)
-        states.append(engine.TargetState(
-            phase=phases[row[0]], changed=bool(row[1]), previous_task_definition=_expand(row[2], td),
-            new_task_definition=_expand(row[3], td), service_deployment=service_deployment, ecs_status=status,
-            restore_deployment=_expand(row[6], sd) if row[6] else (
-                service_deployment if row[7] == 0 else None),
-            restore_mode=_RESTORE_MODES[row[7]] if row[7] is not None else None, reason=row[8],
-            restore_reason=row[9], started_at=started + (row[10] or 0), timeout_seconds=timeout_seconds,
-            poll_errors=row[11] or 0))
+    try:  # ours, round-tripped by CodePipeline; an edited token is refused, not a TypeError halfway through
+        started = float(data["t"])
+        phases, statuses = list(_PHASE_CODES), list(_STATUS_CODES)
+        states = []
+        for target, row in zip(targets, data["s"], strict=True):
+            row = [*row, *[None] * (12 - len(row))]
+            td, sd = _prefixes(target)
+            status = statuses[row[5]] if isinstance(row[5], int) else row[5]
+            service_deployment = _expand(row[4], sd)
+            states.append(engine.TargetState(
+                phase=phases[row[0]], changed=bool(row[1]), previous_task_definition=_expand(row[2], td),
+                new_task_definition=_expand(row[3], td), service_deployment=service_deployment, ecs_status=status,
+                restore_deployment=_expand(row[6], sd) if row[6] else (
+                    service_deployment if row[7] == 0 else None),
+                restore_mode=_RESTORE_MODES[row[7]] if row[7] is not None else None, reason=row[8],
+                restore_reason=row[9], started_at=started + (row[10] or 0), timeout_seconds=timeout_seconds,
+                poll_errors=row[11] or 0))
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+        raise JobError(f"continuation token is malformed ({type(exc).__name__}: {exc})") from None
     return states, started
 
 

@@ -276,7 +276,7 @@ def load_targets(path: str | os.PathLike[str]) -> Targets:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TargetsError(f"{path}: not found (it ships in the function's package; see {TARGETS_FILE_ENV})") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than the decoder's stack
         raise TargetsError(f"{path}: not readable JSON ({exc})") from None
     return parse_targets(data, str(path))
 
@@ -872,7 +872,8 @@ def _max_concurrency_override() -> int | None:
     raw = os.environ.get(MAX_CONCURRENCY_ENV)
     if raw is None or raw.strip() == "":
         return None
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_CONCURRENCY_LIMIT:
+    # isascii: str.isdigit also accepts digits int() refuses ("²")
+    if not (raw.strip().isascii() and raw.strip().isdigit()) or not 1 <= int(raw) <= MAX_CONCURRENCY_LIMIT:
         raise TargetsError(f"{MAX_CONCURRENCY_ENV}: expected an integer from 1 to {MAX_CONCURRENCY_LIMIT}, got {raw!r}")
     return int(raw)
 

@@ -294,7 +294,7 @@ def load_context(data: Any) -> ReleaseContext:
     if "version" in data and (type(version) is not int or version != CONTEXT_VERSION):
         problems.append(f"version: this code reads version {CONTEXT_VERSION}, got {version!r}")
     partition = data.get("partition")
-    if "partition" in data and partition not in _PARTITIONS:
+    if "partition" in data and not (isinstance(partition, str) and partition in _PARTITIONS):
         problems.append(f"partition: expected one of {', '.join(_PARTITIONS)}, got {partition!r}")
         partition = None
     region_re = re.compile(_PARTITIONS[partition][1]) if partition else _ANY_REGION
@@ -353,6 +353,136 @@ def load_context(data: Any) -> ReleaseContext:
         raise ContextError(problems)
     return ReleaseContext(partition=partition, registry_id=registry, home_region=home, environments=environments,
                           services=dict(services))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bounded YAML
+
+_CORE = "tag:yaml.org,2002:"
+_SCALAR_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null"))
+
+
+def _tag_text(tag: str) -> str:
+    return "!!" + tag[len(_CORE):] if tag.startswith(_CORE) else tag
+
+
+class LimitedLoader(yaml.SafeLoader):
+    """PyYAML's pure-Python SafeLoader, composing only, at a bounded cost and with YAML's core tags only.
+
+    PyYAML reads anything it is given: an alias-of-aliases "billion laughs" file composes into a few nodes that every
+    walk over the data then expands into billions; nesting a few thousand levels deep overflows Python's stack in
+    its recursive composer (a RecursionError traceback); a megabyte of YAML takes the pure-Python scanner about two
+    seconds. So the loader refuses, each with the limit and the line: a document longer than ``max_chars``, nesting
+    deeper than ``max_depth``, more than ``max_nodes`` nodes with every alias expanded, a list or mapping of more
+    than ``max_entries`` entries, a scalar longer than ``max_scalar_chars``, an alias of a node that contains it,
+    and any explicit tag but the core ones (``!!str``, ``!!int``, ``!!float``, ``!!bool``, ``!!null`` on a value
+    that reads as that type unquoted, ``!!seq`` on a list, ``!!map`` on a mapping): ``!!python/...``, ``!!binary``,
+    ``!!set``, ``!!omap``, ``!!timestamp``, CloudFormation's ``!Ref`` are no part of these formats, and silently
+    ignoring them would make the file mean something else to another reader. Every refusal is a
+    :class:`yaml.composer.ComposerError` (a ``MarkedYAMLError``: the callers' own YAML error path reports its line)
+    raised by :meth:`get_single_node`, as early as the scanner or the composer sees it. Subclasses set other limits
+    (the stack file's loader does).
+    """
+
+    what = "a release file"
+    # Sized by the release ceiling (handlers/release_limits.py: MAX_TARGETS services and tasks in one release), so
+    # the largest release the state machine holds still loads, and a file just over it gets the ceiling's own
+    # message: an entry is at most 8 keys and values (17 nodes) and about 200 characters; ~2 s of scanning at most.
+    max_chars = 320 * MAX_TARGETS
+    max_depth = 16  # a release file nests 4 deep (mapping, list, entry, value)
+    max_nodes = 20 * MAX_TARGETS
+    max_entries = 2 * MAX_TARGETS
+    max_scalar_chars = 8 * 1024  # the longest value (an image URI) is a few hundred characters
+
+    def __init__(self, stream: str) -> None:
+        # PyYAML's reader copies and checks the whole text up front: an oversized one is cut at the limit first,
+        # so refusing it costs no more than reading a file at the limit.
+        self._length = len(stream)
+        super().__init__(stream[:self.max_chars + 1] if self._length > self.max_chars else stream)
+        self._depth = 0
+        self._expanded = 0
+        self._children: list[int] = []
+        self._sizes: dict[int, int] = {}  # id(anchored node) -> its node count, aliases expanded
+
+    def _refuse(self, problem: str, mark: Any) -> yaml.composer.ComposerError:
+        return yaml.composer.ComposerError(None, None, problem, mark)
+
+    def get_single_node(self) -> Node | None:
+        if self._length > self.max_chars:
+            text, limit = self.buffer, self.max_chars
+            line, column = text.count("\n", 0, limit), limit - (text.rfind("\n", 0, limit) + 1)
+            raise self._refuse(f"the file is longer than {self.max_chars} characters, the limit for {self.what}",
+                               yaml.Mark(self.name, self.max_chars, line, column, None, None))
+        return super().get_single_node()
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Refused while scanning, before the composer sees it: the scanner keeps every unclosed '[' or '{' of a line
+        # as a possible key and rescans them all for each token, so "[[[[..." costs time with its depth.
+        super().fetch_flow_collection_start(TokenClass)
+        if self.flow_level > self.max_depth:
+            raise self._refuse(f"nested more than {self.max_depth} levels deep (the limit for {self.what})",
+                               self.get_mark())
+
+    def _count(self, nodes: int, mark: Any) -> None:
+        self._expanded += nodes
+        if self._expanded > self.max_nodes:
+            raise self._refuse(f"more than {self.max_nodes} values with every alias expanded (the limit for "
+                               f"{self.what})", mark)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+        event = self.peek_event()
+        if self._children and (index is None or isinstance(parent, SequenceNode)):  # a list item or a mapping key
+            self._children[-1] += 1
+            if self._children[-1] > self.max_entries:
+                raise self._refuse(f"more than {self.max_entries} entries in one list or mapping (the limit for "
+                                   f"{self.what})", event.start_mark)
+        if isinstance(event, yaml.AliasEvent):
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                size = self._sizes.get(id(node))
+                if size is None:
+                    raise self._refuse(f"alias *{event.anchor} is inside the node it refers to (a recursive alias)",
+                                       event.start_mark)
+                self._count(size, event.start_mark)
+            return super().compose_node(parent, index)  # an undefined alias is PyYAML's own error
+        self._depth += 1
+        if self._depth > self.max_depth:
+            raise self._refuse(f"nested more than {self.max_depth} levels deep (the limit for {self.what})",
+                               event.start_mark)
+        self._check_tag(event)
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > self.max_scalar_chars:
+            raise self._refuse(f"a value of {len(event.value)} characters, over the limit of "
+                               f"{self.max_scalar_chars} for {self.what}", event.start_mark)
+        before = self._expanded
+        self._count(1, event.start_mark)
+        collection = not isinstance(event, yaml.ScalarEvent)
+        if collection:
+            self._children.append(0)
+        node = super().compose_node(parent, index)
+        if collection:
+            self._children.pop()
+        if event.anchor is not None:
+            self._sizes[id(node)] = self._expanded - before
+        self._depth -= 1
+        return node
+
+    def _check_tag(self, event: Any) -> None:
+        tag = event.tag
+        if tag is None or tag == "!":  # no tag, or the non-specific "!": YAML's own resolution
+            return
+        if isinstance(event, yaml.ScalarEvent):
+            # An explicit scalar tag only says what the plain value says already; anything else would need a
+            # constructor these formats never use (or fail in PyYAML's: `!!int abc`, `!!bool maybe`).
+            if tag == _CORE + "str" or (tag in _SCALAR_TAGS
+                                        and self.resolve(ScalarNode, event.value, (True, False)) == tag):
+                return
+            if tag in _SCALAR_TAGS:
+                raise self._refuse(f"{event.value[:60]!r} is not {_tag_text(tag)} (remove the tag, or quote the "
+                                   "value as a string)", event.start_mark)
+        elif tag == _CORE + ("seq" if isinstance(event, yaml.SequenceStartEvent) else "map"):
+            return
+        raise self._refuse(f"tag {_tag_text(tag)[:60]} is not used by {self.what}; only YAML's core types are "
+                           "(strings, numbers, true/false, null, lists, mappings): remove the tag", event.start_mark)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -424,7 +554,7 @@ class _Checker:
         try:
             # The pure-Python SafeLoader: identical marks and messages with or without libyaml, and composing
             # (not constructing) keeps every node's line and every duplicate key, which construction drops.
-            loader = yaml.SafeLoader(text)
+            loader = LimitedLoader(text)
         except yaml.reader.ReaderError as exc:  # raised while the reader checks the characters
             self.add(text[:exc.position].count("\n") + 1, "(yaml)", f"{exc.reason} (character #x{exc.character:04x})")
             return None
@@ -459,7 +589,7 @@ class _Checker:
                 self.add(key_node, path or "(root)", f"keys must be names; got {_describe(key_node)}")
                 continue
             key = key_node.value
-            key_path = f"{path}.{key}" if path else key
+            key_path = (f"{path}.{key}" if path else key) or "(root)"  # an empty key at the top names no path
             if key in first_line:
                 self.add(key_node, key_path, f"duplicate key (first at line {first_line[key]}); YAML would "
                          "silently keep only the last one")
@@ -798,7 +928,7 @@ def _read_context(args: argparse.Namespace) -> ReleaseContext:
         data = json.loads(raw)
     except OSError as exc:
         raise ContextError([f"cannot read: {exc.strerror}"]) from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, JSON nested too deep
         raise ContextError([f"not valid JSON: {exc}"]) from None
     return load_context(data)
 

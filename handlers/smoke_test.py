@@ -509,7 +509,7 @@ def parse_ecs_event(event: Mapping[str, Any], account: str, region: str) -> EcsH
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the decoder's stack
             raise HookError(f"hookDetails: not JSON: {show(raw)}") from None
     return EcsHook(service_arn, revision_arn, SmokeSpec.from_json(raw, "hookDetails"))
 
@@ -557,7 +557,7 @@ def spec_for_group(group: str, env: Mapping[str, str] | None = None) -> SmokeSpe
         raise HookError(f"environment: {SMOKE_TESTS_ENV} is not set")
     try:
         table = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the decoder's stack
         raise HookError(f"environment: {SMOKE_TESTS_ENV} is not JSON: {show(raw)}") from None
     if not isinstance(table, dict):
         raise HookError(f"environment: {SMOKE_TESTS_ENV}: expected an object, got {show(table)}")

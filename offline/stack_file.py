@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from components.config import NAMESPACE, StackConfig, namespace_values, parse
+from handlers.release_file import LimitedLoader
 
 _MERGE = "tag:yaml.org,2002:merge"
 _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
@@ -108,24 +109,48 @@ def number_reading(text: str, *, is_float: bool = False) -> str | None:
     return None
 
 
-class StrictLoader(yaml.SafeLoader):
+class StrictLoader(LimitedLoader):
     """SafeLoader (the pure-Python one: identical marks with or without libyaml) whose numbers keep their text when
     YAML 1.1 reads them differently from what was typed. Duplicate keys are found by :func:`read_stack_file`, on the
-    composed nodes, which still have every key and its line."""
+    composed nodes, which still have every key and its line.
+
+    Bounded and core tags only, as :class:`handlers.release_file.LimitedLoader` (the limits below; Pulumi's
+    ``secure:`` is a key of a mapping, not a tag, so encrypted values pass). A value PyYAML's own constructors
+    cannot build (``2024-13-45`` reads as a date, a 5000-digit number is over Python's int conversion limit) is a
+    ConstructorError with its line, not a ValueError from deep inside PyYAML."""
+
+    what = "a stack file"
+    max_chars = 256 * 1024  # this repository's largest is 5 KiB (160 values for three services)
+    max_depth = 32  # a stack file nests 7 deep (config, key, list, item, block, block, value)
+    # PyYAML spends ~0.65 KB and ~45 us per value: 10,000 is ~0.5 s and ~6 MB, and room for 200 configured services
+    max_nodes = 10_000
+    max_entries = 2_000
+    max_scalar_chars = 64 * 1024  # PEM certificates and Pulumi's ciphertexts are a few KiB
+
+    def _construct(self, construct: Any, node: ScalarNode, what: str) -> Any:
+        try:
+            return construct(self, node)
+        except (ValueError, OverflowError) as exc:
+            raise ConstructorError(None, None, f"cannot read {node.value[:60]!r} as {what}: {exc}",
+                                   node.start_mark) from None
 
     def construct_yaml_int(self, node: ScalarNode) -> int:  # type: ignore[override]
-        value = SafeConstructor.construct_yaml_int(self, node)
+        value = self._construct(SafeConstructor.construct_yaml_int, node, "a number")
         reading = number_reading(node.value)
         return TypedInt(value, node.value, reading) if reading else value
 
     def construct_yaml_float(self, node: ScalarNode) -> float:  # type: ignore[override]
-        value = SafeConstructor.construct_yaml_float(self, node)
+        value = self._construct(SafeConstructor.construct_yaml_float, node, "a number")
         reading = number_reading(node.value, is_float=True)
         return TypedFloat(value, node.value, reading) if reading else value
+
+    def construct_yaml_timestamp(self, node: ScalarNode) -> Any:  # type: ignore[override]
+        return self._construct(SafeConstructor.construct_yaml_timestamp, node, "a date (quote it for a string)")
 
 
 StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
 StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
+StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", StrictLoader.construct_yaml_timestamp)
 
 
 def _child_label(parent: str | None, key: Any) -> str:
@@ -179,7 +204,8 @@ def read_stack_file(path: Path) -> Any:
     names a key twice in one mapping (every duplicate is reported, each with both lines)."""
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as handle:  # no further than StrictLoader refuses to go
+            text = handle.read(StrictLoader.max_chars + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise StackFileError([f"{file}: cannot read: {exc}"]) from None
     try:
@@ -221,6 +247,11 @@ def read_config(path: Path) -> dict[str, Any]:
     config = data.get("config") if isinstance(data, dict) else None
     if not isinstance(config, dict):
         raise StackFileError([f"{path}: not a Pulumi stack file (expected a mapping with a `config:` mapping)"])
+    # Pulumi's config keys are `namespace:key` strings; an unquoted `1:` or `true:` is a number or a bool to YAML.
+    keys = [key for key in config if not isinstance(key, str)]
+    if keys:
+        raise StackFileError([f"{path}: config key {key!r} is not a string (config keys are namespace:key)"
+                              for key in keys])
     return dict(config)
 
 

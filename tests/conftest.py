@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from moto import mock_aws
 
 from offline.mocks import ProgramRun, Recorded, run_program, stack_config
@@ -19,6 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = ROOT.parent / "shared" / "samples"
 VENDORED_SAMPLES = ROOT / "tests" / "samples"
 SAMPLES = SHARED_SAMPLES if SHARED_SAMPLES.is_dir() else VENDORED_SAMPLES
+
+# Property tests (tests/test_properties*.py): "ci" by default, reproducible (derandomized, no example database) and
+# bounded so the suite keeps its time; HYPOTHESIS_PROFILE=thorough for a long local hunt (random, with a database
+# under build/ so a failure found once is replayed first next time).
+settings.register_profile("ci", derandomize=True, database=None, max_examples=60, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=2000, deadline=None, print_blob=True,
+                          database=DirectoryBasedExampleDatabase(ROOT / "build" / "hypothesis"),
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TOOLS = "111111111111"
 QA = "444455556666"
