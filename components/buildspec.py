@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from components import limits
 from handlers import image_definitions as idf
 
 HANDLER_PATH = Path(__file__).resolve().parents[1] / "handlers" / "image_definitions.py"
@@ -33,7 +34,7 @@ HEREDOC_DELIMITER = "CROSSDEPLOY_IMAGE_DEFINITIONS_PY"
 MAX_TIMEOUT_SECONDS = 840
 # CodePipeline allows a CodeBuild action at most five output artifacts: one blue/green target each.
 MAX_OUTPUT_ARTIFACTS = 5
-MAX_BUILDSPEC_CHARS = 25600
+MAX_BUILDSPEC_CHARS = limits.CODEBUILD_INLINE_BUILDSPEC_CHARS
 """CodeBuild's limit on an inline buildspec (DESIGN.md pitfall 17, aws-cdk#14974); the embedded handler takes most
 of it, so a blue/green build carries as many targets as fit, up to :data:`MAX_OUTPUT_ARTIFACTS`."""
 BLUE_GREEN_FILES = idf.BLUE_GREEN_FILES
@@ -132,6 +133,16 @@ def render_blue_green_buildspec(
     follows CodePipeline's rule: a single output artifact is the primary artifact; with several, every one is a
     ``secondary-artifacts`` entry whose identifier is the pipeline's output artifact name.
     """
+    return _checked(_blue_green_text(targets, home_region, timeout_seconds))
+
+
+def blue_green_buildspec_chars(*, targets: list[dict[str, Any]], home_region: str, timeout_seconds: int = 600) -> int:
+    """The length of :func:`render_blue_green_buildspec`'s buildspec for `targets`, over the limit or not: the
+    config check (:mod:`components.limits`) measures one target alone with it, before any resource exists."""
+    return len(_blue_green_text(targets, home_region, timeout_seconds))
+
+
+def _blue_green_text(targets: list[dict[str, Any]], home_region: str, timeout_seconds: int) -> str:
     if isinstance(targets, dict | str) or not targets or len(targets) > MAX_OUTPUT_ARTIFACTS:
         raise ValueError(f"targets must be a list of 1-{MAX_OUTPUT_ARTIFACTS} blue/green targets (CodePipeline's "
                          f"output artifact limit for one CodeBuild action), got {targets!r:.200}")
@@ -143,12 +154,25 @@ def render_blue_green_buildspec(
     # Compact JSON, and every '$' as its JSON escape: the value stays one plain line (no YAML folding), and no
     # variable expansion between the buildspec and the handler can alter it (a health check may well say "$PORT").
     encoded = json.dumps(list(targets), separators=(",", ":")).replace("$", "\\u0024")
-    outputs = {t["artifact"]: {"base-directory": t["artifact"], "files": list(BLUE_GREEN_FILES)} for t in targets}
+    if not (encoded.isascii() and encoded.isprintable()):
+        raise RuntimeError("the blue/green targets did not encode as one line of printable ASCII")
+    # The targets value (kilobytes of JSON) is written as the emitter writes a line starting with '[': single-quoted,
+    # each "'" doubled, into the rest of the buildspec emitted once per set of artifacts. PyYAML's emitter takes
+    # milliseconds per build, and the config check renders every target (components.limits); the tests load every
+    # buildspec back and compare the value.
+    text = _blue_green_skeleton(tuple(t["artifact"] for t in targets), home_region, timeout_seconds)
+    quoted = "'" + encoded.replace("'", "''") + "'"
+    return text.replace(_TARGETS_LINE, f"    BLUE_GREEN_TARGETS: {quoted}\n", 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _blue_green_skeleton(artifacts: tuple[str, ...], home_region: str, timeout_seconds: int) -> str:
+    outputs = {a: {"base-directory": a, "files": list(BLUE_GREEN_FILES)} for a in artifacts}
     spec = {
         "version": 0.2,
         "env": {
             "variables": {
-                "BLUE_GREEN_TARGETS": encoded,
+                "BLUE_GREEN_TARGETS": _TARGETS_PLACEHOLDER,
                 "HOME_REGION": home_region,
                 "REPLICATION_TIMEOUT_SECONDS": str(timeout_seconds),
             }
@@ -156,7 +180,14 @@ def render_blue_green_buildspec(
         "phases": {"build": {"commands": [_COMMAND_PLACEHOLDER]}},
         "artifacts": next(iter(outputs.values())) if len(outputs) == 1 else {"secondary-artifacts": outputs},
     }
-    return _emit(spec)
+    text = _render(spec)
+    if text.count(_TARGETS_LINE) != 1:
+        raise RuntimeError("the blue/green targets placeholder was not emitted where the variable belongs")
+    return text
+
+
+_TARGETS_PLACEHOLDER = "CROSSDEPLOY_TARGETS_PLACEHOLDER"
+_TARGETS_LINE = f"    BLUE_GREEN_TARGETS: {_TARGETS_PLACEHOLDER}\n"
 
 
 class BuildspecTooLarge(ValueError):
@@ -164,6 +195,17 @@ class BuildspecTooLarge(ValueError):
 
 
 def _emit(spec: dict[str, Any]) -> str:
+    return _checked(_render(spec))
+
+
+def _checked(rendered: str) -> str:
+    if len(rendered) > MAX_BUILDSPEC_CHARS:
+        raise BuildspecTooLarge(f"the buildspec is {len(rendered)} characters; CodeBuild accepts at most "
+                                f"{MAX_BUILDSPEC_CHARS} inline")
+    return rendered
+
+
+def _render(spec: dict[str, Any]) -> str:
     # The small per-build part goes through the YAML emitter; the large command block (the whole handler) is
     # emitted once and reused: emitting ~8 KB of literal block per service was the program's main cost at scale.
     # The width keeps long values (the blue/green targets) on one line.
@@ -171,11 +213,7 @@ def _emit(spec: dict[str, Any]) -> str:
     line = f"    - {_COMMAND_PLACEHOLDER}\n"
     if text.count(line) != 1:
         raise RuntimeError("the buildspec placeholder was not emitted where the command block belongs")
-    rendered = text.replace(line, _command_item(), 1)
-    if len(rendered) > MAX_BUILDSPEC_CHARS:
-        raise BuildspecTooLarge(f"the buildspec is {len(rendered)} characters; CodeBuild accepts at most "
-                                f"{MAX_BUILDSPEC_CHARS} inline")
-    return rendered
+    return text.replace(line, _command_item(), 1)
 
 
 _COMMAND_PLACEHOLDER = "CROSSDEPLOY_COMMAND_PLACEHOLDER"

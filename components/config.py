@@ -5,7 +5,9 @@ Everything a stack file may say lives here, with its default and the reason for 
 * unknown keys are errors, so a typo never silently falls back to a default;
 * every problem is reported at once, each naming its key path (``environments[1].accountId``) and the bad value;
 * loading happens before any resource is registered, and a bad config surfaces as a ``pulumi.RunError`` (a clean
-  Pulumi error message, not a Python traceback).
+  Pulumi error message, not a Python traceback);
+* once the fields are valid, the AWS size and count limits the config would push a deployment over
+  (:mod:`components.limits`) are reported with the other problems, so nothing that loads fails later for a size.
 
 Namespace ``crossdeploy:`` (the Pulumi project name). Keys:
 
@@ -1386,18 +1388,37 @@ def parse(raw: Mapping[str, Any], *, project: str, stack: str, aws_region: str |
         # reported once by the field validator.
         problems.append(f"aws:region: {NOT_A_REGION}, got {aws_region!r}")
 
-    if problems or model is None:
+    config = None
+    if model is not None and is_region(tools_region):
+        config = StackConfig(
+            project=project,
+            stack=stack,
+            tools_account_id=model.tools.account_id,
+            tools_region=tools_region,
+            environments=tuple(model.environments),
+            services=tuple(model.services),
+            emails=tuple(model.notifications.emails),
+            release=model.release,
+        )
+        problems.extend(_limit_problems(config, others=bool(problems)))
+    if problems or config is None:
         raise ConfigError(problems)
-    return StackConfig(
-        project=project,
-        stack=stack,
-        tools_account_id=model.tools.account_id,
-        tools_region=tools_region,
-        environments=tuple(model.environments),
-        services=tuple(model.services),
-        emails=tuple(model.notifications.emails),
-        release=model.release,
-    )
+    return config
+
+
+def _limit_problems(cfg: StackConfig, *, others: bool) -> list[str]:
+    """The AWS size and count limits the config would exceed (:mod:`components.limits`), measured on what the
+    program would send."""
+    from components import limits  # it measures with the components, which import this module
+
+    if not others:
+        return limits.problems(cfg)
+    try:
+        return limits.problems(cfg)
+    except Exception:
+        # The measurements assume the cross-key rules hold (unique names, valid ECS names): where a reported problem
+        # breaks one, that problem is the one to fix first, and the sizes are measured once it is.
+        return []
 
 
 def namespace_values(config: Mapping[str, Any]) -> dict[str, Any]:

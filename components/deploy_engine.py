@@ -87,8 +87,10 @@ class DeployEngineArgs:
 
 def engine_policy(args: DeployEngineArgs, log_group_arn: pulumi.Input[str]) -> dict:
     return p.document([
+        # A plain ARN keeps the document plain: the config check measures it (components.limits).
         p.statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
-                    [pulumi.Output.concat(log_group_arn, ":*")]),
+                    [log_group_arn + ":*" if isinstance(log_group_arn, str)
+                     else pulumi.Output.concat(log_group_arn, ":*")]),
         p.statement("AssumeDeployRoles", ["sts:AssumeRole"], sorted(set(args.deploy_role_arns))),
         p.unscoped("AnswerPipelineJobs", ["codepipeline:PutJobFailureResult", "codepipeline:PutJobSuccessResult"],
                    why="CodePipeline job actions take a job id and support no resource-level permissions"),

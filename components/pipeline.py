@@ -71,13 +71,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
-from components import naming
+from components import limits, naming
 from components import policies as p
 from components.artifacts import ArtifactStore
 from components.buildspec import (
@@ -100,7 +100,8 @@ CONFIG_ARTIFACT = "DeployConfig"
 """The deploy document source (names fixed by :mod:`handlers.pipeline_deploy`, which reads both by name)."""
 ENGINE_ACTION_LIMIT_MINUTES = 24 * 60
 """CodePipeline's limit for a Lambda invoke action with continuation tokens."""
-MAX_USER_PARAMETERS = 1000  # CodePipeline's limit on an invoke action's UserParameters
+MAX_USER_PARAMETERS = limits.CODEPIPELINE_USER_PARAMETERS_CHARS
+"""Checked at config load (:func:`components.limits.bake_user_parameters_chars`), before any resource exists."""
 EXECUTION_MODE = "SUPERSEDED"
 """A newer image supersedes one still waiting for approval or a window: the newest build is what gets promoted. It
 must not be PARALLEL: CodePipeline rolls a stage back (``onFailure: ROLLBACK``) only in SUPERSEDED or QUEUED
@@ -185,14 +186,9 @@ class EnvironmentStage:
 
     def __post_init__(self) -> None:
         if self.bake is not None:
-            params = self.bake.user_parameters(self.name)
             if not 1 <= self.bake.minutes <= ENGINE_ACTION_LIMIT_MINUTES or not self.bake.alarms:
                 raise ValueError(f"EnvironmentStage {self.name}: a bake needs 1-{ENGINE_ACTION_LIMIT_MINUTES} "
                                  f"minutes and at least one alarm, got {self.bake.minutes} and {self.bake.alarms}")
-            if len(params) > MAX_USER_PARAMETERS:
-                raise ValueError(f"EnvironmentStage {self.name}: the Bake action's UserParameters are {len(params)} "
-                                 f"characters, CodePipeline accepts {MAX_USER_PARAMETERS} (fewer regions per "
-                                 "environment, or shorter service names)")
         if self.engine and self.blue_green:
             raise ValueError(f"EnvironmentStage {self.name}: engine and blue_green (CodeDeploy) exclude each other")
         if self.engine and self.deploy_timeout_minutes is not None and not (
@@ -233,6 +229,12 @@ class EnvironmentStage:
         return [by_region[r] for r in self.regions if r in by_region]
 
 
+def stage_count(approvals: Iterable[bool]) -> int:
+    """The pipeline's stages: Source, Build, and per environment its Deploy stage plus an Approve stage where it
+    asks for approval."""
+    return 2 + sum(2 if approval else 1 for approval in approvals)
+
+
 def blue_green_groups(specs: list[dict], home_region: str, timeout_seconds: int) -> list[list[dict]]:
     """`specs` in order, in groups one build each can carry: at most five (CodePipeline's output artifacts per
     action) and no more than fit CodeBuild's inline buildspec limit with the embedded handler."""
@@ -258,8 +260,14 @@ def blue_green_artifact(environment: str, region: str) -> str:
 
 def blue_green_spec(stage: EnvironmentStage, target: BlueGreenTarget) -> dict:
     """One entry of the handler's BLUE_GREEN_TARGETS (see ``handlers.image_definitions.parse_blue_green_targets``)."""
+    return environment_blue_green_spec(stage.name, target)
+
+
+def environment_blue_green_spec(environment: str, target: BlueGreenTarget) -> dict:
+    """:func:`blue_green_spec` from the environment's name: the config check measures a target's buildspec with it
+    (:mod:`components.limits`) before any stage exists."""
     return {
-        "artifact": blue_green_artifact(stage.name, target.region),
+        "artifact": blue_green_artifact(environment, target.region),
         "region": target.region,
         "taskDefinition": target.task_definition,
         "containerName": target.container_name,
@@ -336,10 +344,16 @@ def environment_stages(cfg: StackConfig, service: ServiceConfig,
                          deploy_timeout_minutes=env.deploy_timeout_minutes if env.name in engine else None,
                          window=(env.deployment_window.cron, env.deployment_window.time_zone)
                          if env.deployment_window else None,
-                         bake=Bake(env.bake, naming.deploy_role_arn(cfg, env.account_id), tuple(env.regions),
-                                   naming.bake_alarm_names(cfg, env, service)) if env.name in baked else None)
+                         bake=stage_bake(cfg, env, service) if env.name in baked else None)
         for env in cfg.environments
     )
+
+
+def stage_bake(cfg: StackConfig, env: EnvironmentConfig, service: ServiceConfig) -> Bake:
+    """The bake after `service`'s deployment to `env` (where :meth:`StackConfig.baked_environments` names it); its
+    UserParameters are measured at config load (:mod:`components.limits`)."""
+    return Bake(env.bake, naming.deploy_role_arn(cfg, env.account_id), tuple(env.regions),
+                naming.bake_alarm_names(cfg, env, service))
 
 
 @dataclass(frozen=True)
@@ -399,13 +413,14 @@ class ServicePipelineArgs:
             problems.append("stages: environment names must be unique")
         if any(s.require_approval for s in self.stages) and self.notification_topic_arn is None:
             problems.append("notification_topic_arn: required when a stage asks for approval")
-        # Source + build + up to two stages per environment: CodePipeline allows 50 stages.
-        if 2 + sum(2 if s.require_approval else 1 for s in self.stages) > 50:
-            problems.append("stages: more than CodePipeline's 50 stages")
-        # CodePipeline allows 50 actions per stage: the imagedefinitions build and the CodeDeploy ones.
+        # Checked at config load (components.limits) with the same counts; kept for callers other than the program.
+        stages = stage_count(s.require_approval for s in self.stages)
+        if stages > limits.CODEPIPELINE_STAGES:
+            problems.append(f"stages: {stages}, more than CodePipeline's {limits.CODEPIPELINE_STAGES} stages")
         build_actions = (1 if self.image_definition_regions else 0) + len(self.blue_green_builds)
-        if build_actions > 50:
-            problems.append(f"stages: {build_actions} build actions, more than CodePipeline's 50 per stage")
+        if build_actions > limits.CODEPIPELINE_ACTIONS_PER_STAGE:
+            problems.append(f"stages: {build_actions} build actions, more than CodePipeline's "
+                            f"{limits.CODEPIPELINE_ACTIONS_PER_STAGE} per stage")
         if problems:
             raise ValueError("ServicePipelineArgs: " + "; ".join(problems))
 

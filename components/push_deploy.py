@@ -30,7 +30,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components import naming
+from components import limits, naming
 from components import policies as p
 from components.config import StackConfig
 from components.lambda_code import RUNTIME, handler_archive
@@ -38,7 +38,8 @@ from components.service_role import service_role
 from components.task_definition import deploy_document
 
 # EventBridge rejects event patterns over 2,048 characters: repositories are spread over as many rules as needed.
-MAX_PATTERN_CHARS = 2048
+MAX_PATTERN_CHARS = limits.EVENTBRIDGE_PATTERN_CHARS
+TARGETS_FILE = "targets.json"
 LAMBDA_TIMEOUT_SECONDS = 900
 
 
@@ -136,13 +137,22 @@ def push_services(cfg: StackConfig,
 
 def targets_document(args: PushDeployArgs) -> dict[str, Any]:
     """The ``targets.json`` the handler reads (its ``load_targets`` validates the same shape)."""
+    return target_map(tools_account_id=args.tools_account_id, home_region=args.home_region,
+                      partition=args.partition, replication_timeout_seconds=args.replication_timeout_seconds,
+                      max_concurrency=args.max_concurrency, services=args.services)
+
+
+def target_map(*, tools_account_id: str, home_region: str, partition: str, replication_timeout_seconds: int,
+               max_concurrency: int, services: Sequence[PushService]) -> dict[str, Any]:
+    """:func:`targets_document` from its parts: the config check (:mod:`components.limits`) builds the package's
+    target map with it before any resource exists, to measure the package against Lambda's size limits."""
     return {
         "version": 2,
-        "registryId": args.tools_account_id,
-        "homeRegion": args.home_region,
-        "partition": args.partition,
-        "replicationTimeoutSeconds": args.replication_timeout_seconds,
-        "maxConcurrency": args.max_concurrency,
+        "registryId": tools_account_id,
+        "homeRegion": home_region,
+        "partition": partition,
+        "replicationTimeoutSeconds": replication_timeout_seconds,
+        "maxConcurrency": max_concurrency,
         "repositories": {
             s.repository: {
                 "pushMode": s.mode,
@@ -152,7 +162,22 @@ def targets_document(args: PushDeployArgs) -> dict[str, Any]:
                     "environment": t.environment, "tagPatterns": list(t.tag_patterns), "accountId": t.account_id,
                     "region": t.region, "cluster": t.cluster, "service": t.service, "roleArn": t.role_arn,
                 } for t in s.targets],
-            } for s in args.services
+            } for s in services
+        },
+    }
+
+
+def event_pattern(repositories: list[str], tag_patterns: list[str]) -> dict[str, Any]:
+    """One rule's pattern: successful pushes of `repositories` with a tag matching one of `tag_patterns`. The
+    config check (:mod:`components.limits`) measures it for each repository alone, the smallest rule there is."""
+    return {
+        "source": ["aws.ecr"],
+        "detail-type": ["ECR Image Action"],
+        "detail": {
+            "action-type": ["PUSH"],
+            "result": ["SUCCESS"],
+            "repository-name": repositories,
+            "image-tag": [{"wildcard": t} if "*" in t else t for t in tag_patterns],
         },
     }
 
@@ -161,16 +186,7 @@ def event_patterns(repositories: list[str], tag_patterns: list[str]) -> list[dic
     """Exactly successful pushes of the push repositories with a configured tag pattern, in as few rules as fit."""
 
     def pattern(repos: list[str]) -> dict[str, Any]:
-        return {
-            "source": ["aws.ecr"],
-            "detail-type": ["ECR Image Action"],
-            "detail": {
-                "action-type": ["PUSH"],
-                "result": ["SUCCESS"],
-                "repository-name": repos,
-                "image-tag": [{"wildcard": t} if "*" in t else t for t in tag_patterns],
-            },
-        }
+        return event_pattern(repos, tag_patterns)
 
     chunks: list[list[str]] = [[]]
     for repo in repositories:
@@ -206,10 +222,15 @@ def function_policy(args: PushDeployArgs, log_group_arn: pulumi.Input[str], queu
     ])
 
 
+def package_documents(document: dict[str, Any]) -> dict[str, str]:
+    """The generated files of the package next to the handlers (measured at config load, :mod:`components.limits`)."""
+    return {TARGETS_FILE: json.dumps(document, indent=1, sort_keys=True)}
+
+
 def _code(document: dict[str, Any]) -> pulumi.AssetArchive:
     # The handlers package as it is in this repository (what the tests run: the push handler, the deploy engine and
     # what they import) plus the generated target map with the deploy documents.
-    return handler_archive(documents={"targets.json": json.dumps(document, indent=1, sort_keys=True)})
+    return handler_archive(documents=package_documents(document))
 
 
 class PushDeploy(pulumi.ComponentResource):

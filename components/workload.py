@@ -55,13 +55,14 @@ Services marked ``existing`` get nothing here: the pipeline and the deploy role 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from components import naming
+from components import limits, naming
 from components import policies as p
 from components.blue_green import (
     BlueGreenApplication,
@@ -112,7 +113,8 @@ of production's, so a failed smoke test rolls back before any user reaches them.
 SMOKE_HOOK_MARGIN_SECONDS = 30
 """Beyond the test's own worst case: a cold start in the VPC, the load balancer's address lookup, the answer."""
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
-LAMBDA_ENVIRONMENT_LIMIT = 4096  # bytes of all keys and values together (Lambda quotas)
+LAMBDA_ENVIRONMENT_LIMIT = limits.LAMBDA_ENVIRONMENT_BYTES
+"""The hook's environment is measured against it at config load (:func:`components.limits.problems`)."""
 
 
 # --------------------------------------------------------------------------------------------------- roles
@@ -470,13 +472,6 @@ class WorkloadArgs:
             problems.append("smoke_hook.invoke_role_name: ECS needs a role to invoke a native lifecycle hook")
         if self.blue_green and hook.invoke_role_name:
             problems.append("smoke_hook.invoke_role_name: CodeDeploy invokes the hook as its service role")
-        if not problems:
-            # Measured with the longest load balancer ARN suffix ELB makes (its name at most 32 characters).
-            variables = self.smoke_hook_variables("app/" + "x" * 32 + "/" + "0" * 16)
-            size = sum(len(k.encode()) + len(str(v).encode()) for k, v in variables.items())
-            if size > LAMBDA_ENVIRONMENT_LIMIT:
-                problems.append(f"smoke_hook: the hook's environment would take {size} bytes with the smoke tests of "
-                                f"{len(tested)} services; Lambda allows {LAMBDA_ENVIRONMENT_LIMIT}")
         return problems
 
     def smoke_hook_variables(self, load_balancer_arn_suffix: pulumi.Input[str]) -> dict[str, pulumi.Input[str]]:
@@ -486,19 +481,11 @@ class WorkloadArgs:
         settings = self.traffic_settings
         hook = self.smoke_hook
         assert settings is not None and hook is not None
-        variables: dict[str, pulumi.Input[str]] = {
-            smoke.LOAD_BALANCER_ENV: load_balancer_arn_suffix,
-            smoke.TEST_PORT_ENV: str(settings.test_listener_port),
-            smoke.PROTOCOL_ENV: self.protocol,
-            # The hook answers only for services of its own account (and region, which Lambda sets).
-            smoke.ACCOUNT_ID_ENV: hook.account_id,
-        }
-        if self.blue_green:
-            variables[smoke.CODEDEPLOY_APPLICATION_ENV] = self.blue_green.application_name
-            variables[smoke.SMOKE_TESTS_ENV] = json.dumps(
-                {s.deployment_group_name: s.smoke_spec for s in self.services if s.smoke_spec is not None},
-                separators=(",", ":"), sort_keys=True)
-        return variables
+        return smoke_hook_environment(
+            load_balancer_arn_suffix, test_port=settings.test_listener_port, protocol=self.protocol,
+            account_id=hook.account_id,
+            application_name=self.blue_green.application_name if self.blue_green else None,
+            smoke_tests={s.deployment_group_name: s.smoke_spec for s in self.services if s.smoke_spec is not None})
 
     @property
     def alarm_settings(self) -> RollbackAlarmConfig:
@@ -983,6 +970,26 @@ def workload_services(cfg: StackConfig, env: EnvironmentConfig, region: str) -> 
         )
         for svc in cfg.workload_services
     )
+
+
+def smoke_hook_environment(load_balancer_arn_suffix: pulumi.Input[str], *, test_port: int, protocol: str,
+                           account_id: str, application_name: str | None,
+                           smoke_tests: Mapping[str, Any]) -> dict[str, pulumi.Input[str]]:
+    """The hook function's environment (:meth:`WorkloadArgs.smoke_hook_variables`); with a plain string for the
+    load balancer, what :mod:`components.limits` measures against Lambda's 4 KB at config load. `application_name`:
+    the CodeDeploy application in ``codedeploy`` environments (none: native, whose tests arrive in ``hookDetails``);
+    `smoke_tests`: deployment group -> smoke test spec, used only with an application."""
+    variables: dict[str, pulumi.Input[str]] = {
+        smoke.LOAD_BALANCER_ENV: load_balancer_arn_suffix,
+        smoke.TEST_PORT_ENV: str(test_port),
+        smoke.PROTOCOL_ENV: protocol,
+        # The hook answers only for services of its own account (and region, which Lambda sets).
+        smoke.ACCOUNT_ID_ENV: account_id,
+    }
+    if application_name is not None:
+        variables[smoke.CODEDEPLOY_APPLICATION_ENV] = application_name
+        variables[smoke.SMOKE_TESTS_ENV] = json.dumps(dict(smoke_tests), separators=(",", ":"), sort_keys=True)
+    return variables
 
 
 def runs_smoke_hook(env: EnvironmentConfig) -> bool:

@@ -9,7 +9,8 @@ import pytest
 from conftest import PROD, QA, config, pipelines
 
 from components import naming
-from components.pipeline import EXECUTION_MODE, MAX_USER_PARAMETERS, Bake, EnvironmentStage
+from components.config import ConfigError, parse
+from components.pipeline import EXECUTION_MODE, MAX_USER_PARAMETERS
 from offline.mocks import run_program
 
 WINDOW = {"cron": "* * 9-16 ? * MON-THU *", "timeZone": "Europe/Berlin"}
@@ -106,12 +107,17 @@ def test_no_bake_without_minutes_and_none_for_existing_services(base_run) -> Non
         assert all(a["name"] != "Bake" for s in pipeline.inputs["stages"] for a in s["actions"])
 
 
-def test_a_bake_that_does_not_fit_user_parameters_is_refused_at_preview() -> None:
-    regions = ("us-east-2", "us-west-2", "eu-west-1")
-    alarms = tuple(f"crossdeploy-prod-prod-core-{'x' * 200}-{kind}" for kind in ("target-5xx", "unhealthy-targets"))
-    with pytest.raises(ValueError, match=r"UserParameters are [0-9]+ characters, CodePipeline accepts 1000"):
-        EnvironmentStage(name="prod", account_id=PROD, regions=regions, deploy_role_arn="x", cluster="c",
-                         service="s", engine=True, bake=Bake(10, f"arn:aws:iam::{PROD}:role/d", regions, alarms * 2))
+def test_a_bake_that_does_not_fit_user_parameters_is_refused_at_config_load() -> None:
+    # Long names in many regions (tests/test_limits.py has the exact threshold): refused before any resource.
+    regions = ["ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-southeast-1", "ap-southeast-2",
+               "ap-southeast-3", "ap-southeast-4", "ap-southeast-5", "ap-southeast-6", "ap-southeast-7",
+               "ca-central-1", "eu-central-1", "eu-central-2", "il-central-1"]
+    raw = {"tools": {"accountId": "111111111111", "region": "us-east-2"},
+           "environments": [{"name": "p" * 32, "accountId": PROD, "regions": regions, "bakeMinutes": 10}],
+           "services": [{"name": "s" * 220}]}
+    with pytest.raises(ConfigError, match=r"environments\[0\]\.bakeMinutes: the Bake action's UserParameters .* "
+                                          r"would be [0-9]+ characters, over CodePipeline's limit of 1000"):
+        parse(raw, project="crossdeploy", stack="x" * 40, aws_region=None)
 
 
 def test_a_codedeploy_stage_bakes_on_codedeploys_own_alarm(gated_run) -> None:

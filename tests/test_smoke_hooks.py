@@ -546,18 +546,16 @@ def test_smoke_hook_settings_refuse_what_lambda_would() -> None:
 
 
 def test_the_codedeploy_hook_environment_must_fit_lambdas_limit() -> None:
+    # Refused when the config is loaded, before any resource (tests/test_limits.py has the exact threshold).
+    from components.config import ConfigError
+
     services = [{"name": f"service-{i:02d}", "routing": {"paths": [f"/s{i}", f"/s{i}/*"], "priority": i + 1},
                  "smokeTest": {"path": f"/s{i}/health-with-a-longer-path", "expectStatus": "200-299,301"}}
                 for i in range(40)]
     raw = config(**{"crossdeploy:environments": [{**PROD_ENV, "strategy": "codedeploy"}],
                     "crossdeploy:services": services})
-    from components.workload import BlueGreenSettings
-
-    env = parsed(raw).environments[0]
-    blue_green = BlueGreenSettings(application_name="app", deployment_config_name="CodeDeployDefault.ECSAllAtOnce",
-                                   traffic_shift=("all-at-once", None, None), settings=env.blue_green_settings,
-                                   service_role_arn=f"arn:aws:iam::{PROD}:role/codedeploy")
-    with pytest.raises(ValueError, match="Lambda allows 4096"):
-        WorkloadArgs(**_args(raw, blue_green=blue_green))
-    fewer = _args(raw, blue_green=blue_green)
-    WorkloadArgs(**{**fewer, "services": fewer["services"][:10]})
+    with pytest.raises(ConfigError, match=r"smoke-test hook's environment .* would be \d+ bytes, over Lambda's limit "
+                                          r"of 4096"):
+        parsed(raw)
+    parsed(config(**{"crossdeploy:environments": [{**PROD_ENV, "strategy": "codedeploy"}],
+                     "crossdeploy:services": services[:10]}))
