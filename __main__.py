@@ -12,6 +12,7 @@ from components.config import load
 from components.deploy_config import DeployConfigStore, DeployConfigStoreArgs, deploy_documents
 from components.deploy_engine import DeployEngine, DeployEngineArgs, engine_deploy_role_arns
 from components.deploy_role import DeployRole, deploy_role_args
+from components.domain import domain_certificates, domain_records, listener_certificate_arn
 from components.network import NetworkArgs
 from components.notifications import Notifications, NotificationsArgs
 from components.pipeline import EngineWiring, ServicePipeline, ServicePipelineArgs, environment_stages
@@ -106,6 +107,7 @@ for account in cfg.workload_accounts if cfg.workload_services else ():
     ))
 
 workloads = {}
+certificates = domain_certificates(cfg, providers)
 if cfg.workload_services:
     for env in cfg.environments:
         for region in env.regions:
@@ -119,7 +121,7 @@ if cfg.workload_services:
                                     existing=env.network.existing_vpcs.get(region),
                                     name=iam_name(prefix, env.name)),
                 services=workload_services(cfg, env, region),
-                certificate_arn=env.certificate_arns.get(region),
+                certificate_arn=listener_certificate_arn(env, region, certificates),
                 blue_green=BlueGreenSettings(
                     application_name=naming.codedeploy_application_name(cfg, env.name),
                     deployment_config_name=naming.deployment_config_name(cfg, env),
@@ -131,6 +133,7 @@ if cfg.workload_services:
                 rollback_alarm=env.blue_green_settings.rollback_alarm,
                 smoke_hook=smoke_hook_settings(cfg, env, region),
             ), opts=pulumi.ResourceOptions(depends_on=roles.execution_role_policies))
+domain_records(cfg, providers, workloads)
 
 notifications = Notifications("notifications", NotificationsArgs(
     provider=tools_home, partition=cfg.partition, account_id=cfg.tools_account_id, region=cfg.tools_region,

@@ -18,9 +18,9 @@ Namespace ``crossdeploy:`` (the Pulumi project name). Keys:
 ``release``          optional; see :class:`ReleaseConfig`.
 
 Workloads (the VPC, load balancer, cluster and Fargate services in each environment and region) are described by
-the same keys: environment-level ``network``, ``certificateArns`` and ``blueGreen``, service-level sizing, port,
-routing, health check, environment, secrets, autoscaling, or ``existing: true`` for services crossdeploy only
-deploys to.
+the same keys: environment-level ``network``, ``certificateArns``, ``domain`` and ``blueGreen``, service-level
+sizing, port, routing, health check, environment, secrets, autoscaling, or ``existing: true`` for services
+crossdeploy only deploys to.
 """
 
 from __future__ import annotations
@@ -150,6 +150,60 @@ class ExistingVpcConfig(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("subnet ids must be unique")
         return value
+
+
+# ACM's DomainName pattern (RequestCertificate API reference) without its wildcard prefix, lower case only: the name
+# is also the record crossdeploy creates, and a wildcard record or certificate is not a host users can reach.
+_DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN_NAME = rf"^(?:{_DNS_LABEL}\.)+(?!-)[a-z0-9-]{{2,63}}(?<!-)$"
+DOMAIN_NAME_MAX = 253  # characters of a DNS name without its final dot (RFC 1035; ACM's DomainName limit)
+_HOSTED_ZONE_ID = r"^Z[A-Z0-9]{1,31}$"  # Route 53 zone ids: "Z" and upper-case letters and digits, 32 at most
+HOSTED_ZONE_PREFIX = "/hostedzone/"
+"""How the Route 53 API and console print a zone id (``/hostedzone/Z0123...``); accepted and removed."""
+
+
+def domain_name_problem(value: str) -> str | None:
+    """Why `value` is not a name crossdeploy can certify and point at a load balancer, or None."""
+    if value.endswith("."):
+        return f"write the name without the final dot ({value.rstrip('.')!r})"
+    if value != value.lower():
+        return f"write the name in lower case ({value.lower()!r}); DNS names are case-insensitive"
+    if value.startswith("*."):
+        return "a wildcard is not a host name; name the host itself (e.g. 'shop.example.org')"
+    if len(value) > DOMAIN_NAME_MAX:
+        return f"{len(value)} characters; a DNS name has at most {DOMAIN_NAME_MAX}"
+    if not re.fullmatch(_DOMAIN_NAME, value):
+        return ("not a fully qualified DNS name: at least two dot-separated labels of 1-63 letters, digits and '-', "
+                "none starting or ending with '-' (e.g. 'shop.example.org')")
+    return None
+
+
+class DomainConfig(_Strict):
+    """The name an environment's services are reached by: certificates per region, DNS records to the load
+    balancers (:mod:`components.domain`)."""
+
+    name: str
+    """Fully qualified DNS name in lower case, without the final dot, e.g. ``shop.example.org``. Required."""
+    hosted_zone_id: str = Field(alias="hostedZoneId")
+    """The public Route 53 hosted zone of ``name`` (or of a parent of it), in the environment's account:
+    ``Z...``; ``/hostedzone/Z...`` as the API prints it is accepted. Required."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        problem = domain_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("hosted_zone_id")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone = value.removeprefix(HOSTED_ZONE_PREFIX)
+        if not re.fullmatch(_HOSTED_ZONE_ID, zone):
+            raise ValueError("not a Route 53 hosted zone id ('Z' and up to 31 upper-case letters and digits, e.g. "
+                             "'Z0123456789ABCDEFGHIJ')")
+        return zone
 
 
 class NetworkConfig(_Strict):
@@ -373,6 +427,11 @@ class EnvironmentConfig(_Strict):
         default_factory=dict, alias="certificateArns")
     """Region -> ACM certificate ARN (in this account and region). With one, the load balancer serves HTTPS on 443
     and redirects HTTP to it; without, it serves HTTP on 80. Default: none."""
+    domain: DomainConfig | None = None
+    """The name users reach this environment's services by (:class:`DomainConfig`): per region an ACM certificate
+    validated through DNS records in the hosted zone (none where ``certificateArns`` gives one for the region: that
+    one wins), HTTPS with HTTP redirected, and alias records to the load balancers (latency-based, health-evaluated,
+    with several regions). Default: none."""
     blue_green: BlueGreenConfig | None = Field(default=None, alias="blueGreen")
     """Only with a strategy other than ``rolling``. Default: all-at-once shift (native canary and linear: 10 % every
     5 minutes), 5-minute termination wait (bake), test listener on
@@ -381,6 +440,11 @@ class EnvironmentConfig(_Strict):
     @property
     def blue_green_settings(self) -> BlueGreenConfig:
         return self.blue_green or BlueGreenConfig()
+
+    def https(self, region: str) -> bool:
+        """Whether the load balancer in `region` serves HTTPS on 443 (HTTP redirected): a certificate is given for
+        the region, or the environment's domain gets one there."""
+        return region in self.certificate_arns or self.domain is not None
 
     @property
     def native(self) -> bool:
@@ -938,6 +1002,79 @@ def _environment_workload_checks(i: int, env: Mapping[str, Any],
     return problems
 
 
+ACM_NAMES_PER_CERTIFICATE = 10
+"""ACM's default quota of domain names per certificate (the name and its subject alternative names)."""
+
+
+def under_domain(host: str, domain: str) -> bool:
+    """Whether host (pattern) `host` is `domain` or a name under it; DNS names and ALB host conditions ignore case."""
+    host, domain = host.lower(), domain.lower()
+    return host == domain or host.endswith("." + domain)
+
+
+def domain_hosts(domain: str, services: Iterable[Any]) -> tuple[str, ...]:
+    """The names an environment's certificate covers and its records answer: `domain` first, then every exact host
+    under it that a created service routes on (``routing.hosts``), lower case, sorted. `services`: ServiceConfig or
+    raw mappings; existing services have no routing here."""
+    hosts: set[str] = set()
+    for svc in services:
+        routing = svc.get("routing") if isinstance(svc, Mapping) else getattr(svc, "routing", None)
+        existing = svc.get("existing") is True if isinstance(svc, Mapping) else getattr(svc, "existing", False)
+        listed = routing.get("hosts") if isinstance(routing, Mapping) else getattr(routing, "hosts", None)
+        if existing or not isinstance(listed, list):
+            continue
+        hosts.update(h.lower() for h in listed if isinstance(h, str) and not any(c in h for c in "*?")
+                     and under_domain(h, domain) and h.lower() != domain)
+    return (domain, *sorted(hosts))
+
+
+def _domain_checks(envs: list, services: list) -> list[str]:
+    """A domain points at the load balancer crossdeploy creates in the public subnets of each region, and its
+    certificate must cover every host under it the services route on."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    created = {j: s for j, s in enumerate(services) if isinstance(s, Mapping) and s.get("existing") is not True}
+    for i, env in enumerate(envs):
+        domain = env.get("domain") if isinstance(env, Mapping) else None
+        name = domain.get("name") if isinstance(domain, Mapping) else None
+        if not isinstance(name, str) or domain_name_problem(name):
+            continue  # a missing or malformed name is the field validator's
+        if name in seen:
+            problems.append(f"environments[{i}].domain.name: {name!r} is also the domain of environments[{seen[name]}]"
+                            "; each environment needs its own name (their records would replace each other)")
+        seen.setdefault(name, i)
+        if not created:
+            problems.append(f"environments[{i}].domain: {name!r} would point at the load balancer of the services "
+                            "crossdeploy creates, but every service is existing: true")
+        network = env.get("network") if isinstance(env.get("network"), Mapping) else {}
+        vpcs = network.get("existingVpcs") if isinstance(network.get("existingVpcs"), Mapping) else {}
+        for region, vpc in vpcs.items():
+            public = vpc.get("publicSubnetIds") if isinstance(vpc, Mapping) else None
+            if not isinstance(public, list) or len(public) < 2:
+                problems.append(
+                    f"environments[{i}].domain: {name!r} points at the internet-facing load balancer in the public "
+                    f"subnets of each region, but network.existingVpcs.{region}.publicSubnetIds is "
+                    f"{'missing' if public is None else repr(public)}; list at least two public subnets (routed to "
+                    "an internet gateway) of that VPC")
+        for j, svc in created.items():
+            routing = svc.get("routing") if isinstance(svc.get("routing"), Mapping) else {}
+            hosts = routing.get("hosts") if isinstance(routing.get("hosts"), list) else []
+            for host in hosts:
+                # The fixed part after the last wildcard: ".shop.example.org" in "*.shop.example.org".
+                tail = host[max(host.rfind("*"), host.rfind("?")) + 1:] if isinstance(host, str) else ""
+                if tail != host and tail.startswith(".") and under_domain(tail[1:], name):
+                    problems.append(
+                        f"services[{j}].routing.hosts: {host!r} is a pattern under "
+                        f"environments[{i}].domain {name!r}; name each host under the domain exactly (it gets a "
+                        "place on the certificate and a DNS record)")
+        names = domain_hosts(name, created.values())
+        if len(names) > ACM_NAMES_PER_CERTIFICATE:
+            problems.append(f"environments[{i}].domain: {name!r} and the hosts under it that services route on are "
+                            f"{len(names)} names ({', '.join(names)}); an ACM certificate holds at most "
+                            f"{ACM_NAMES_PER_CERTIFICATE} by default")
+    return problems
+
+
 def _traffic_checks(i: int, strategy: Any, blue_green: Mapping[str, Any]) -> list[str]:
     """The traffic shift must agree with the strategy; ECS-native strategies have ECS's tighter bounds."""
     problems: list[str] = []
@@ -1319,6 +1456,7 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
         if isinstance(svc, Mapping):
             problems.extend(_service_workload_checks(i, svc, blue_green_envs, native_envs))
     problems.extend(_priorities(services))
+    problems.extend(_domain_checks(envs, services))
     problems.extend(_shared_clusters(services))
     if blue_green_envs:
         problems.extend(_unique_service_names(services))

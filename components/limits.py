@@ -91,7 +91,7 @@ def smoke_hook_environment(cfg: StackConfig, env: EnvironmentConfig, region: str
     tested = workload.smoke_tested(cfg, env)
     return workload.smoke_hook_environment(
         LONGEST_LOAD_BALANCER_ARN_SUFFIX, test_port=env.blue_green_settings.test_listener_port,
-        protocol="HTTPS" if env.certificate_arns.get(region) else "HTTP", account_id=env.account_id,
+        protocol="HTTPS" if env.https(region) else "HTTP", account_id=env.account_id,
         application_name=naming.codedeploy_application_name(cfg, env.name) if env.codedeploy else None,
         smoke_tests={naming.deployment_group_name(cfg, s): s.smoke_spec() for s in tested})
 

@@ -110,7 +110,7 @@ def _smoke_test(env: EnvironmentConfig, region: str, service: ServiceConfig) -> 
     spec = service.smoke_spec()
     if spec is None or env.strategy != "rolling" or service.existing:
         return {}
-    https = region in env.certificate_arns
+    https = env.https(region)  # with a domain, HTTP only redirects: a 301 must not pass for the service's answer
     return {"smokeTest": {"spec": spec, "protocol": "HTTPS" if https else "HTTP", "port": 443 if https else 80}}
 
 

@@ -113,6 +113,9 @@ of production's, so a failed smoke test rolls back before any user reaches them.
 SMOKE_HOOK_MARGIN_SECONDS = 30
 """Beyond the test's own worst case: a cold start in the VPC, the load balancer's address lookup, the answer."""
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
+ALB_IP_ADDRESS_TYPE = "ipv4"
+"""The load balancers answer on IPv4 only: the VPCs crossdeploy creates have no IPv6 ranges. A domain's records
+(:mod:`components.domain`) therefore hold A aliases only; AAAA aliases would answer nothing."""
 LAMBDA_ENVIRONMENT_LIMIT = limits.LAMBDA_ENVIRONMENT_BYTES
 """The hook's environment is measured against it at config load (:func:`components.limits.problems`)."""
 
@@ -418,8 +421,9 @@ class WorkloadArgs:
     region: str
     network: NetworkArgs
     services: tuple[WorkloadService, ...]
-    certificate_arn: str | None = None
-    """ACM certificate for HTTPS. Default none: HTTP on port 80."""
+    certificate_arn: pulumi.Input[str] | None = None
+    """ACM certificate for HTTPS: a given ARN, or an Output such as a ``CertificateValidation``'s ``certificate_arn``
+    (:mod:`components.domain`), so the listeners wait until the certificate is issued. Default none: HTTP on 80."""
     blue_green: BlueGreenSettings | None = None
     """Set for ``strategy: codedeploy`` environments. Default none: rolling."""
     native: NativeSettings | None = None
@@ -451,7 +455,7 @@ class WorkloadArgs:
         if self.rollback_alarm.threshold < 1 or self.rollback_alarm.evaluation_periods < 1:
             problems.append(f"rollback_alarm: threshold and evaluation periods must be at least 1, got "
                             f"{self.rollback_alarm.threshold}/{self.rollback_alarm.evaluation_periods}")
-        if self.certificate_arn and f":{self.region}:" not in self.certificate_arn:
+        if isinstance(self.certificate_arn, str) and f":{self.region}:" not in self.certificate_arn:
             problems.append(f"certificate_arn: not in {self.region}: {self.certificate_arn}")
         problems.extend(self._smoke_problems())
         if problems:
@@ -594,7 +598,7 @@ class Workload(pulumi.ComponentResource):
         }
         alb_sg, task_sg = self._security_groups(network)
         alb = aws.lb.LoadBalancer(
-            f"{name}-alb", load_balancer_type="application", internal=False,
+            f"{name}-alb", load_balancer_type="application", internal=False, ip_address_type=ALB_IP_ADDRESS_TYPE,
             subnets=network.public_subnet_ids, security_groups=[alb_sg.id],
             # Requests with malformed headers are dropped at the edge instead of reaching the services.
             drop_invalid_header_fields=True, opts=self._child)

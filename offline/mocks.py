@@ -29,6 +29,8 @@ from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = ROOT / "__main__.py"
 PROVIDER_TYPE = "pulumi:providers:aws"
+GLOBAL_TYPES = ("aws:iam/", "aws:route53/")
+"""Services without regions: their resources are recorded without one (the provider's only picks an endpoint)."""
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Recorded:
     """Engine property names (camelCase) the registration asked Pulumi to leave alone after creation."""
     dependencies: tuple[str, ...] = ()
     """URNs of the resources it waits for: those its inputs come from and its ``depends_on``."""
+    lifecycle: tuple[str, ...] = ()
+    """The replace and delete options it was registered with: ``deleteBeforeReplace``, ``retainOnDelete``."""
 
     @property
     def service(self) -> str:
@@ -309,6 +313,45 @@ def _scaling_policy(r: _Registration, out: dict) -> str:
     return name
 
 
+def acm_validation_record(partition: str, account: str, domain_name: str) -> tuple[str, str]:
+    """(name, value) of the CNAME record ACM asks for to validate `domain_name` by DNS. ACM derives it from the
+    account and the name, not the region: every certificate for the name in one account, in any region, asks for the
+    same record; ``*.example.org`` asks for example.org's."""
+    base = domain_name.removeprefix("*.").rstrip(".").lower()
+    token = _short_hash(partition, account, base, "acm", length=32)
+    target = "".join(chr(ord("a") + int(c, 16) % 26) for c in _short_hash(account, base, "target", length=10))
+    return f"_{token}.{base}.", f"_{_short_hash(account, base, 'value', length=32)}.{target}.acm-validations.aws."
+
+
+def _certificate(r: _Registration, out: dict) -> str:
+    """An Amazon-issued certificate just requested: pending validation, one DNS validation option per name."""
+    names = list(dict.fromkeys([str(r.inputs["domainName"]), *(r.inputs.get("subjectAlternativeNames") or ())]))
+    options = []
+    for name in names:
+        record_name, record_value = acm_validation_record(r.partition, r.account, name)
+        options.append({"domainName": name, "resourceRecordName": record_name, "resourceRecordType": "CNAME",
+                        "resourceRecordValue": record_value})
+    out.update(arn=r.arn("acm", f"certificate/{r.uuid()}"), domainValidationOptions=options,
+               subjectAlternativeNames=names[1:], status="PENDING_VALIDATION", type="AMAZON_ISSUED",
+               keyAlgorithm=r.inputs.get("keyAlgorithm") or "RSA_2048", validationEmails=[])
+    return out["arn"]
+
+
+def _certificate_validation(r: _Registration, out: dict) -> str:
+    """Completes once the certificate is issued; its certificate_arn is the certificate's own ARN."""
+    out["certificateArn"] = r.inputs["certificateArn"]
+    return "2026-01-01 00:00:00 +0000 UTC"  # the provider's id is the time ACM issued the certificate
+
+
+def _route53_record(r: _Registration, out: dict) -> str:
+    """Route 53 is global: no region, and the id is zone_name_type[_setIdentifier] (the import format)."""
+    out.pop("region", None)
+    name = str(r.inputs["name"]).rstrip(".").lower()
+    out["fqdn"] = name
+    resource_id = f"{r.inputs['zoneId']}_{name}_{r.inputs['type']}"
+    return f"{resource_id}_{r.inputs['setIdentifier']}" if r.inputs.get("setIdentifier") else resource_id
+
+
 _WORKLOAD_OUTPUTS: dict[str, Callable[[_Registration, dict], str]] = {
     **dict.fromkeys(_EC2_KINDS, _ec2),
     "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": _default_security_group,
@@ -324,6 +367,9 @@ _WORKLOAD_OUTPUTS: dict[str, Callable[[_Registration, dict], str]] = {
     "aws:cloudwatch/metricAlarm:MetricAlarm": _metric_alarm,
     "aws:appautoscaling/target:Target": _scaling_target,
     "aws:appautoscaling/policy:Policy": _scaling_policy,
+    "aws:acm/certificate:Certificate": _certificate,
+    "aws:acm/certificateValidation:CertificateValidation": _certificate_validation,
+    "aws:route53/record:Record": _route53_record,
 }
 """Resource type -> builder: fills in the outputs (a copy of the inputs) and returns the resource id."""
 
@@ -421,9 +467,12 @@ class AwsMocks(pulumi.runtime.Mocks):
         self._parents: dict[tuple[str, str], str | None] = {}
         self._ignored: dict[tuple[str, str], tuple[str, ...]] = {}
         self._dependencies: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._lifecycle: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def note_parent(self, type_: str, name: str, parent: str | None, ignore_changes: tuple[str, ...] = (),
-                    dependencies: tuple[str, ...] = ()) -> None:
+                    dependencies: tuple[str, ...] = (), lifecycle: tuple[str, ...] = ()) -> None:
+        if lifecycle:
+            self._lifecycle[(type_, name)] = lifecycle
         self._parents[(type_, name)] = parent or None
         if ignore_changes:
             self._ignored[(type_, name)] = ignore_changes
@@ -448,10 +497,11 @@ class AwsMocks(pulumi.runtime.Mocks):
         resource_id, outputs = _outputs(args.typ, args.name, inputs, account or "000000000000",
                                         region or "us-east-1", _partition(region))
         self.run.resources.append(Recorded(args.typ, args.name, inputs, outputs, True, parent, provider_id,
-                                           account, None if args.typ.startswith("aws:iam/") else
+                                           account, None if args.typ.startswith(GLOBAL_TYPES) else
                                            outputs.get("region", region),
                                            self._ignored.get((args.typ, args.name), ()),
-                                           self._dependencies.get((args.typ, args.name), ())))
+                                           self._dependencies.get((args.typ, args.name), ()),
+                                           self._lifecycle.get((args.typ, args.name), ())))
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
@@ -479,7 +529,8 @@ def _partition(region: str | None) -> str:
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # gRPC method name, fixed by the base class
         self.mocks.note_parent(request.type, request.name, request.parent, tuple(request.ignoreChanges),
-                               tuple(sorted(request.dependencies)))
+                               tuple(sorted(request.dependencies)),
+                               tuple(o for o in ("deleteBeforeReplace", "retainOnDelete") if getattr(request, o)))
         return super().RegisterResource(request)
 
 

@@ -39,7 +39,7 @@ from offline.stack_file import StackFileError, validate_config
 PIPELINE_TYPE = "aws:codepipeline/pipeline:Pipeline"
 GLOBAL = "global"
 # AWS services whose resources have no region: the provider's region only says which endpoint was called.
-GLOBAL_SERVICES = frozenset({"iam"})
+GLOBAL_SERVICES = frozenset({"iam", "route53"})
 # Above this many entries a stack-output map is cut short unless --detail: a plan for 300 services must stay readable.
 OUTPUT_MAP_LIMIT = 10
 # Names shown next to a type's count must fit this many characters; the rest is what --detail is for.
@@ -1182,6 +1182,12 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
             head = "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:4], widths, strict=True))
             out.append(f"  {head}  {row[4]}")
 
+    found = domains(plan.run)
+    if found:
+        out += ["", f"Domains ({len(found)}; Route 53 alias records to the load balancers, certificate per region)"]
+        for domain in found:
+            out.extend(domain_lines(domain))
+
     targets = push_targets(plan.run)
     if targets:
         out += ["", f"Push delivery ({len(targets['repositories'])} services; EventBridge -> push-deploy Lambda)"]
@@ -1226,6 +1232,115 @@ def workload_rows(plan: Plan) -> list[tuple[str, str, str, str, str]]:
         rows.append((account, envs, region, strategy,
                      f"{network}; ALB {listeners}; {names}"))
     return rows
+
+
+RECORD_TYPE = "aws:route53/record:Record"
+
+
+@dataclass(frozen=True)
+class DomainRoute:
+    """One region a domain's records send clients to."""
+
+    region: str
+    load_balancer: str
+    certificate: str
+    """``ACM, DNS-validated``, ``given <arn>`` or ``none (HTTP only)``: what the region's HTTPS listener serves."""
+
+
+@dataclass(frozen=True)
+class DomainPlan:
+    """A domain as the registrations show it: its alias records, the load balancers they point at and the
+    certificates of those load balancers' HTTPS listeners."""
+
+    names: tuple[str, ...]
+    """The domain first, then the hosts under it that have records too."""
+    account: str
+    zone_id: str
+    environment: str
+    latency: bool
+    health_evaluated: bool
+    routes: tuple[DomainRoute, ...]
+    validation_records: int
+    """CNAME records ACM validates the certificates with, in the zone (one per name, shared by every region)."""
+
+
+def _environment_at(run: ProgramRun, account: str, region: str) -> str:
+    for name, env in engine_environments(run).items():
+        if any(t.get("accountId") == account and t.get("region") == region for t in env.get("targets") or []):
+            return name
+    infos = accounts(run)
+    return ", ".join(infos[account].environments) if account in infos and infos[account].environments else "?"
+
+
+def domains(run: ProgramRun) -> list[DomainPlan]:
+    """Every domain: alias records grouped by account, hosted zone and the load balancers they point at."""
+    albs = {lb.outputs.get("dnsName"): lb for lb in run.of_type("aws:lb/loadBalancer:LoadBalancer")}
+    https = {listener.inputs.get("loadBalancerArn"): listener.inputs.get("certificateArn")
+             for listener in run.of_type("aws:lb/listener:Listener") if listener.inputs.get("protocol") == "HTTPS"
+             and _scalar(listener.inputs.get("port")) == "443"}
+    validated = {v.outputs.get("certificateArn") for v in run.of_type(
+        "aws:acm/certificateValidation:CertificateValidation")}
+    groups: dict[tuple[str, str, frozenset[str]], list[Recorded]] = defaultdict(list)
+    by_name: dict[tuple[str, str, str], list[Recorded]] = defaultdict(list)
+    records = run.of_type(RECORD_TYPE)
+    for record in records:
+        if record.inputs.get("aliases") and record.inputs.get("type") == "A":
+            by_name[(record.account or "?", str(record.inputs.get("zoneId")), str(record.inputs.get("name")))].append(
+                record)
+    for (account, zone, _), named in by_name.items():
+        targets = frozenset(str(r.inputs["aliases"][0].get("name")) for r in named)
+        groups[(account, zone, targets)].extend(named)
+    found = []
+    for (account, zone, _), group in groups.items():
+        names = tuple(sorted({str(r.inputs.get("name")) for r in group}, key=lambda n: (len(n), n)))
+        routes = []
+        for record in (r for r in group if r.inputs.get("name") == names[0]):
+            alias = record.inputs["aliases"][0]
+            alb = albs.get(alias.get("name"))
+            region = (alb.region if alb else None) or "?"
+            certificate = https.get(alb.outputs.get("arn")) if alb else None
+            source = ("none (HTTP only)" if not certificate else "ACM, DNS-validated" if certificate in validated
+                      else f"given {certificate}")
+            routes.append(DomainRoute(region, physical_name(alb) if alb else str(alias.get("name")), source))
+        routes.sort(key=lambda r: r.region)
+        cnames = [r for r in records if r.account == account and r.inputs.get("zoneId") == zone
+                  and r.inputs.get("type") == "CNAME"
+                  and any(str(r.inputs.get("name")).rstrip(".").endswith("." + n) for n in names)]
+        found.append(DomainPlan(
+            names=names, account=account, zone_id=zone,
+            environment=_environment_at(run, account, routes[0].region) if routes else "?",
+            latency=any(r.inputs.get("latencyRoutingPolicies") for r in group),
+            health_evaluated=all(r.inputs["aliases"][0].get("evaluateTargetHealth") for r in group),
+            routes=tuple(routes), validation_records=len(cnames)))
+    return sorted(found, key=lambda d: d.names)
+
+
+def domain_lines(domain: DomainPlan) -> list[str]:
+    """The plan's lines for one domain: names, routing, certificate per region, validation records."""
+    others = f" (+ {', '.join(domain.names[1:])})" if len(domain.names) > 1 else ""
+    health = "health-evaluated: a region whose load balancer has no healthy targets drops out" \
+        if domain.health_evaluated else "not health-evaluated"
+    regions = ", ".join(r.region for r in domain.routes)
+    routing = (f"latency-based alias records across {regions} ({health})" if domain.latency
+               else f"alias record to {regions} ({health})")
+    return [f"  {domain.names[0]}{others}  environment {domain.environment}, account {domain.account}, "
+            f"zone {domain.zone_id}",
+            f"    routing       {routing}",
+            "    certificates  " + "; ".join(f"{r.region} {r.certificate}" for r in domain.routes),
+            f"    validation    {domain.validation_records} CNAME record(s) in the zone, one per name, shared by "
+            "every region's certificate"]
+
+
+def render_domains_mermaid(found: Sequence[DomainPlan]) -> str:
+    """One flowchart: each domain, its routing, and per region the load balancer with its certificate."""
+    out = ["flowchart LR"]
+    for i, domain in enumerate(found):
+        policy = "latency, health-evaluated" if domain.latency else "alias"
+        out.append(f"  d{i}([{mermaid_label(*domain.names, f'zone {domain.zone_id}')}])")
+        for j, route in enumerate(domain.routes):
+            out.append(f"  d{i}r{j}[{mermaid_label(route.region, route.load_balancer, route.certificate)}]")
+            out.append(f"  d{i} -->|{mermaid_label(policy)}| d{i}r{j}")
+    return "\n".join(out) + "\n"
 
 
 def _render_output(key: str, value: Any, detail: bool, names: AssignedNames = NO_ASSIGNED_NAMES) -> list[str]:
@@ -1355,6 +1470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = push_targets(run)
     if targets:
         doc += "\n".join(["## Push delivery", "", "```mermaid", render_push_mermaid(targets).rstrip("\n"), "```", ""])
+    if domains(run):
+        doc += "\n".join(["## Domains", "", "```mermaid", render_domains_mermaid(domains(run)).rstrip("\n"), "```", ""])
     out.write_text(doc)
     try:
         sys.stdout.write(render_text(plan, detail=args.detail))

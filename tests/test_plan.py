@@ -196,7 +196,8 @@ def test_text_plan_shows_strategies_config_source_and_workloads(prod_plan, prod_
                     r"orders:8080, payments:8080, storefront:8080$", rows[0]), rows[0]
     for row, region in zip(rows[1:], ("us-east-2", "us-west-2"), strict=True):
         assert row.startswith(f"  {envs['prod']}  prod  {region}  canary")
-        assert "(2 NAT)" in row and "HTTP:8443" in row  # per-AZ NAT by default, the test listener
+        # Per-AZ NAT by default; prod's domain gives HTTPS with the redirect, the test listener on HTTPS too.
+        assert "(2 NAT)" in row and "ALB HTTP:80, HTTPS:443, HTTPS:8443;" in row
 
 
 def test_mermaid_marks_each_stage_with_its_strategy_and_the_config_source(prod_plan):
