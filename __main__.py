@@ -194,7 +194,7 @@ if cfg.release:
         regions=cfg.regions,
         context=release_context(cfg),
         source=ReleaseSource(cfg.release.source.provider, cfg.release.source.repository, cfg.release.source.branch,
-                             cfg.release.source.connection_arn),
+                             cfg.release.source.connection_arn, cfg.release.source.develop_branch),
         artifact_store=artifacts.stores[cfg.tools_region],
         notification_topic_arn=notifications.topic_arn,
         notification_key_arn=notifications.key_arn,

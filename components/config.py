@@ -57,6 +57,9 @@ _IAM_ROLE_NAME = r"^[\w+=,.@-]{1,64}$"
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
                       3288, 3653)
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+_BRANCH = r"^[A-Za-z0-9_./-]{1,255}$"
+GITFLOW_WORKFLOW = "examples/release-gitflow.github-workflow.yml"
+"""The workflow a GitHub release repository runs for gitflow (codestar sources: CodePipeline opens no pull requests)."""
 
 
 class ConfigError(pulumi.RunError):
@@ -701,11 +704,25 @@ class ReleaseSourceConfig(_Strict):
     through a CodeStar/CodeConnections connection)."""
     repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
     """CodeCommit repository name, or ``owner/repo`` for a connection."""
-    branch: str = Field(default="main", pattern=r"^[A-Za-z0-9_./-]{1,255}$")
+    branch: str = Field(default="main", pattern=_BRANCH)
     """Branch whose pushes release. Default ``main``."""
     connection_arn: str | None = Field(default=None, alias="connectionArn",
                                        pattern=r"^arn:aws[a-z-]*:(codestar-connections|codeconnections):")
     """Required with ``codestar``: the connection's ARN (it must be in the tools account and available)."""
+    develop_branch: str | None = Field(default=None, alias="developBranch", pattern=_BRANCH)
+    """``codecommit`` only: a push to this branch opens the pull request into ``branch`` (unless one is open) and
+    posts the release validator's verdict on it (components/gitflow.py). Default none. A ``codestar`` repository runs
+    ``examples/release-gitflow.github-workflow.yml`` instead."""
+
+    @field_validator("branch", "develop_branch")
+    @classmethod
+    def _git_branch(cls, value: str | None) -> str | None:
+        # git check-ref-format's rules the pattern cannot express: a name git refuses can never be pushed.
+        if value is not None and (value.startswith(("-", "/", ".")) or value.endswith(("/", ".", ".lock"))
+                                  or any(bad in value for bad in ("..", "//", "/.", ".lock/"))):
+            raise ValueError("not a valid git branch name (no '..', '//', leading '-', '/' or '.', component "
+                             "starting with '.', trailing '/', '.' or '.lock')")
+        return value
 
 
 class ReleaseConfig(_Strict):
@@ -863,6 +880,7 @@ def _describe(error: Mapping[str, Any]) -> str:
             _IAM_ROLE_NAME: "a valid IAM role name",
             _CERTIFICATE_ARN: "an ACM certificate ARN (arn:aws:acm:<region>:<account>:certificate/<id>)",
             _ROLE_REF: "an IAM role name, optionally with its path (path/name)",
+            _BRANCH: "a git branch name (letters, digits, '_./-', at most 255 characters)",
         }.get(error.get("ctx", {}).get("pattern"), "a value of the documented form")
         return f"expected {hint}, got {value!r}"
     if kind in ("string_too_short", "string_too_long"):
@@ -1473,6 +1491,14 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
         if provider == "codestar" and "/" not in str(source.get("repository", "/")):
             problems.append(f"release.source.repository: expected owner/repo for a connection, got "
                             f"{source.get('repository')!r}")
+        develop = source.get("developBranch")
+        if develop is not None and develop == source.get("branch", "main"):
+            problems.append(f"release.source.developBranch: {develop!r} is also release.source.branch; pull requests "
+                            "go from developBranch into branch, so they must differ")
+        if develop is not None and provider == "codestar":
+            problems.append(f"release.source.developBranch: {develop!r} is for codecommit sources only: CodePipeline "
+                            "cannot open pull requests through a connection; run "
+                            f"{GITFLOW_WORKFLOW} in the release repository instead")
 
     seen_svc: dict[Any, int] = {}
     seen_target: dict[tuple[Any, Any], int] = {}

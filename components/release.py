@@ -3,7 +3,9 @@ as one unit, with rollback of the whole release on any failure.
 
 ::
 
-    Source    the release repository (CodeCommit, or a CodeStar connection to GitHub/Bitbucket/GitLab)
+    Source    the release repository (CodeCommit, or a CodeStar connection to GitHub/Bitbucket/GitLab); with a
+              CodeCommit ``developBranch``, pushes there get a pull request into the branch, with the validator's
+              verdict (:mod:`components.gitflow`), and merging it is the push that starts this pipeline
     Validate  CodeBuild: handlers/release_file.py (from this repository, with PyYAML's pure-Python sources, shipped
               as one zip in the artifact bucket: nothing is downloaded from the internet at build time) validates
               the file — every problem with its line — and converts it to the release manifest
@@ -44,6 +46,7 @@ from components import naming
 from components import policies as p
 from components.artifacts import ArtifactStore
 from components.config import StackConfig
+from components.gitflow import Gitflow, GitflowArgs
 from components.lambda_code import handler_archive
 from components.pipeline import NOTICE_EVENTS
 from components.release_state_machine import definition, lambda_functions, lambda_timeouts
@@ -64,6 +67,9 @@ class ReleaseSource:
     repository: str
     branch: str
     connection_arn: str | None = None
+    develop_branch: str | None = None
+    """codecommit only: pushes to it open the pull request into ``branch`` with the validator's verdict
+    (:mod:`components.gitflow`). Default none."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ class ReleaseArgs:
             problems.append(f"source.provider: codecommit or codestar, got {self.source.provider!r}")
         if self.source.provider == "codestar" and not self.source.connection_arn:
             problems.append("source.connection_arn: required for codestar")
+        if self.source.develop_branch and (self.source.provider != "codecommit"
+                                           or self.source.develop_branch == self.source.branch):
+            problems.append("source.develop_branch: only for codecommit, and not the release branch")
         if not MIN_CONCURRENCY <= self.max_concurrency <= MAX_CONCURRENCY:
             problems.append(f"max_concurrency: {MIN_CONCURRENCY}-{MAX_CONCURRENCY} per account-region, got "
                             f"{self.max_concurrency}")
@@ -366,6 +375,14 @@ class Release(pulumi.ComponentResource):
             opts=child)
         if args.source.provider == "codecommit":
             self._codecommit_trigger(name, args, pipeline, child)
+        if args.source.develop_branch:
+            # Merging the pull request it opens is a push to the release branch: the trigger above releases it.
+            Gitflow(f"{name}-gitflow", GitflowArgs(
+                provider=args.provider, partition=args.partition, tools_account_id=args.tools_account_id,
+                region=args.home_region, repository=args.source.repository, branch=args.source.branch,
+                develop_branch=args.source.develop_branch, context=args.context,
+                function_name=p.iam_name(prefix, "release-gitflow"), role_path=args.role_path, file=args.file,
+                log_retention_days=args.log_retention_days, tags=args.tags), pulumi.ResourceOptions(parent=self))
         aws.codestarnotifications.NotificationRule(
             f"{name}-notices", name=p.iam_name(pipeline_name, max_len=64, allowed=r"A-Za-z0-9_-"),
             resource=pipeline.arn, detail_type="FULL",

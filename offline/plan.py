@@ -788,6 +788,54 @@ def render_push_mermaid(targets: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+@dataclass(frozen=True)
+class GitflowFlow:
+    """The release repository's gitflow as the stack wires it: the function's own environment and the pipeline that
+    a merge (a push to the release branch) starts."""
+
+    repository: str
+    develop: str
+    branch: str
+    file: str
+    pipeline: str | None
+
+
+def gitflow_flow(run: ProgramRun) -> GitflowFlow | None:
+    """The gitflow of the release (``release.source.developBranch``), or None if the stack has none."""
+    for function in run.of_type("aws:lambda/function:Function"):
+        if function.inputs.get("handler") != "handlers.gitflow.handler":
+            continue
+        env = (function.inputs.get("environment") or {}).get("variables") or {}
+        repository, branch = env.get("CROSSDEPLOY_REPOSITORY", "?"), env.get("CROSSDEPLOY_RELEASE_BRANCH", "?")
+        pipeline = next((physical_name(p) for p in run.of_type(PIPELINE_TYPE)
+                         for stage in (p.inputs.get("stages") or [])[:1] for action in stage.get("actions") or []
+                         if action.get("provider") == "CodeCommit"
+                         and (action.get("configuration") or {}).get("RepositoryName") == repository
+                         and (action.get("configuration") or {}).get("BranchName") == branch), None)
+        return GitflowFlow(repository, env.get("CROSSDEPLOY_DEVELOP_BRANCH", "?"), branch,
+                           env.get("CROSSDEPLOY_RELEASE_FILE", "?"), pipeline)
+    return None
+
+
+def gitflow_lines(flow: GitflowFlow) -> list[str]:
+    """The text plan's lines: push -> pull request with the verdict -> merge -> release pipeline."""
+    return [f"  push to {flow.develop} -> pull request {flow.develop} -> {flow.branch} (opened unless one is open)",
+            f"    + the release validator's verdict on {flow.file} at the pushed commit (a comment per push)",
+            f"  merge -> push to {flow.branch} -> release pipeline {flow.pipeline or '?'}"]
+
+
+def render_gitflow_mermaid(flow: GitflowFlow) -> str:
+    """The gitflow as a flowchart, from the push to develop to the release pipeline a merge starts."""
+    out = ["flowchart LR",
+           f"  push([{mermaid_label(f'push to {flow.develop}', flow.repository)}])",
+           f"  fn[{mermaid_label('gitflow Lambda', f'validate {flow.file}', 'at the pushed commit')}]",
+           f"  pr{{{{{mermaid_label(f'pull request {flow.develop} -> {flow.branch}', 'verdict comment per push')}}}}}",
+           f"  pipe[{mermaid_label('release pipeline', flow.pipeline or '?')}]",
+           "  push --> fn", f"  fn -->|{mermaid_label('opens unless one is open; comments')}| pr",
+           f"  pr -->|{mermaid_label(f'merge = push to {flow.branch}')}| pipe"]
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The release state machine, drawn from the definition Step Functions would receive
 # --------------------------------------------------------------------------------------------------------------
@@ -1194,6 +1242,11 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
         for repo, route, places in push_routes(targets):
             out.append(f"  {repo}: {route}: {'; '.join(places)}")
 
+    flow = gitflow_flow(plan.run)
+    if flow:
+        out += ["", f"Release gitflow (CodeCommit {flow.repository}; EventBridge -> gitflow Lambda)",
+                *gitflow_lines(flow)]
+
     out += ["", "Stack outputs"]
     for key, value in plan.run.outputs.items():
         out.extend(_render_output(key, value, detail, plan.names))
@@ -1470,6 +1523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = push_targets(run)
     if targets:
         doc += "\n".join(["## Push delivery", "", "```mermaid", render_push_mermaid(targets).rstrip("\n"), "```", ""])
+    flow = gitflow_flow(run)
+    if flow:
+        doc += "\n".join(["## Release gitflow", "", "```mermaid", render_gitflow_mermaid(flow).rstrip("\n"), "```", ""])
     if domains(run):
         doc += "\n".join(["## Domains", "", "```mermaid", render_domains_mermaid(domains(run)).rstrip("\n"), "```", ""])
     out.write_text(doc)

@@ -22,6 +22,7 @@ COMMAND_LINES = (
     "handlers.release_file",
     "handlers.image_definitions",
     "bench.bench_engine",
+    "bench.bench_hostile",
     "bench.bench_program",
     "bench.bench_push_deploy",
     "bench.bench_release",
@@ -35,6 +36,7 @@ NOT_COMMAND_LINES = (
     "handlers.release",
     "handlers.deploy_engine",
     "handlers.ecs_common",
+    "handlers.gitflow",
     "handlers.release_limits",
 )
 ELSEWHERE = {
