@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
+from components.policies import INLINE_POLICY_LIMIT, inline_policy_size
+
 if TYPE_CHECKING:
     from components.config import EnvironmentConfig, ServiceConfig, StackConfig
 
@@ -49,9 +51,9 @@ LAMBDA_UNZIPPED_PACKAGE_BYTES = 250 * 1024 * 1024
 """Lambda quotas: "250 MB: the maximum size of the contents of a deployment package ... unzipped"."""
 EVENTBRIDGE_PATTERN_CHARS = 2048
 """EventBridge quotas: "Event pattern size: 2,048, maximum size of an event pattern, in characters"."""
-IAM_ROLE_INLINE_POLICIES_CHARS = 10_240
+IAM_ROLE_INLINE_POLICIES_CHARS = INLINE_POLICY_LIMIT
 """IAM and STS quotas: "Role policy size cannot exceed 10,240 characters" (all inline policies of a role together,
-whitespace not counted); :data:`components.policies.INLINE_POLICY_LIMIT` is the same figure."""
+whitespace not counted): the figure :mod:`components.policies` checks documents against at preview."""
 IAM_TRUST_POLICY_CHARS = 2048
 """IAM and STS quotas: "Role trust policy length: 2,048 characters" (the default; AssumeRolePolicySizeQuota in
 GetAccountSummary, whitespace not counted)."""
@@ -70,9 +72,8 @@ def lambda_environment_bytes(variables: Mapping[str, str]) -> int:
     return sum(len(k.encode()) + len(str(v).encode()) for k, v in variables.items())
 
 
-def policy_chars(document: str) -> int:
-    """IAM's measure of a policy: characters, whitespace not counted."""
-    return sum(1 for c in document if not c.isspace())
+policy_chars = inline_policy_size
+"""IAM's measure of a policy: characters, whitespace not counted."""
 
 
 def bake_user_parameters_chars(cfg: StackConfig, env: EnvironmentConfig, service: ServiceConfig) -> int:
@@ -287,6 +288,8 @@ def problems(cfg: StackConfig) -> list[str]:
             found.append(f"environments[{i}].accountId: the deploy role's trust policy in {account} would be "
                          f"{trust} characters, over IAM's limit of {IAM_TRUST_POLICY_CHARS}; use a shorter "
                          "project or stack name")
+    if cfg.release:
+        found.extend(release_problems(cfg))
     if deploy_engine.engine_accounts(cfg):
         chars = engine_policy_chars(cfg)
         if chars > IAM_ROLE_INLINE_POLICIES_CHARS:
@@ -294,6 +297,23 @@ def problems(cfg: StackConfig) -> list[str]:
                          f"role per workload account), over IAM's limit of {IAM_ROLE_INLINE_POLICIES_CHARS}; use "
                          "fewer workload accounts, or split the stack")
     return found
+
+
+def release_problems(cfg: StackConfig) -> list[str]:
+    """A release runs every account-region at once, each up to ``release.maxConcurrency`` check Lambdas: a release
+    across every account-region of the stack must stay within :data:`handlers.release_limits.MAX_CONCURRENT_TARGETS`
+    (the same bound the release file validator and prepare apply to the account-regions a release touches)."""
+    from handlers import release_limits
+
+    groups = {(env.account_id, region) for env in cfg.environments for region in env.regions}
+    bound = cfg.release.max_concurrency
+    running = min(len(groups), release_limits.MAX_ACCOUNT_REGIONS) * bound
+    if running <= release_limits.MAX_CONCURRENT_TARGETS:
+        return []
+    return [f"release.maxConcurrency: the check Lambdas running at once in a release across the stack's "
+            f"{len(groups)} account-regions, {bound} in each, would be {running}, over the release's limit of "
+            f"{release_limits.MAX_CONCURRENT_TARGETS}; lower release.maxConcurrency (the limit keeps a release "
+            "within Lambda's default 1,000 concurrent executions, shared with the tools account)"]
 
 
 def _push_problems(cfg: StackConfig, svc_index: Mapping[str, int]) -> list[str]:

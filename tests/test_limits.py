@@ -83,7 +83,6 @@ def assert_refused(problems: list[str], key_path: str, actual: int, limit: int, 
 def test_the_constants_agree_with_the_components() -> None:
     from components import buildspec, pipeline, workload
 
-    assert limits.IAM_ROLE_INLINE_POLICIES_CHARS == p.INLINE_POLICY_LIMIT
     assert pipeline.MAX_USER_PARAMETERS == limits.CODEPIPELINE_USER_PARAMETERS_CHARS == 1000
     assert buildspec.MAX_BUILDSPEC_CHARS == limits.CODEBUILD_INLINE_BUILDSPEC_CHARS == 25600
     assert workload.LAMBDA_ENVIRONMENT_LIMIT == limits.LAMBDA_ENVIRONMENT_BYTES == 4096
@@ -427,3 +426,21 @@ def test_the_push_pattern_and_package_are_measured_as_deployed(push_run) -> None
     assert set(assets) == {*handler_files(), push_deploy.TARGETS_FILE}
     assert limits.push_package_bytes(cfg) == (deployed, None)
     assert re.search(r'"deployDocument": \{', assets[push_deploy.TARGETS_FILE].text)
+
+
+def _release(regions_per_account: int, bound: int) -> dict[str, Any]:
+    envs = [{"name": name, "accountId": account, "regions": list(AWS_REGIONS[:regions_per_account])}
+            for name, account in (("qa", QA), ("prod", PROD))]
+    return config(**{"crossdeploy:environments": envs,
+                     "crossdeploy:release": {"source": {"provider": "codecommit", "repository": "releases"},
+                                             "maxConcurrency": bound}})
+
+
+def test_a_release_bound_over_the_concurrent_check_lambdas_is_a_config_error() -> None:
+    from handlers.release_limits import MAX_CONCURRENT_TARGETS
+
+    # 2 accounts x 8 regions = 16 account-regions at 50 each: exactly the limit; a ninth region is over it.
+    assert 16 * 50 == MAX_CONCURRENT_TARGETS
+    load(_release(8, 50))
+    assert_refused(refusal(_release(9, 50)), "release.maxConcurrency", 18 * 50, MAX_CONCURRENT_TARGETS, "the release")
+    load(_release(9, 44))
