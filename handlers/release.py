@@ -812,6 +812,15 @@ def _read_json(bucket: str, key: str) -> Any:
     return json.loads(body)
 
 
+def _poll_seconds(event: Mapping[str, Any]) -> int:
+    """The state machine's ``pollSeconds`` (its definition sets it; an execution started by hand may not): 15 when
+    absent, else a whole number of seconds from 1 to 3,600."""
+    value = event.get("pollSeconds") or 15
+    if type(value) is not int or not 1 <= value <= 3600:
+        raise ReleaseInputError(f"pollSeconds: a whole number of seconds from 1 to 3600, got {value!r}")
+    return value
+
+
 def _manifest_of(event: Mapping[str, Any]) -> Any:
     """The release manifest: inline (``{"manifest": …}``, a small release started by hand), or where the pipeline's
     build put it (``{"manifestLocation": {"bucket", "key"}}``: a large release's manifest is over Step Functions'
@@ -829,8 +838,9 @@ def _manifest_of(event: Mapping[str, Any]) -> Any:
                                 f"(s3://{bucket}/{MANIFESTS_PREFIX}…)")
     try:
         return _read_json(bucket, location["key"])
-    except (ClientError, ValueError) as exc:
-        raise ReleaseInputError(f"cannot read the release manifest s3://{bucket}/{location['key']}: {exc}") from None
+    except (ClientError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested beyond the decoder
+        raise ReleaseInputError(f"cannot read the release manifest s3://{bucket}/{location['key']}: "
+                                f"{type(exc).__name__}: {exc}") from None
 
 
 def _write_items(release: Mapping[str, Any], services: list[dict], tasks: list[dict]) -> list[dict[str, Any]]:
@@ -869,6 +879,8 @@ def prepared_items(prepared: Mapping[str, Any]) -> dict[str, list[dict]]:
 def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     """Validate, pin images to digests, snapshot every target, write the items to S3. Changes nothing in any workload
     account; fails before anything changes."""
+    if not isinstance(event, Mapping):
+        raise ReleaseInputError(f"the prepare step's input must be an object, got {type(event).__name__}")
     registry_id, home_region, partition = _env("CROSSDEPLOY_REGISTRY_ID"), _env("CROSSDEPLOY_HOME_REGION"), _partition()
     execution = str(event.get("executionId") or "manual")
     release: dict[str, Any] = {"id": execution.rsplit(":", 1)[-1], "execution": execution,
@@ -886,7 +898,7 @@ def prepare(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         per_group[_group_key(entry)] += 1
     too_large = ceiling_problems(per_group)
     timeout, wait = _service_timeout(), _env_int("CROSSDEPLOY_CHECK_WAIT_SECONDS", 300, 0)
-    poll = int(event.get("pollSeconds") or 15)
+    poll = _poll_seconds(event)
     events = history_estimate(timeout, wait, poll)
     if events > HISTORY_BUDGET_EVENTS:
         too_large.append(f"one service could take {events} Step Functions history events in its child execution "
@@ -1215,7 +1227,7 @@ def _await_service(event: Mapping[str, Any], context: Any, step: str, expected: 
     the Lambda's time, and one that never could (the first look of an invocation) fails the target, naming the
     Lambda timeout it would need."""
     item = event["item"]
-    poll = max(1, int(event.get("pollSeconds") or 15))
+    poll = _poll_seconds(event)
     budget, limit = _check_wait(context), _time_left(context)
     entered = _parse_time(event["now"]) if event.get("now") else _utcnow()
     until = _parse_time(deadline)

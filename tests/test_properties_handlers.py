@@ -1,6 +1,6 @@
 """Property tests of the handlers' inputs (issue 13): an event, a map, a deploy document or a job that is foreign or
-malformed at any depth is refused with the handler's own error (or its documented answer), before any AWS call;
-never KeyError, TypeError, AttributeError or RecursionError.
+malformed at any depth (the gitflow function's CodeCommit events too) is refused with the handler's own error (or
+its documented answer), before any AWS call; never KeyError, TypeError, AttributeError or RecursionError.
 
 Every base is a real, valid input (the documented samples in tests/samples, the inputs the handlers' own tests
 deploy); :func:`test_properties.mutated` changes it at any depth. No test here reaches AWS: each calls the parsing
@@ -19,9 +19,11 @@ import pytest
 from conftest import SAMPLES
 from hypothesis import given
 from hypothesis import strategies as st
+from test_gitflow import DELETED, SETTINGS, UPDATED
 from test_properties import VALUES, WEIRD_TEXT, mutated
 
 from handlers import deploy_engine as engine
+from handlers import gitflow
 from handlers import image_definitions as idf
 from handlers import pipeline_deploy as pipeline
 from handlers import push_deploy as push
@@ -392,3 +394,32 @@ def test_a_mutated_release_manifest_is_validated_or_raises_release_input_error(m
         release.validate_manifest(manifest, ACCOUNT, "aws")
     except release.ReleaseInputError as exc:
         assert str(exc)
+
+
+# --- the gitflow function (CodeCommit Repository State Change) ----------------------------------------------------
+
+
+def test_the_gitflow_bases_are_valid() -> None:
+    assert isinstance(gitflow.read_push(UPDATED, SETTINGS), gitflow.Push)
+    assert isinstance(gitflow.read_push(DELETED, SETTINGS), str)
+
+
+@given(mutated(UPDATED) | mutated(DELETED) | VALUES)
+def test_a_mutated_codecommit_event_is_a_push_or_refused_without_aws(event: Any) -> None:
+    class NoAws:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"a refused event reached CodeCommit: {name}")
+
+    push = gitflow.read_push(event, SETTINGS)
+    if isinstance(push, gitflow.Push):
+        # Only an event naming this repository, account, region and develop branch, with a full commit id, acts.
+        assert SETTINGS.repository_arn in event["resources"] and event["account"] == SETTINGS.account_id
+        assert event["detail"]["repositoryName"] == SETTINGS.repository
+        assert event["detail"]["referenceName"] == "develop" and event["detail"]["referenceType"] == "branch"
+        assert push.commit == event["detail"]["commitId"]
+        return
+    assert isinstance(push, str) and push
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        answer = gitflow.handle_push(event, SETTINGS, NoAws(), lambda: pytest.fail("context read for a refusal"))
+    assert answer == {"status": "ignored", "reason": push}
+    assert json.loads(out.getvalue())["event"] == "gitflow.ignored"

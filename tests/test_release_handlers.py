@@ -1027,6 +1027,23 @@ def test_prepare_reads_a_large_manifest_from_the_release_bucket_only(aws):
             release.prepare({"input": {"manifestLocation": location}, "executionId": "x:big2"})
 
 
+def test_a_hand_started_execution_with_malformed_input_is_refused_before_any_change(aws):
+    world = aws.world(services_per_target=1, tasks_per_target=0)
+    s3 = world.client("s3")
+    s3.put_object(Bucket=RELEASE_BUCKET, Key="release-manifests/deep.json", Body="[" * 100_000)
+    manifest = world.manifest()
+    aws.faults.calls.clear()
+    for event, reason in (
+            (["not", "an", "object"], "the prepare step's input must be an object, got list"),
+            ({"manifest": manifest, "pollSeconds": "15"}, "pollSeconds: a whole number of seconds"),
+            ({"manifest": manifest, "pollSeconds": 10**6}, "from 1 to 3600, got 1000000"),
+            ({"input": {"manifestLocation": {"bucket": RELEASE_BUCKET, "key": "release-manifests/deep.json"}}},
+             "cannot read the release manifest .*RecursionError")):
+        with pytest.raises(release.ReleaseInputError, match=reason):
+            release.prepare(event)
+    assert set(aws.faults.calls) <= {"GetObject"}, "nothing but the manifest read, nothing changed"
+
+
 def test_rollback_restores_only_what_differs_and_is_idempotent(aws):
     world = aws.world(services_per_target=1, tasks_per_target=1)
     prepared = release.prepare({"manifest": world.manifest(), "executionId": "arn:aws:states:::execution:m:r9"})
