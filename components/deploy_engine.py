@@ -35,7 +35,7 @@ from components import naming
 from components import policies as p
 from components.config import StackConfig
 from components.lambda_code import RUNTIME, handler_archive
-from components.service_role import service_role
+from components.service_role import function_logs_and_role
 
 ENGINE_MODULES = ("__init__.py", "ecs_common.py", "deploy_engine.py", "pipeline_deploy.py", "smoke_test.py")
 HANDLER = "handlers.pipeline_deploy.handler"
@@ -107,12 +107,10 @@ class DeployEngine(pulumi.ComponentResource):
     def __init__(self, name: str, args: DeployEngineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("crossdeploy:deploy_engine:DeployEngine", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        log_group = aws.cloudwatch.LogGroup(
-            f"{name}-logs", name=f"/aws/lambda/{args.function_name}", retention_in_days=args.log_retention_days,
-            opts=child)
-        role, role_policy = service_role(
-            name, role_name=args.role_name, path=args.role_path, service="lambda.amazonaws.com",
-            account_id=args.tools_account_id, policy=engine_policy(args, log_group.arn), opts=child)
+        log_group, role, role_policy = function_logs_and_role(
+            name, function_name=args.function_name, role_name=args.role_name, path=args.role_path,
+            account_id=args.tools_account_id, retention_days=args.log_retention_days,
+            policy=lambda log_group_arn: engine_policy(args, log_group_arn), opts=child)
         variables = {"CROSSDEPLOY_POLL_SECONDS": str(args.poll_seconds)} if args.poll_seconds else None
         function = aws.lambda_.Function(
             f"{name}-function",

@@ -32,7 +32,7 @@ import yaml
 
 from components import policies as p
 from components.lambda_code import RUNTIME, handler_archive
-from components.service_role import service_role
+from components.service_role import function_logs_and_role
 
 HANDLER = "handlers.gitflow.handler"
 HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
@@ -124,12 +124,10 @@ class Gitflow(pulumi.ComponentResource):
     def __init__(self, name: str, args: GitflowArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("crossdeploy:gitflow:Gitflow", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        log_group = aws.cloudwatch.LogGroup(
-            f"{name}-logs", name=f"/aws/lambda/{args.function_name}", retention_in_days=args.log_retention_days,
-            opts=child)
-        role, role_policy = service_role(
-            name, role_name=args.function_name, path=args.role_path, service="lambda.amazonaws.com",
-            account_id=args.tools_account_id, policy=function_policy(args, log_group.arn), opts=child)
+        log_group, role, role_policy = function_logs_and_role(
+            name, function_name=args.function_name, role_name=args.function_name, path=args.role_path,
+            account_id=args.tools_account_id, retention_days=args.log_retention_days,
+            policy=lambda log_group_arn: function_policy(args, log_group_arn), opts=child)
         function = aws.lambda_.Function(
             f"{name}-function", name=args.function_name,
             description=f"crossdeploy gitflow: {args.develop_branch} -> pull request into {args.branch}, with the "

@@ -34,7 +34,7 @@ from components import limits, naming
 from components import policies as p
 from components.config import StackConfig
 from components.lambda_code import RUNTIME, handler_archive
-from components.service_role import service_role
+from components.service_role import function_logs_and_role
 from components.task_definition import deploy_document
 
 # EventBridge rejects event patterns over 2,048 characters: repositories are spread over as many rules as needed.
@@ -247,12 +247,10 @@ class PushDeploy(pulumi.ComponentResource):
             sqs_managed_sse_enabled=True,
             message_retention_seconds=14 * 24 * 3600,  # the maximum: a failed rollout can wait for a human
             opts=child)
-        log_group = aws.cloudwatch.LogGroup(
-            f"{name}-logs", name=f"/aws/lambda/{args.function_name}", retention_in_days=args.log_retention_days,
-            opts=child)
-        role, role_policy = service_role(
-            name, role_name=args.role_name, path=args.role_path, service="lambda.amazonaws.com",
-            account_id=args.tools_account_id, policy=function_policy(args, log_group.arn, queue.arn), opts=child)
+        log_group, role, role_policy = function_logs_and_role(
+            name, function_name=args.function_name, role_name=args.role_name, path=args.role_path,
+            account_id=args.tools_account_id, retention_days=args.log_retention_days,
+            policy=lambda log_group_arn: function_policy(args, log_group_arn, queue.arn), opts=child)
         function = aws.lambda_.Function(
             f"{name}-function",
             name=args.function_name,

@@ -7,6 +7,7 @@ Every service role crossdeploy creates has this shape: trust limited to the serv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pulumi
@@ -24,3 +25,19 @@ def service_role(logical_name: str, *, role_name: str, path: str, service: str, 
     role_policy = aws.iam.RolePolicy(f"{logical_name}-role-policy", role=role.name, policy=p.to_json(policy),
                                      opts=opts)
     return role, role_policy
+
+
+def function_logs_and_role(logical_name: str, *, function_name: str, role_name: str, path: str, account_id: str,
+                           retention_days: int, policy: Callable[[pulumi.Output[str]], dict[str, Any]],
+                           opts: pulumi.ResourceOptions) -> tuple[aws.cloudwatch.LogGroup, aws.iam.Role,
+                                                                 aws.iam.RolePolicy]:
+    """A Lambda function's log group and role: ``<logical_name>-logs`` under the name Lambda writes to
+    (``/aws/lambda/<function_name>``), created here rather than by Lambda on first use so it has a retention, goes
+    with the stack, and the role needs no ``logs:CreateLogGroup``; then :func:`service_role` for
+    ``lambda.amazonaws.com`` with ``policy(log group ARN)``. The function should depend on the log group and the
+    role policy, so its first invocation can write its logs."""
+    log_group = aws.cloudwatch.LogGroup(f"{logical_name}-logs", name=f"/aws/lambda/{function_name}",
+                                        retention_in_days=retention_days, opts=opts)
+    role, role_policy = service_role(logical_name, role_name=role_name, path=path, service="lambda.amazonaws.com",
+                                     account_id=account_id, policy=policy(log_group.arn), opts=opts)
+    return log_group, role, role_policy

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from test_release_file import CONTEXT, extended_seed
 from test_workflow import (
     USES_LINE,
     WORKFLOW,
+    Expressions,
     all_uses,
     check_uses_have_version_comment,
     check_uses_pinned,
@@ -182,33 +182,16 @@ def run_workflow(tmp_path: Path, release: str, *, pulls: str = "", ahead: str = 
     wf = load()
     event = {"github.token": "token", "github.repository": "o/r", "github.repository_owner": "o", "github.sha": head,
              "vars.CROSSDEPLOY_REF": pin}
-    outputs: dict[str, dict[str, str]] = {}
-
-    def value(expression: str) -> str:
-        expression = expression.strip()
-        if expression.startswith("steps."):
-            _, step, _, key = expression.split(".")
-            return outputs.get(step, {}).get(key, "")
-        return event[expression]
-
-    def expand(text: str) -> str:
-        return re.sub(r"\$\{\{(.*?)\}\}", lambda m: value(m.group(1)), text)
-
+    expressions = Expressions(event)
     for step in steps(job(wf)):
         if "run" not in step or any(step["name"].startswith(n) for n in NOT_RUN):
             continue
         condition = str(step.get("if", "")).strip()
-        if condition and not value(condition):
+        if condition and not expressions.value(condition):
             continue
-        output = tmp_path / f"output-{step.get('id', 'x')}"
-        output.write_text("")
         env = {"PATH": f"{fake / 'bin'}:{os.environ['PATH']}", "FAKE": str(fake), "RUNNER_TEMP": str(tmp_path),
-               "GITHUB_OUTPUT": str(output), "HOME": str(tmp_path), **wf["env"],
-               **{k: expand(str(v)) for k, v in (step.get("env") or {}).items()}}
-        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=work,
-                              env=env, capture_output=True, text=True, timeout=60, check=False)
-        if step.get("id"):
-            outputs[step["id"]] = dict(line.split("=", 1) for line in output.read_text().splitlines())
+               "HOME": str(tmp_path), **wf["env"]}
+        done = expressions.run(step, env, tmp_path / f"output-{step.get('id', 'x')}", cwd=work, timeout=60)
         if done.returncode != 0:
             return fake, step["name"], head
     return fake, None, head

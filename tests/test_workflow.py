@@ -721,6 +721,37 @@ esac
 """
 
 
+class Expressions:
+    """The ``${{ }}`` expressions a runner expands in a job: the event's values and earlier steps' outputs."""
+
+    def __init__(self, event: dict[str, str]) -> None:
+        self.event = event
+        self.outputs: dict[str, dict[str, str]] = {}
+
+    def value(self, expression: str) -> str:
+        expression = expression.strip()
+        if expression.startswith("steps."):
+            _, step, _, key = expression.split(".")
+            return self.outputs.get(step, {}).get(key, "")
+        return self.event[expression]
+
+    def expand(self, text: str) -> str:
+        return re.sub(r"\$\{\{(.*?)\}\}", lambda m: self.value(m.group(1)), text)
+
+    def run(self, step: dict, env: dict[str, str], output: Path, *, cwd: Path | None = None,
+            timeout: int = 30) -> subprocess.CompletedProcess:
+        """Run ``step``'s script with bash as the runner does (``-eo pipefail``), its ``env:`` expanded over
+        ``env``, ``GITHUB_OUTPUT`` at ``output``; keeps the step's outputs for later expressions."""
+        output.write_text("")
+        own = {k: self.expand(str(v)) for k, v in (step.get("env") or {}).items()}
+        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=cwd,
+                              env={**env, "GITHUB_OUTPUT": str(output), **own}, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if step.get("id"):
+            self.outputs[step["id"]] = dict(line.split("=", 1) for line in output.read_text().splitlines())
+        return done
+
+
 def run_comment_job(tmp_path: Path, pulls: str, artifact: dict[str, str], existing: str = "") -> Path:
     """Run preview-comment.yml's steps with bash as the runner would (env from the event, step outputs, `if:`),
     against a fake gh; returns the fake's directory (calls, posted body)."""
@@ -742,34 +773,17 @@ def run_comment_job(tmp_path: Path, pulls: str, artifact: dict[str, str], existi
         "github.event.workflow_run.head_sha": "a" * 40, "github.event.workflow_run.id": "1",
         "github.event.workflow_run.html_url": "https://github.com/o/r/actions/runs/1",
     }
-    outputs: dict[str, dict[str, str]] = {}
-
-    def value(expression: str) -> str:
-        expression = expression.strip()
-        if expression.startswith("steps."):
-            _, step, _, key = expression.split(".")
-            return outputs.get(step, {}).get(key, "")
-        return event[expression]
-
-    def expand(text: str) -> str:
-        return re.sub(r"\$\{\{(.*?)\}\}", lambda m: value(m.group(1)), text)
-
+    expressions = Expressions(event)
     for step in steps(comment_job(load_workflow(COMMENT_WORKFLOW))):
         condition = str(step.get("if", "")).strip()
         if condition:
             left, _, right = condition.partition("==")
-            actual = value(left)
+            actual = expressions.value(left)
             if (actual != right.strip().strip("'")) if right else not actual:
                 continue
-        output = tmp_path / f"output-{step.get('id', 'post')}"
-        output.write_text("")
-        env = {"PATH": f"{fake / 'bin'}:{os.environ['PATH']}", "FAKE": str(fake), "RUNNER_TEMP": str(tmp_path),
-               "GITHUB_OUTPUT": str(output), **{k: expand(str(v)) for k, v in (step.get("env") or {}).items()}}
-        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], env=env,
-                              capture_output=True, text=True, timeout=30, check=False)
+        env = {"PATH": f"{fake / 'bin'}:{os.environ['PATH']}", "FAKE": str(fake), "RUNNER_TEMP": str(tmp_path)}
+        done = expressions.run(step, env, tmp_path / f"output-{step.get('id', 'post')}")
         assert done.returncode == 0, done.stderr
-        if step.get("id"):
-            outputs[step["id"]] = dict(line.split("=", 1) for line in output.read_text().splitlines())
     assert not (fake / "pwned").exists()
     return fake
 
