@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from components import naming
 from components import policies as p
 from components.buckets import encrypted_bucket, lifecycle, tls_only_policy
+from components.config import StackConfig
 from components.providers import Providers
 
 
@@ -51,6 +53,17 @@ class ArtifactStoresArgs:
             raise ValueError("ArtifactStoresArgs: noncurrent_expiry_days must be between 1 and artifact_expiry_days")
         if not 7 <= self.key_deletion_window_days <= 30:
             raise ValueError("ArtifactStoresArgs.key_deletion_window_days: KMS accepts 7 to 30")
+
+
+def artifact_stores_args(cfg: StackConfig, providers: Providers) -> ArtifactStoresArgs:
+    """The stores every region in use needs, readable by each workload account's deploy role."""
+    return ArtifactStoresArgs(
+        providers=providers,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        regions=cfg.regions,
+        reader_role_arns={account: [naming.deploy_role_arn(cfg, account)] for account in cfg.workload_accounts},
+    )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ object only when a rendered task definition, target or timeout actually changed 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ import pulumi_aws as aws
 
 from components import naming
 from components import policies as p
+from components.artifacts import ArtifactStore
 from components.buckets import encrypted_bucket, lifecycle, tls_only_policy
 from components.config import StackConfig
 from components.task_definition import DEPLOY_DOCUMENT_FILE, deploy_document
@@ -77,6 +79,17 @@ class DeployConfigStoreArgs:
             problems.append(f"noncurrent_expiry_days: 1-3650, got {self.noncurrent_expiry_days}")
         if problems:
             raise ValueError("DeployConfigStoreArgs: " + "; ".join(problems))
+
+
+def deploy_config_store_args(cfg: StackConfig, provider: aws.Provider,
+                             stores: Mapping[str, ArtifactStore]) -> DeployConfigStoreArgs:
+    """Every service's deploy document, under the home region's artifact key; `stores`: the artifact store per
+    region."""
+    return DeployConfigStoreArgs(
+        provider=provider,
+        key_arn=stores[cfg.tools_region].key_arn,
+        documents=deploy_documents(cfg),
+    )
 
 
 def document_archive(document: DeployDocument) -> pulumi.AssetArchive:

@@ -85,6 +85,20 @@ class DeployEngineArgs:
             raise ValueError("DeployEngineArgs: " + "; ".join(problems))
 
 
+def deploy_engine_args(cfg: StackConfig, provider: aws.Provider) -> DeployEngineArgs:
+    """The engine of the stack's pipelines, allowed to assume the deploy roles of the accounts it serves
+    (:func:`engine_accounts`: a stack without any has no engine); `provider`: the tools account's, in the home
+    region."""
+    return DeployEngineArgs(
+        provider=provider,
+        tools_account_id=cfg.tools_account_id,
+        function_name=naming.engine_function_name(cfg),
+        role_name=naming.engine_function_name(cfg),
+        role_path=naming.iam_path(cfg, "engine"),
+        deploy_role_arns=engine_deploy_role_arns(cfg),
+    )
+
+
 def engine_policy(args: DeployEngineArgs, log_group_arn: pulumi.Input[str]) -> dict:
     return p.document([
         # A plain ARN keeps the document plain: the config check measures it (components.limits).

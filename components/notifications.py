@@ -13,6 +13,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components import policies as p
+from components.config import StackConfig
 
 CODESTAR_NOTIFICATIONS = "codestar-notifications.amazonaws.com"
 # Who publishes: CodeStar Notifications (pipeline failures), EventBridge (forwarded ECS rollout failures) and
@@ -31,6 +32,13 @@ class NotificationsArgs:
     """Addresses subscribed to the topic; each must confirm the subscription AWS mails it. Default: none."""
     publisher_services: tuple[str, ...] = PUBLISHERS
     """Service principals allowed to publish (and to use the key through SNS). Default: :data:`PUBLISHERS`."""
+
+
+def notifications_args(cfg: StackConfig, provider: aws.Provider) -> NotificationsArgs:
+    """The stack's topic, with the config's ``emails`` subscribed; `provider`: the tools account's, in the home
+    region."""
+    return NotificationsArgs(provider=provider, partition=cfg.partition, account_id=cfg.tools_account_id,
+                             region=cfg.tools_region, emails=cfg.emails)
 
 
 def topic_key_policy(args: NotificationsArgs) -> dict:

@@ -73,6 +73,7 @@ import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pulumi
 import pulumi_aws as aws
@@ -92,6 +93,14 @@ from components.config import EnvironmentConfig, ServiceConfig, StackConfig
 from components.service_role import service_role
 from components.task_definition import IMAGE_PLACEHOLDER, task_definition
 from handlers import image_definitions as idf
+
+if TYPE_CHECKING:  # components the pipelines are wired to (their modules need not load with this one)
+    from components.artifacts import ArtifactStores
+    from components.deploy_config import DeployConfigStore
+    from components.deploy_engine import DeployEngine
+    from components.deploy_role import DeployRole
+    from components.notifications import Notifications
+    from components.registry import Registry
 
 LAMBDA_BUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-lambda-standard:python3.12"
 SOURCE_ARTIFACT = "SourceImage"
@@ -483,6 +492,40 @@ class ServicePipelineArgs:
     def store_regions(self) -> list[str]:
         """The home region and every region an action runs in: each needs an artifact store."""
         return list(dict.fromkeys([self.home_region, *self.action_regions]))
+
+
+def service_pipeline_args(cfg: StackConfig, service: ServiceConfig, provider: aws.Provider, registry: Registry,
+                          artifacts: ArtifactStores, deploy_roles: Mapping[str, DeployRole],
+                          deploy_config: DeployConfigStore, engine: DeployEngine | None,
+                          notifications: Notifications) -> ServicePipelineArgs:
+    """`service`'s pipeline, from its repository through every environment (:func:`environment_stages`);
+    `provider`: the tools account's, in the home region; `deploy_roles`: workload account -> its deploy role;
+    `engine`: none when no pipeline deploys with it."""
+    safe = naming.safe(service.name)
+    return ServicePipelineArgs(
+        provider=provider,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        home_region=cfg.tools_region,
+        repository_name=service.name,
+        repository_arns=registry.repositories[service.name].arns,
+        container_name=service.container,
+        trigger_tag=service.trigger_tag,
+        stages=environment_stages(cfg, service, {a: r.role_arn for a, r in deploy_roles.items()}),
+        engine=EngineWiring(engine.function_name, engine.function_arn, deploy_config.bucket, deploy_config.bucket_arn,
+                            deploy_config.keys[service.name]) if engine else None,
+        artifact_stores=artifacts.stores,
+        pipeline_name=p.iam_name(cfg.name_prefix, safe, max_len=100),
+        # CodeBuild project names allow no '.', which ECR repository names may contain.
+        build_project_name=p.iam_name(cfg.name_prefix, safe, "imagedefs", max_len=150, allowed=r"A-Za-z0-9_-"),
+        pipeline_role_name=p.iam_name(cfg.stack, safe, "pipeline"),
+        pipeline_role_path=naming.iam_path(cfg, "pipeline"),
+        build_role_name=p.iam_name(cfg.stack, safe, "build"),
+        build_role_path=naming.iam_path(cfg, "build"),
+        trigger_role_name=p.iam_name(cfg.stack, safe, "trigger"),
+        notification_topic_arn=notifications.topic_arn,
+        notification_key_arn=notifications.key_arn,
+    )
 
 
 def pipeline_role_policy(args: ServicePipelineArgs, project_arns: list[pulumi.Input[str]]) -> dict:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 import pulumi_aws as aws
@@ -36,6 +36,10 @@ from components.config import StackConfig
 from components.lambda_code import RUNTIME, handler_archive
 from components.service_role import function_logs_and_role
 from components.task_definition import deploy_document
+
+if TYPE_CHECKING:  # components push deploys are wired to (their modules need not load with this one)
+    from components.notifications import Notifications
+    from components.registry import Registry
 
 # EventBridge rejects event patterns over 2,048 characters: repositories are spread over as many rules as needed.
 MAX_PATTERN_CHARS = limits.EVENTBRIDGE_PATTERN_CHARS
@@ -132,6 +136,24 @@ def push_services(cfg: StackConfig,
             deploy_document=deploy_document(cfg, s) if s.mode == "revision" else None,
         )
         for s in cfg.push_services
+    )
+
+
+def push_deploy_args(cfg: StackConfig, provider: aws.Provider, registry: Registry,
+                     notifications: Notifications) -> PushDeployArgs:
+    """The function deploying every push-delivery service (:func:`push_services`) from its repositories in every
+    region; `provider`: the tools account's, in the home region."""
+    return PushDeployArgs(
+        provider=provider,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        home_region=cfg.tools_region,
+        services=push_services(cfg, {s.name: tuple(registry.repositories[s.name].arns.values())
+                                     for s in cfg.push_services}),
+        function_name=naming.push_function_name(cfg),
+        role_name=naming.push_function_name(cfg),
+        role_path=naming.iam_path(cfg, "push"),
+        notification_topic_arn=notifications.topic_arn,
     )
 
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from components import naming
 from components import policies as p
+from components.config import StackConfig
 from components.providers import Providers
 
 ECR_MAX_FILTERS_PER_RULE = 100
@@ -65,6 +67,25 @@ class RegistryArgs:
                              f"{ECR_MAX_FILTERS_PER_RULE * ECR_MAX_RULES} repository filters")
         if self.untagged_images_kept < 1:
             raise ValueError("RegistryArgs.untagged_images_kept must be at least 1")
+
+
+def registry_args(cfg: StackConfig, providers: Providers) -> RegistryArgs:
+    """One repository per service, pulled by the workload accounts through the roles ECS pulls with: crossdeploy's
+    (the workload role path), existing services' execution roles and scheduled tasks' roles (release)."""
+    return RegistryArgs(
+        providers=providers,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        regions=cfg.regions,
+        repositories=tuple(RepositorySpec(s.name, s.trigger_tag) for s in cfg.services),
+        pull_account_ids=tuple(cfg.workload_accounts),
+        pull_principal_arns=tuple(
+            arn for account in cfg.workload_accounts for arn in (
+                naming.workload_role_pattern(cfg, account),
+                *(naming.execution_role_arn(cfg, account, s) for s in cfg.services if s.existing),
+                *(p.role_arn(cfg.partition, account, n) for n in (cfg.release.pass_role_names if cfg.release
+                                                                  else ())))),
+    )
 
 
 @dataclass(frozen=True)

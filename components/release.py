@@ -36,7 +36,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 import pulumi_aws as aws
@@ -44,7 +44,7 @@ import yaml
 
 from components import naming
 from components import policies as p
-from components.artifacts import ArtifactStore
+from components.artifacts import ArtifactStore, ArtifactStores
 from components.config import StackConfig
 from components.gitflow import Gitflow, GitflowArgs
 from components.lambda_code import handler_archive
@@ -52,6 +52,10 @@ from components.pipeline import NOTICE_EVENTS
 from components.release_state_machine import definition, lambda_functions, lambda_timeouts
 from components.service_role import service_role
 from handlers.release_limits import MAX_CONCURRENCY, MAX_CONCURRENT_TARGETS, MIN_CONCURRENCY
+
+if TYPE_CHECKING:  # components releases are wired to (their modules need not load with this one)
+    from components.deploy_config import DeployConfigStore
+    from components.notifications import Notifications
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLERS = ROOT / "handlers"
@@ -149,6 +153,41 @@ def release_context(cfg: StackConfig) -> dict[str, Any]:
                          for env in cfg.environments},
         "services": {f"{s.cluster}/{s.service}": naming.deploy_document_key(s) for s in cfg.services},
     }
+
+
+def release_args(cfg: StackConfig, provider: aws.Provider, artifacts: ArtifactStores,
+                 deploy_config: DeployConfigStore, notifications: Notifications) -> ReleaseArgs:
+    """The release pipeline the stack config's ``release`` asks for (which must be set); `provider`: the tools
+    account's, in the home region."""
+    release = cfg.release
+    if release is None:
+        raise ValueError("release_args: the stack config has no release")
+    home_store = artifacts.stores[cfg.tools_region]
+    return ReleaseArgs(
+        provider=provider,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        home_region=cfg.tools_region,
+        regions=cfg.regions,
+        context=release_context(cfg),
+        source=ReleaseSource(release.source.provider, release.source.repository, release.source.branch,
+                             release.source.connection_arn, release.source.develop_branch),
+        artifact_store=home_store,
+        notification_topic_arn=notifications.topic_arn,
+        notification_key_arn=notifications.key_arn,
+        name_prefix=cfg.name_prefix,
+        # Rolling services deploy from their deploy documents: the steps read them (one version per release).
+        config_bucket=deploy_config.bucket,
+        config_bucket_arn=deploy_config.bucket_arn,
+        config_key_arn=home_store.key_arn,
+        steps_role_name=naming.release_steps_role_name(cfg),
+        notify_role_name=p.iam_name(cfg.name_prefix, "release-notify"),
+        role_path=naming.iam_path(cfg, "release"),
+        file=release.file,
+        require_approval=release.require_approval,
+        max_concurrency=release.max_concurrency,
+        service_timeout_seconds=release.service_timeout_minutes * 60,
+    )
 
 
 def tools_bundle_assets(context: dict[str, Any]) -> dict[str, str]:

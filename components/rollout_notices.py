@@ -13,12 +13,19 @@ bus policy admits exactly those roles.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pulumi
 import pulumi_aws as aws
 
+from components import naming
 from components import policies as p
+from components.config import StackConfig
+from components.providers import Providers
 from components.service_role import service_role
+
+if TYPE_CHECKING:  # the component notices are published through (its module need not load with this one)
+    from components.notifications import Notifications
 
 FAILED_EVENTS = ("SERVICE_DEPLOYMENT_FAILED",)
 
@@ -44,6 +51,19 @@ class RolloutNoticesArgs:
     notification_topic_arn: pulumi.Input[str]
     forwarder_role_arns: dict[str, str]
     """Workload account -> its forwarder role ARN (the only principals allowed to put events on the bus)."""
+
+
+def rollout_notices_args(cfg: StackConfig, provider: aws.Provider, notifications: Notifications) -> RolloutNoticesArgs:
+    """The stack's bus, open to every workload account's forwarder role; `provider`: the tools account's, in the
+    home region."""
+    return RolloutNoticesArgs(
+        provider=provider,
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        bus_name=p.iam_name(cfg.name_prefix, "rollouts"),
+        notification_topic_arn=notifications.topic_arn,
+        forwarder_role_arns={account: naming.forwarder_role_arn(cfg, account) for account in cfg.workload_accounts},
+    )
 
 
 class RolloutNotices(pulumi.ComponentResource):
@@ -89,6 +109,22 @@ class RolloutForwarderArgs:
     bus_arn: pulumi.Input[str]
     clusters: dict[str, list[str]]
     """Region -> names of the ECS clusters running managed services there."""
+
+
+def rollout_forwarder_args(cfg: StackConfig, account: str, providers: Providers,
+                           notices: RolloutNotices) -> RolloutForwarderArgs:
+    """`account`'s forwarder: a rule in each of its regions for every cluster of the stack's services."""
+    regions = cfg.account_regions(account)
+    return RolloutForwarderArgs(
+        providers={region: providers.get(account, region) for region in regions},
+        partition=cfg.partition,
+        tools_account_id=cfg.tools_account_id,
+        account_id=account,
+        role_name=naming.forwarder_role_arn(cfg, account).rsplit("/", 1)[-1],
+        role_path=naming.iam_path(cfg, "notices"),
+        bus_arn=notices.bus_arn,
+        clusters={region: sorted({s.cluster for s in cfg.services}) for region in regions},
+    )
 
 
 class RolloutForwarder(pulumi.ComponentResource):

@@ -85,6 +85,7 @@ from components.config import (
 )
 from components.lambda_code import RUNTIME, handler_archive
 from components.network import Network, NetworkArgs
+from components.providers import Providers
 from components.registry import PULL_ACTIONS
 from components.service_role import service_role
 from components.task_definition import bootstrap_image, secret_grant_arn, task_definition
@@ -181,6 +182,25 @@ class WorkloadRolesArgs:
                                 f"{hook!r}")
         if problems:
             raise ValueError("WorkloadRolesArgs: " + "; ".join(problems))
+
+
+def workload_roles_args(cfg: StackConfig, account: str, providers: Providers) -> WorkloadRolesArgs:
+    """The roles of `account`'s services, with the CodeDeploy service role where an environment of the account
+    deploys with CodeDeploy and the ECS infrastructure role where one deploys ECS-native."""
+    uses_blue_green = any(e.strategy == "codedeploy" for e in cfg.environments if e.account_id == account)
+    return WorkloadRolesArgs(
+        provider=providers.get(account, cfg.account_regions(account)[0]),
+        partition=cfg.partition,
+        account_id=account,
+        path=naming.iam_path(cfg, "workload"),
+        services=service_roles(cfg, account),
+        codedeploy_role_name=naming.codedeploy_role_name(cfg) if uses_blue_green else None,
+        codedeploy_role_path=naming.iam_path(cfg, "codedeploy"),
+        codedeploy_hook_arns=codedeploy_hook_arns(cfg, account),
+        infrastructure_role_name=(naming.infrastructure_role_name(cfg) if needs_infrastructure_role(cfg, account)
+                                  else None),
+        infrastructure_role_path=naming.iam_path(cfg, "infrastructure"),
+    )
 
 
 def execution_role_policy(spec: ServiceRoles) -> dict:
@@ -511,6 +531,34 @@ class WorkloadArgs:
     @property
     def protocol(self) -> str:
         return "HTTPS" if self.https else "HTTP"
+
+
+def workload_args(cfg: StackConfig, env: EnvironmentConfig, region: str, providers: Providers,
+                  roles: WorkloadRoles, certificate_arn: pulumi.Input[str] | None) -> WorkloadArgs:
+    """`env`'s services in `region`, deployed as its strategy says; `roles`: its account's
+    (:func:`workload_roles_args`); `certificate_arn`: the listener's certificate, none for HTTP
+    (:func:`components.domain.listener_certificate_arn`)."""
+    provider = providers.get(env.account_id, region)
+    return WorkloadArgs(
+        provider=provider,
+        environment=env.name,
+        region=region,
+        network=NetworkArgs(provider=provider, cidr=env.network.cidr, nat_gateways=env.network.nat_gateways,
+                            existing=env.network.existing_vpcs.get(region),
+                            name=p.iam_name(cfg.name_prefix, env.name)),
+        services=workload_services(cfg, env, region),
+        certificate_arn=certificate_arn,
+        blue_green=BlueGreenSettings(
+            application_name=naming.codedeploy_application_name(cfg, env.name),
+            deployment_config_name=naming.deployment_config_name(cfg, env),
+            traffic_shift=naming.traffic_shift(env),
+            settings=env.blue_green_settings,
+            service_role_arn=roles.codedeploy_role_arn,
+        ) if env.strategy == "codedeploy" else None,
+        native=native_settings(cfg, env, roles),
+        rollback_alarm=env.blue_green_settings.rollback_alarm,
+        smoke_hook=smoke_hook_settings(cfg, env, region),
+    )
 
 
 @dataclass(frozen=True)
