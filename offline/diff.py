@@ -117,6 +117,15 @@ REPLACE_ON_CHANGE: dict[str, frozenset[str]] = {
     "aws:sns/topicSubscription:TopicSubscription": frozenset({"topic", "protocol", "endpoint"}),
     "aws:appautoscaling/target:Target": frozenset({"resourceId", "scalableDimension", "serviceNamespace"}),
     "aws:appautoscaling/policy:Policy": frozenset({"resourceId", "scalableDimension", "serviceNamespace"}),
+    # An ACM certificate's names and validation are fixed at request: a new host under a domain is a new
+    # certificate (created, validated and swapped into the listener before the old one goes).
+    "aws:acm/certificate:Certificate": frozenset({"domainName", "subjectAlternativeNames", "validationMethod",
+                                                  "keyAlgorithm"}),
+    "aws:acm/certificateValidation:CertificateValidation": ALL,
+    # A record set is keyed by zone, name and type (and set identifier): another zone is another record; the name
+    # is covered by the rule for every ``name``. A new set identifier the provider applies as delete and create in
+    # one change batch, which Pulumi shows as an update.
+    "aws:route53/record:Record": frozenset({"zoneId"}),
 }
 """Resource type -> top-level input properties AWS cannot change in place (a new value means delete and create).
 

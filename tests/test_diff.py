@@ -243,6 +243,19 @@ def test_json_and_lists_are_structural():
     assert [(c.path, c.old, c.new) for c in found] == [("source.buildspec.phases.build.commands[1]", "b", "c")]
 
 
+def test_domain_changes_that_aws_cannot_make_in_place_are_replacements():
+    # A host added under prod's domain is a new certificate; moving the records to another zone, new records.
+    cert, record = "aws:acm/certificate:Certificate", "aws:route53/record:Record"
+    validation = "aws:acm/certificateValidation:CertificateValidation"
+    assert offline_diff.forces_replacement(cert, "subjectAlternativeNames[1]")
+    assert offline_diff.forces_replacement(cert, "domainName")
+    assert not offline_diff.forces_replacement(cert, "tags.team")
+    assert offline_diff.forces_replacement(validation, "validationRecordFqdns[0]")
+    assert offline_diff.forces_replacement(record, "zoneId") and offline_diff.forces_replacement(record, "name")
+    assert not offline_diff.forces_replacement(record, "aliases[0].evaluateTargetHealth")
+    assert not offline_diff.forces_replacement(record, "setIdentifier")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------------------------------------------
