@@ -418,11 +418,34 @@ class TargetState:
         unknown = sorted(set(data) - known)
         if unknown or data.get("phase") not in PHASES:
             raise ValueError(f"not a target state: unknown keys {unknown}, phase {data.get('phase')!r}")
+        wrong = [f"{key}: {_show(value)}" for key, value in data.items() if not _STATE_TYPES[key](value)]
+        if wrong:
+            # A state round-trips through Step Functions: an edited one must not reach ECS calls half-typed.
+            raise ValueError(f"not a target state: wrong types: {', '.join(wrong)}")
         return cls(**dict(data))
 
     @property
     def active(self) -> bool:
         return self.phase in ACTIVE
+
+
+def _text_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_STATE_TYPES: dict[str, Callable[[Any], bool]] = {
+    "phase": lambda v: isinstance(v, str), "changed": lambda v: isinstance(v, bool),
+    "previous_task_definition": _text_or_none, "new_task_definition": _text_or_none,
+    "service_deployment": _text_or_none, "ecs_status": _text_or_none, "restore_deployment": _text_or_none,
+    "restore_mode": _text_or_none, "reason": _text_or_none, "restore_reason": _text_or_none,
+    "started_at": _number, "timeout_seconds": _number,
+    "poll_errors": lambda v: isinstance(v, int) and not isinstance(v, bool),
+}
+"""What each :class:`TargetState` field may hold when read back (:meth:`TargetState.from_dict`)."""
 
 
 @dataclass(frozen=True)

@@ -381,3 +381,16 @@ def test_a_max_concurrency_override_of_superscript_two(monkeypatch) -> None:
 
 def test_the_engine_inputs_used_here_are_valid() -> None:
     assert engine.targets_for(engine.parse_document(DOCUMENT), "qa", IMAGES)
+
+
+def test_a_target_state_with_a_list_for_changed() -> None:
+    """Accepted as it was: a list where a flag belongs would have decided whether a failure restores the target."""
+    from dataclasses import fields
+
+    assert set(engine._STATE_TYPES) == {f.name for f in fields(engine.TargetState)}
+    with pytest.raises(ValueError, match=r"wrong types: changed: \[\]"):
+        engine.TargetState.from_dict({"phase": engine.DEPLOYING, "changed": []})
+    with pytest.raises(ValueError, match="poll_errors: True"):
+        engine.TargetState.from_dict({"phase": engine.DEPLOYING, "poll_errors": True})
+    state = engine.TargetState(engine.DEPLOYING, changed=True, started_at=3, reason="x")
+    assert engine.TargetState.from_dict(state.to_dict()) == state
