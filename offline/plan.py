@@ -1063,30 +1063,68 @@ def release_waves(manifest: Mapping[str, Any], bound: int) -> list[tuple[str, st
             for (account, region), (services, tasks) in sorted(counts.items())]
 
 
-def release_waves_doc(run: ProgramRun, stack: str) -> str:
-    """Markdown: the waves per account-region of the stack's shipped release file (:data:`RELEASE_FILES`) with the
-    registered bound, and what the release's duration follows from; "" without a release or a shipped file."""
+@dataclass(frozen=True)
+class ReleaseWaves:
+    """The stack's shipped release file (:data:`RELEASE_FILES`) as the registered state machine would run it."""
+
+    file: str
+    bound: int
+    rows: list[tuple[str, str, int, int, int]]
+    """(account, region, services, tasks, waves), per :func:`release_waves`."""
+    problem: str | None = None
+    """Why the file does not validate against this stack (then no rows)."""
+
+    @property
+    def duration_waves(self) -> int:
+        """The service waves of the largest account-region: what the release's duration follows (a scheduled task's
+        update has no rollout to wait for)."""
+        from handlers.release_limits import waves
+
+        return max((waves(row[2], self.bound) for row in self.rows), default=0)
+
+
+def stack_release_waves(run: ProgramRun, stack: str) -> ReleaseWaves | None:
+    """The waves of the stack's shipped release file with the registered bound; None without a release or a file."""
     from handlers import release_file
 
     path, bound, context = RELEASE_FILES.get(stack), release_bound(run), release_context(run)
     if path is None or bound is None or context is None or not path.exists():
-        return ""
+        return None
+    name = str(path.relative_to(ROOT))
     try:
         manifest = release_file.convert(path.read_text(encoding="utf-8"), json.loads(context), path.name)
     except (release_file.ReleaseFileError, release_file.ContextError) as exc:
-        return f"## Release waves\n\n{path.relative_to(ROOT)} does not validate against this stack: {exc}\n"
-    from handlers.release_limits import waves
+        return ReleaseWaves(name, bound, [], str(exc))
+    return ReleaseWaves(name, bound, release_waves(manifest, bound))
 
-    rows = release_waves(manifest, bound)
-    slowest = max((waves(r[2], bound) for r in rows), default=0)
+
+def release_waves_lines(found: ReleaseWaves) -> list[str]:
+    """The text plan's lines for :func:`stack_release_waves`."""
+    if found.problem:
+        return [f"  {found.file} does not validate against this stack: {found.problem}"]
+    return [f"  {account}  {region}  {services} service(s), {tasks} scheduled task(s): {count} wave(s)"
+            for account, region, services, tasks, count in found.rows] + [
+        f"  about {found.duration_waves} rollout duration(s) end to end (the largest account-region's service waves)"]
+
+
+def release_waves_doc(run: ProgramRun, stack: str) -> str:
+    """Markdown: the waves per account-region of the stack's shipped release file (:data:`RELEASE_FILES`) with the
+    registered bound, and what the release's duration follows from; "" without a release or a shipped file."""
+    found = stack_release_waves(run, stack)
+    if found is None:
+        return ""
+    if found.problem:
+        return f"## Release waves\n\n{found.file} does not validate against this stack: {found.problem}\n"
+    bound = found.bound
     table = ["| account | region | services | scheduled tasks | waves |", "|---|---|---|---|---|"]
-    table += [f"| {a} | {r} | {s} | {t} | {w} |" for a, r, s, t, w in rows]
+    table += [f"| {a} | {r} | {s} | {t} | {w} |" for a, r, s, t, w in found.rows]
     return "\n".join([
         "## Release waves", "",
-        f"{path.relative_to(ROOT)} against this stack: every account-region deploys at once, each at most "
+        f"{found.file} against this stack: every account-region deploys at once, each at most "
         f"{bound} targets at a time (release.maxConcurrency), its scheduled tasks then its services; a wave is "
-        f"one round of at most {bound}. The release takes about {slowest} rollout duration(s) end to end: the "
-        "service waves of its largest account-region (a scheduled task's update has no rollout to wait for).", "",
+        f"one round of at most {bound}. The release takes about {found.duration_waves} rollout duration(s) end to "
+        "end: the service waves of its largest account-region (a scheduled task's update has no rollout to wait "
+        "for).", "",
         *table, "", ""])
 
 
@@ -1246,6 +1284,10 @@ def render_text(plan: Plan, *, detail: bool = False) -> str:
     if flow:
         out += ["", f"Release gitflow (CodeCommit {flow.repository}; EventBridge -> gitflow Lambda)",
                 *gitflow_lines(flow)]
+    waves = stack_release_waves(plan.run, plan.stack)
+    if waves:
+        out += ["", f"Release waves ({waves.file}; every account-region at once, at most {waves.bound} targets at "
+                    "a time in each: its scheduled tasks, then its services)", *release_waves_lines(waves)]
 
     out += ["", "Stack outputs"]
     for key, value in plan.run.outputs.items():

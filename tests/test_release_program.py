@@ -412,4 +412,8 @@ def test_the_plan_shows_the_waves_of_the_prod_release_per_account_region(prod_ru
         count, task_count = services.get((account, region), 0), tasks.get((account, region), 0)
         waves = -(-count // bound) + -(-task_count // bound)  # tasks, then services: each in rounds of the bound
         assert f"| {account} | {region} | {count} | {task_count} | {waves} |" in rows
+        # The text plan says the same, a line per account-region.
+        assert (f"  {account}  {region}  {count} service(s), {task_count} scheduled task(s): {waves} wave(s)"
+                in plan.release_waves_lines(plan.stack_release_waves(prod_run, "prod")))
     assert plan.release_waves_doc(prod_run, "test") == ""  # no release file ships for that stack
+    assert plan.stack_release_waves(prod_run, "test") is None
