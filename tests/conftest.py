@@ -16,6 +16,10 @@ from moto import mock_aws
 
 from offline.mocks import ProgramRun, Recorded, run_program, stack_config
 
+# moto's EC2 backend registers thousands of default AMIs, each with random ids, the first time a test touches EC2
+# or ELB in an account-region: ~0.6 s of CPU per such test, for images no test uses (the suite: ~15 s of CPU).
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
 ROOT = Path(__file__).resolve().parents[1]
 # AWS's documented payloads live in ../shared/samples beside the checkout; tests/samples is a verbatim copy for
 # checkouts without it (GitHub Actions). test_samples_copy_is_verbatim keeps the two identical.
