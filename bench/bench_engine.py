@@ -143,18 +143,8 @@ def scenario(name: str, services: int, accounts: tuple[str, ...], args: argparse
         fake = world_lib.FakeRollouts(admin, initial={(a, r): "" for a in accounts for r in REGIONS})
         world_lib.SUCCESS = ("IN_PROGRESS",) * (args.polls - 1) + ("SUCCESSFUL",)
         probe = Probe(args.latency_ms / 1000, throttle)
-        inner = engine.default_session_for(f"bench-{name}")
-        installed: set[int] = set()
-        guard = threading.Lock()
-
-        def session_for(role: str, region: str) -> boto3.Session:
-            session = inner(role, region)
-            with guard:
-                if id(session) not in installed:
-                    installed.add(id(session))
-                    probe.install(session)
-                    fake.install(session, role.split(":")[4])
-            return session
+        session_for = world_lib.installing(engine.default_session_for(f"bench-{name}"),
+                                           lambda session, _account: probe.install(session), fake.install)
 
         plans = [targets_of(s, accounts) for s in names]
 
