@@ -45,7 +45,27 @@ class StackFileError(ValueError):
         super().__init__("\n".join(problems))
 
 
-class TypedInt(int):
+class _Spelt:
+    """What :class:`TypedInt` and :class:`TypedFloat` share: the number, plus the text the user typed and how YAML
+    1.1 read it. ``_number`` is the plain type (``int`` or ``float``) the value is everywhere but in ``repr``."""
+
+    _number: type
+    yaml_text: str
+    yaml_reading: str
+
+    def __new__(cls, value: float, text: str, reading: str) -> _Spelt:
+        self = super().__new__(cls, value)  # type: ignore[call-arg]  # the number type next in the MRO
+        self.yaml_text, self.yaml_reading = text, reading
+        return self
+
+    def __getnewargs__(self) -> tuple[float, str, str]:  # copy/pickle need all three
+        return self._number(self), self.yaml_text, self.yaml_reading
+
+    def __repr__(self) -> str:
+        return f"{self.yaml_text} (read as {self._number(self)!r}, {self.yaml_reading})"
+
+
+class TypedInt(_Spelt, int):
     """An int the stack file spelt in a form only YAML 1.1 (or only some parsers) reads as a number.
 
     ``yaml_text`` is what the user typed (``012345670123``), ``yaml_reading`` how it was read (``YAML 1.1 octal``).
@@ -53,40 +73,14 @@ class TypedInt(int):
     the story, so every validation message that shows the value (``got {value!r}``) shows what the user wrote.
     """
 
-    yaml_text: str
-    yaml_reading: str
-
-    def __new__(cls, value: int, text: str, reading: str) -> TypedInt:
-        self = super().__new__(cls, value)
-        self.yaml_text, self.yaml_reading = text, reading
-        return self
-
-    def __getnewargs__(self) -> tuple[int, str, str]:  # type: ignore[override]  # copy/pickle need all three
-        return int(self), self.yaml_text, self.yaml_reading
-
-    def __repr__(self) -> str:
-        return f"{self.yaml_text} (read as {int(self)}, {self.yaml_reading})"
-
+    _number = int
     __str__ = int.__repr__  # f"{value}" stays the number: only repr, used in "got ..." messages, tells the story
 
 
-class TypedFloat(float):
+class TypedFloat(_Spelt, float):
     """A float the stack file spelt in a YAML 1.1-only form (``1:30.5``, ``1_000.5``); see :class:`TypedInt`."""
 
-    yaml_text: str
-    yaml_reading: str
-
-    def __new__(cls, value: float, text: str, reading: str) -> TypedFloat:
-        self = super().__new__(cls, value)
-        self.yaml_text, self.yaml_reading = text, reading
-        return self
-
-    def __getnewargs__(self) -> tuple[float, str, str]:  # type: ignore[override]
-        return float(self), self.yaml_text, self.yaml_reading
-
-    def __repr__(self) -> str:
-        return f"{self.yaml_text} (read as {float(self)!r}, {self.yaml_reading})"
-
+    _number = float
     __str__ = float.__repr__
 
 
