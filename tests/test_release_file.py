@@ -329,6 +329,21 @@ def test_blue_green_context_key_is_optional_and_loaded() -> None:
     assert ctx.environments["qa"].blue_green is None
 
 
+def assert_context_refused(data: dict, node: dict, keys: list[str], value: object, problem: str) -> None:
+    """Set `keys` under `node` (a part of `data`) to `value` (``...``: delete it): the context is refused with
+    `problem` among its problems."""
+    *parents, last = keys
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    with pytest.raises(rf.ContextError) as caught:
+        rf.load_context(data)
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
 @pytest.mark.parametrize("path,value,problem", [
     ("environments.prod.blueGreen", "crossdeploy-prod", "environments.prod.blueGreen: expected an object"),
     ("environments.prod.blueGreen.extra", 1, "environments.prod.blueGreen: unknown key 'extra'"),
@@ -344,17 +359,8 @@ def test_blue_green_context_key_is_optional_and_loaded() -> None:
 ])
 def test_blue_green_context_is_strict(path: str, value: object, problem: str) -> None:
     data = blue_green_context()
-    *parents, last = path.split(".", 4) if "deploymentGroups." in path else path.split(".")
-    node = data
-    for part in parents:
-        node = node[part]
-    if value is ...:
-        del node[last]
-    else:
-        node[last] = value
-    with pytest.raises(rf.ContextError) as caught:
-        rf.load_context(data)
-    assert any(problem in p for p in caught.value.problems), caught.value.problems
+    keys = path.split(".", 4) if "deploymentGroups." in path else path.split(".")
+    assert_context_refused(data, data, keys, value, problem)
 
 
 def test_blue_green_services_convert_with_their_deployment_group() -> None:
@@ -448,14 +454,7 @@ def test_smoke_test_hooks_are_optional_in_the_context_and_loaded() -> None:
 ])
 def test_smoke_test_hooks_in_the_context_are_strict(path: str, value: object, problem: str) -> None:
     data = hooked_context()
-    *parents, last = path.split(".")
-    node = data["environments"]["prod"]["blueGreen"]
-    for part in parents:
-        node = node[part]
-    node[last] = value
-    with pytest.raises(rf.ContextError) as caught:
-        rf.load_context(data)
-    assert any(problem in p for p in caught.value.problems), caught.value.problems
+    assert_context_refused(data, data["environments"]["prod"]["blueGreen"], path.split("."), value, problem)
 
 
 def test_blue_green_services_convert_with_their_smoke_test_hook() -> None:
