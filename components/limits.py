@@ -199,15 +199,13 @@ def deploy_role_policy_chars(cfg: StackConfig, account: str) -> tuple[int, int]:
 def engine_policy_chars(cfg: StackConfig) -> int:
     """The deploy engine role's inline policy (:func:`components.deploy_engine.engine_policy`): one deploy role
     per account it serves. The log group ARN, an Output there, is the one Lambda's log group name gives."""
-    from components import deploy_engine, naming
+    from components import deploy_engine
     from components import policies as p
 
-    name = naming.engine_function_name(cfg)
-    args = deploy_engine.DeployEngineArgs(
-        provider=None,  # type: ignore[arg-type]
-        tools_account_id=cfg.tools_account_id, function_name=name, role_name=name,
-        role_path=naming.iam_path(cfg, "engine"), deploy_role_arns=deploy_engine.engine_deploy_role_arns(cfg))
-    log_group = p.arn(cfg.partition, "logs", cfg.tools_region, cfg.tools_account_id, f"log-group:/aws/lambda/{name}")
+    # The provider plays no part in the document.
+    args = deploy_engine.deploy_engine_args(cfg, None)  # type: ignore[arg-type]
+    log_group = p.arn(cfg.partition, "logs", cfg.tools_region, cfg.tools_account_id,
+                      f"log-group:/aws/lambda/{args.function_name}")
     return policy_chars(json.dumps(deploy_engine.engine_policy(args, log_group)))
 
 
