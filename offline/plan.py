@@ -800,6 +800,11 @@ class GitflowFlow:
     pipeline: str | None
 
 
+def mermaid_section(title: str, chart: str) -> str:
+    """A Markdown section of the plan's diagram file: its title, then `chart` in a mermaid block."""
+    return "\n".join([f"## {title}", "", "```mermaid", chart.rstrip("\n"), "```", ""])
+
+
 def gitflow_flow(run: ProgramRun) -> GitflowFlow | None:
     """The gitflow of the release (``release.source.developBranch``), or None if the stack has none."""
     for function in run.of_type("aws:lambda/function:Function"):
@@ -1562,14 +1567,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or ROOT / "build" / f"plan-{stack}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = pipelines_doc(plan, f"Pipelines of {project}/{stack}")
-    targets = push_targets(run)
+    targets, flow, found = push_targets(run), gitflow_flow(run), domains(run)
     if targets:
-        doc += "\n".join(["## Push delivery", "", "```mermaid", render_push_mermaid(targets).rstrip("\n"), "```", ""])
-    flow = gitflow_flow(run)
+        doc += mermaid_section("Push delivery", render_push_mermaid(targets))
     if flow:
-        doc += "\n".join(["## Release gitflow", "", "```mermaid", render_gitflow_mermaid(flow).rstrip("\n"), "```", ""])
-    if domains(run):
-        doc += "\n".join(["## Domains", "", "```mermaid", render_domains_mermaid(domains(run)).rstrip("\n"), "```", ""])
+        doc += mermaid_section("Release gitflow", render_gitflow_mermaid(flow))
+    if found:
+        doc += mermaid_section("Domains", render_domains_mermaid(found))
     out.write_text(doc)
     try:
         sys.stdout.write(render_text(plan, detail=args.detail))
