@@ -31,7 +31,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from handlers import release_file
+from handlers.ecs_common import RETRY, log
 
 DETAIL_TYPE = "CodeCommit Repository State Change"
 PUSH_EVENTS = ("referenceCreated", "referenceUpdated")
@@ -54,18 +53,10 @@ counted in UTF-8 bytes, which is never fewer than the characters, with room to s
 HEADER = "crossdeploy release validator"
 """First words of every verdict comment: with the commit id it identifies this function's comment for a commit."""
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-RETRY = Config(retries={"mode": "standard", "max_attempts": 10}, connect_timeout=5, read_timeout=30)
 ENV = {"repository": "CROSSDEPLOY_REPOSITORY", "develop_branch": "CROSSDEPLOY_DEVELOP_BRANCH",
        "branch": "CROSSDEPLOY_RELEASE_BRANCH", "file": "CROSSDEPLOY_RELEASE_FILE",
        "account_id": "CROSSDEPLOY_ACCOUNT_ID", "region": "CROSSDEPLOY_HOME_REGION",
        "partition": "CROSSDEPLOY_PARTITION"}
-
-
-def log(event: str, **fields: Any) -> None:
-    """One structured log line (Lambda sends stdout to CloudWatch Logs)."""
-    record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
-    sys.stdout.write(json.dumps(record, default=str, sort_keys=True) + "\n")
-    sys.stdout.flush()
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,12 @@ def test_the_package_is_the_handler_files_byte_for_byte_with_the_pipelines_conte
     assets = function.inputs["code"].assets
     handlers = {name: Path(asset.path) for name, asset in assets.items() if name.startswith("handlers/")}
     assert all(path == ROOT / name for name, path in handlers.items())  # the repository's files themselves
-    # The validator's files are the ones the pipeline's validator bundle carries, plus this function.
+    # The validator's files are the ones the pipeline's validator bundle carries, plus this function and the
+    # handlers' shared log and retry settings.
     bundle = next(o for o in prod_run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
                   if "release-context.json" in (getattr(o.inputs.get("source"), "assets", None) or {}))
     bundled = {name for name in bundle.inputs["source"].assets if name.startswith("handlers/")}
-    assert set(handlers) == bundled | {"handlers/gitflow.py"}
+    assert set(handlers) == bundled | {"handlers/gitflow.py", "handlers/ecs_common.py"}
     # The context the verdict uses is the one the pipeline's build step validates with, character for character.
     assert assets["release-context.json"].text == plan.release_context(prod_run)
     installed = {f"yaml/{p.name}": p.read_text() for p in Path(yaml.__file__).parent.glob("*.py")}
